@@ -1,0 +1,176 @@
+"""The one reverse-diffusion loop of the library (DDPM / DDIM(eta) over any time grid) with hooks.
+
+Step ``t -> s`` (``s < t``) in the continuous convention ``x_t = alpha_t x0 + sigma_t eps``::
+
+    x0_hat, eps_hat = D(x_t, t), (x_t - alpha_t x0_hat) / sigma_t
+    c   = eta * sigma_s * sqrt(1 - (rho_s / rho_t)^2)          # DDIM-eta noise (eta = 1: DDPM)
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z
+
+With ``eta = 1`` the step is exactly DDPM's ancestral step (``c^2`` = the posterior variance
+``beta~``). A grid entry ``s > t`` is a *time-travel* jump (RePaint / DDNM): the state is re-noised
+along the forward process, ``x_s = (alpha_s/alpha_t) x_t + sqrt(sigma_s^2 - (alpha_s sigma_t/alpha_t)^2) z``.
+
+Solvers differ only in their :class:`Hook`:
+
+* ``correct_x0(state)`` (Proj / Opt-type methods: DDRM, DDNM, DiffPIR, DDS, ...) returns a corrected
+  ``x0_hat`` (and optionally ``eps_hat``) before the DDIM step, or the full next state;
+* ``correct_step(state, x_next)`` (Grad-type methods: DPS, PiGDM, ...) corrects the next state,
+  typically with a gradient taken through the denoiser (set ``needs_grad = True`` and the loop
+  evaluates the network under autograd with ``state.x`` requiring grad: one network call per step).
+
+A non-finite state stops the loop with :class:`DivergenceError`, naming the step and the likely
+cause and carrying the last finite state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..denoisers import Denoiser, broadcast_time
+
+__all__ = ["StepState", "Hook", "DivergenceError", "reverse_diffusion", "ddim_coefficients"]
+
+
+class DivergenceError(RuntimeError):
+    """Raised when a run produces NaN/Inf. ``.step``, ``.t``, ``.last_x`` (last finite state) and
+    ``.last_x0`` keep what had been computed."""
+
+    def __init__(self, message: str, step: int, t: float, last_x=None, last_x0=None):
+        super().__init__(message)
+        self.step, self.t, self.last_x, self.last_x0 = step, t, last_x, last_x0
+
+
+@dataclass
+class StepState:
+    """Everything a hook may need at step ``i`` from ``t`` to ``s``."""
+
+    i: int
+    n_steps: int
+    t: torch.Tensor
+    s: torch.Tensor
+    x: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+    alpha_t: torch.Tensor
+    sigma_t: torch.Tensor
+    alpha_s: torch.Tensor
+    sigma_s: torch.Tensor
+    eta: float
+    generator: Optional[torch.Generator] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_last(self) -> bool:
+        return float(self.s) == 0.0
+
+    def noise(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        like = self.x if like is None else like
+        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
+
+
+class Hook:
+    """Base hook: does nothing. Override ``correct_x0`` and/or ``correct_step``."""
+
+    needs_grad: bool = False
+
+    def start(self, x_T: torch.Tensor, times: torch.Tensor) -> None:
+        """Called once before the loop."""
+
+    def correct_x0(self, state: StepState) -> Any:
+        """Return ``None`` (no change), a corrected ``x0``, a pair ``(x0, eps)``, or a dict with key
+        ``"x_next"`` to take over the whole step."""
+        return None
+
+    def correct_step(self, state: StepState, x_next: torch.Tensor) -> torch.Tensor:
+        return x_next
+
+
+def ddim_coefficients(alpha_t, sigma_t, alpha_s, sigma_s, eta: float):
+    """``(c_eps, c_noise)`` of ``x_s = alpha_s x0 + c_eps eps + c_noise z`` (DDIM-eta convention)."""
+    rho_t = sigma_t / alpha_t
+    rho_s = sigma_s / alpha_s
+    ratio = torch.where(rho_t > 0, rho_s / rho_t, torch.zeros_like(rho_t)).clamp(max=1.0)
+    c = eta * sigma_s * torch.sqrt((1.0 - ratio**2).clamp(min=0.0))
+    c_eps = torch.sqrt((sigma_s**2 - c**2).clamp(min=0.0))
+    return c_eps, c
+
+
+def reverse_diffusion(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,
+    times: torch.Tensor,
+    eta: float = 1.0,
+    hook: Optional[Hook] = None,
+    generator: Optional[torch.Generator] = None,
+    progress: bool = False,
+    desc: str = "reverse diffusion",
+) -> torch.Tensor:
+    """Run the reverse diffusion from ``x_T`` over ``times`` (``times[0]`` is ``x_T``'s time).
+
+    ``times`` is a 1-D tensor; it normally decreases to 0 but may jump up (time travel).
+    Returns the final state (``x0`` when the grid ends at 0)."""
+    hook = hook or Hook()
+    times = torch.as_tensor(times, dtype=torch.float64)
+    n_steps = times.numel() - 1
+    if n_steps < 1:
+        raise ValueError("times must hold at least two entries")
+    sched = denoiser.schedule
+    ne = denoiser.n_event
+    x = x_T.detach()
+    hook.start(x, times)
+    last_x0 = None
+    bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False)
+    for i in bar:
+        t, s = times[i], times[i + 1]
+        a_t, s_t = sched.alpha(t).to(x.dtype), sched.sigma(t).to(x.dtype)
+        a_s, s_s = sched.alpha(s).to(x.dtype), sched.sigma(s).to(x.dtype)
+        if s > t:  # time travel: forward-noise from t to s
+            r = a_s / a_t
+            std = torch.sqrt((s_s**2 - (r * s_t) ** 2).clamp(min=0.0))
+            x = r * x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            continue
+        with torch.set_grad_enabled(hook.needs_grad):
+            if hook.needs_grad:
+                x = x.detach().requires_grad_(True)
+            x0 = denoiser(x, t.to(x.dtype))
+            eps = (x - a_t * x0) / s_t
+            state = StepState(i, n_steps, t, s, x, x0, eps, a_t, s_t, a_s, s_s, eta, generator)
+            out = hook.correct_x0(state)
+            x_next = None
+            if isinstance(out, dict):
+                x_next = out["x_next"]
+            elif isinstance(out, tuple):
+                state.x0, state.eps = out
+            elif out is not None:
+                state.x0 = out
+            if x_next is None:
+                c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, eta)
+                x_next = a_s * state.x0 + c_eps * state.eps
+                if float(c) > 0:
+                    x_next = x_next + c * state.noise()
+            x_next = hook.correct_step(state, x_next)
+        x_next = x_next.detach()
+        if not torch.isfinite(x_next).all():
+            bar.close()
+            raise DivergenceError(
+                f"reverse diffusion diverged at step {i + 1}/{n_steps} (t={float(t):.4f} -> {float(s):.4f}): "
+                "non-finite values. Likely cause: a guidance step size too large for this noise level or "
+                "number of steps, a measurement with NaN/Inf, or a denoiser producing NaN.",
+                step=i, t=float(t), last_x=x.detach(), last_x0=None if last_x0 is None else last_x0,
+            )
+        last_x0 = state.x0.detach()
+        x = x_next
+    return x
+
+
+def initial_noise(denoiser: Denoiser, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+    """Draw ``x_1`` from the reference ``N(0, sigma(1)^2 I)`` of the schedule."""
+    std = denoiser.schedule.prior_std()
+    return std * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+
+
+__all__.append("initial_noise")
+_ = broadcast_time  # re-exported helper for hooks
