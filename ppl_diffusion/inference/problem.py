@@ -76,7 +76,7 @@ class Problem:
     """The inverse problem a Pyro model describes (see module docstring)."""
 
     def __init__(self, model: Callable, args: tuple, kwargs: dict, trace, prior_site: str,
-                 latent_values: dict):
+                 latent_values: dict, allow_unobserved: bool = False):
         self.model, self.args, self.kwargs = model, args, kwargs
         self.trace = trace
         self.prior_site = prior_site
@@ -85,6 +85,10 @@ class Problem:
         self.observed = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and s["is_observed"]}
         self.latent = {n: s for n, s in trace.nodes.items()
                        if s["type"] == "sample" and not s["is_observed"] and n != prior_site}
+        if not self.observed and allow_unobserved:
+            # structure-only view (a solver checking its requirements before it sees y): the sampled
+            # non-prior sites stand in for the observations
+            self.observed, self.latent = self.latent, {}
         self.latent_values = {n: s["value"] for n, s in self.latent.items()}
         self.latent_values.update(latent_values)
         if not self.observed:
@@ -110,7 +114,11 @@ class Problem:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_model(cls, model: Callable, *args, prior_site: Optional[str] = None,
-                   latent_values: Optional[dict] = None, **kwargs) -> "Problem":
+                   latent_values: Optional[dict] = None, allow_unobserved: bool = False, **kwargs) -> "Problem":
+        """Read the problem from ``model(*args, **kwargs)``.
+
+        ``allow_unobserved=True`` gives a structure-only view when no observation is passed (used by
+        solvers to check their requirements at construction)."""
         if not callable(model):
             raise ValueError("model must be a callable Pyro model")
         latent_values = dict(latent_values or {})
@@ -128,7 +136,7 @@ class Problem:
             prior_site = names[0]
         elif prior_site not in names:
             raise ValueError(f"prior_site {prior_site!r} is not a DiffusionPrior site of the model; found {names}")
-        return cls(model, args, kwargs, tr, prior_site, latent_values)
+        return cls(model, args, kwargs, tr, prior_site, latent_values, allow_unobserved)
 
     # ------------------------------------------------------------------------------------
     @property
