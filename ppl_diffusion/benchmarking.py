@@ -84,7 +84,7 @@ def register_guide(name: str, cls, family: str = "guide", **fixed_options):
 def _model_denoiser(model):
     from .inference.problem import Problem
 
-    return Problem.from_model(model).denoiser
+    return Problem.from_model(model, allow_unobserved=True).denoiser
 
 
 def available_solvers() -> dict:
