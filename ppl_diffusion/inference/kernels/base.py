@@ -1,0 +1,285 @@
+"""Base class of the diffusion MCMC kernels: a ``pyro.infer.mcmc`` kernel AND a vectorised-chains runner.
+
+Two ways to run the same transition ``step(x, k)`` (``x`` of shape ``(C, *event)``, ``k`` the
+iteration index that drives annealing):
+
+* through Pyro::
+
+      mcmc = MCMC(PnPDM(model), num_samples=200, warmup_steps=100, num_chains=2)
+      mcmc.run(y=y)
+      idata = arviz.from_pyro(mcmc)
+
+  Pyro's contract: ``setup(warmup_steps, *args, **kwargs)`` reads the problem from the model,
+  ``initial_params`` / ``sample(params)`` move one chain, ``transforms`` is ``{}`` (the image lives
+  on R^n), ``model`` is the user's model with the diffusion-prior site stubbed (so that
+  ``arviz.from_pyro``'s observation trace does not run a reverse diffusion), ``diagnostics()``
+  returns ``"divergences"`` (draw indices of non-finite proposals, which are rejected) and
+  ``logging()`` is a JSON-able dict. Pyro never calls ``end_warmup``: annealing is driven by the
+  iteration counter instead. With ``num_chains > 1`` Pyro starts one process per chain when
+  ``num_chains < cpu_count`` (otherwise it runs them one after another in this process); both work.
+
+* vectorised: :meth:`DiffusionKernel.run_chains` moves C chains as ONE batch (one network call per
+  denoiser evaluation for all chains) and returns a :class:`ChainResult` with samples
+  ``(chain, draw, *event)``; ``.to_inference_data()`` gives an ``InferenceData`` with chain/draw dims.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+
+from ..problem import Problem, _StubPrior
+
+__all__ = ["DiffusionKernel", "ChainResult", "positive", "stub_model", "require_differentiable"]
+
+
+def positive(name: str, value, method: str, allow_zero: bool = False) -> float:
+    """``float(value)`` or a ValueError naming the argument."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{method}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{method}: {name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def require_differentiable(problem: Problem, method: str) -> None:
+    """Raise ValueError unless ``log p(y | x)`` has a finite autograd gradient at ``x = 0``."""
+    if problem.is_gaussian and problem._gaussian.noise_std == 0:
+        raise ValueError(f"{method}: the log-likelihood of a noiseless measurement (noise_std=0) is not "
+                         "defined; use a linear operator with an SVD or a positive noise_std")
+    x = torch.zeros((1,) + tuple(problem.event_shape), dtype=problem.dtype, device=problem.device)
+    try:
+        ll, g = problem.grad_log_likelihood(x)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        raise ValueError(f"{method} needs a likelihood differentiable in x (autograd failed: {exc})") from exc
+    if g is None or not torch.isfinite(g).all() or not torch.isfinite(ll).all():
+        raise ValueError(f"{method}: the log-likelihood or its gradient is not finite at x = 0")
+
+
+def stub_model(model):
+    """The model with every DiffusionPrior site replaced by zeros unless conditioned (no reverse diffusion)."""
+
+    def stubbed(*args, **kwargs):
+        with _StubPrior():
+            return model(*args, **kwargs)
+
+    stubbed.__name__ = getattr(model, "__name__", "model")
+    stubbed.__wrapped__ = model
+    return stubbed
+
+
+@dataclass
+class ChainResult:
+    """Output of :meth:`DiffusionKernel.run_chains`."""
+
+    samples: torch.Tensor          # (chain, draw, *event)
+    stats: dict = field(default_factory=dict)   # name -> (chain, draw) or (draw,) tensors
+    nfe_per_iteration: float = 0.0  # network evaluations per chain per iteration (averaged)
+    seconds: float = 0.0
+    site: str = "x"
+    observation: Optional[torch.Tensor] = None
+
+    @property
+    def num_chains(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return self.samples.shape[1]
+
+    def flat(self) -> torch.Tensor:
+        """All draws pooled: ``(chain * draw, *event)``."""
+        return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
+
+    def to_inference_data(self, **kwargs):
+        from ...diagnostics import to_inference_data
+
+        C, S = self.samples.shape[:2]
+        stats = {}
+        for k, v in self.stats.items():
+            v = torch.as_tensor(v)
+            if v.shape[:2] == (C, S):
+                stats[k] = v
+            elif v.shape[:1] == (S,):
+                stats[k] = v.expand((C,) + tuple(v.shape))
+        stats.setdefault("diverging", torch.zeros(C, S, dtype=torch.bool))
+        obs = None if self.observation is None else {"y": self.observation}
+        return to_inference_data({self.site: self.samples}, sample_stats=stats, observed_data=obs,
+                                 var_name=self.site, **kwargs)
+
+
+class DiffusionKernel(MCMCKernel):
+    """Base class: subclasses implement :meth:`prepare` (per-problem constants), :meth:`step` (one
+    batched transition) and optionally :meth:`check` (requirements) and :meth:`schedule_info`."""
+
+    name = "kernel"
+
+    def __init__(self, model, prior_site: Optional[str] = None, init="randn", init_scale: float = 1.0):
+        if not callable(model):
+            raise ValueError(f"{self.name}: model must be a callable Pyro model")
+        self.user_model = model
+        self.model = stub_model(model)       # arviz.from_pyro traces this; no reverse diffusion
+        self.prior_site = prior_site
+        if not (isinstance(init, torch.Tensor) or init in ("randn", "zeros", "pinv")):
+            raise ValueError(f"{self.name}: init must be 'randn', 'zeros', 'pinv' or a tensor, got {init!r}")
+        self.init = init
+        self.init_scale = positive("init_scale", init_scale, self.name)
+        self.transforms = {}
+        self._user_init = None
+        self._initial_params = None
+        self._divergences: list = []
+        self._t = 0
+        self._warmup_steps = 0
+        self._last = {}
+        self.problem: Optional[Problem] = None
+        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
+        self.site = structure.prior_site
+        self.check(structure)
+
+    # -- subclass API -----------------------------------------------------------------------
+    def check(self, problem: Problem) -> None:
+        """Raise ValueError if the problem lacks what the kernel needs."""
+
+    def prepare(self, problem: Problem) -> None:
+        """Per-problem constants (called once ``y`` is known)."""
+
+    def step(self, x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def schedule_info(self, k: int) -> dict:
+        """JSON-able numbers describing iteration ``k`` (e.g. the current rho)."""
+        return {}
+
+    # -- shared pieces ----------------------------------------------------------------------
+    def _problem(self, *args, **kwargs) -> Problem:
+        problem = Problem.from_model(self.user_model, *args, prior_site=self.prior_site, **kwargs)
+        self.check(problem)
+        self.problem = problem
+        self.prepare(problem)
+        return problem
+
+    def initial_state(self, problem: Problem, n: int, generator=None) -> torch.Tensor:
+        shape = (n,) + tuple(problem.event_shape)
+        if isinstance(self.init, torch.Tensor):
+            x = self.init.to(problem.dtype).to(problem.device)
+            return x.expand(shape).clone() if x.shape != shape else x.clone()
+        if self.init == "zeros":
+            return torch.zeros(shape, dtype=problem.dtype, device=problem.device)
+        if self.init == "pinv":
+            lg = problem.linear_gaussian(f"{self.name} (init='pinv')")
+            return lg.operator.pinv(lg.y).to(problem.dtype).expand(shape).clone()
+        return self.init_scale * torch.randn(shape, generator=generator, dtype=problem.dtype, device=problem.device)
+
+    def _safe_step(self, x, k, generator):
+        """One transition; chains whose proposal is non-finite keep their state (a 'divergence')."""
+        new = self.step(x, k, generator)
+        bad = ~torch.isfinite(new.reshape(new.shape[0], -1)).all(-1)
+        if bad.any():
+            keep = bad.reshape((-1,) + (1,) * (new.dim() - 1))
+            new = torch.where(keep, x, new)
+        return new, bad
+
+    # -- Pyro MCMCKernel contract -----------------------------------------------------------
+    def setup(self, warmup_steps, *args, **kwargs):
+        problem = self._problem(*args, **kwargs)
+        self._warmup_steps = int(warmup_steps)
+        self._t = 0
+        self._divergences = []
+        if self._user_init is not None:
+            x0 = self._user_init.to(problem.dtype)
+        else:
+            x0 = self.initial_state(problem, 1)[0]
+        self._initial_params = {self.site: x0}
+
+    @property
+    def initial_params(self):
+        return self._initial_params
+
+    @initial_params.setter
+    def initial_params(self, params):
+        self._user_init = params[self.site] if params is not None else None
+        self._initial_params = params
+
+    def sample(self, params):
+        if self.problem is None:
+            raise ValueError(f"{self.name}: call setup() (MCMC.run does) before sample()")
+        x = params[self.site]
+        with torch.no_grad():
+            new, bad = self._safe_step(x[None], self._t, None)
+        if bool(bad[0]) and self._t >= self._warmup_steps:
+            self._divergences.append(self._t - self._warmup_steps)
+        self._last = self.schedule_info(self._t)
+        self._t += 1
+        return {self.site: new[0]}
+
+    def diagnostics(self):
+        return OrderedDict([("divergences", list(self._divergences)), ("acceptance rate", 1.0)])
+
+    def logging(self):
+        out = OrderedDict(iteration=int(self._t))
+        for k, v in self._last.items():
+            out[k] = float(f"{float(v):.4g}")
+        return out
+
+    def cleanup(self):
+        self._user_init = None
+
+    def end_warmup(self):  # Pyro's MCMC never calls this; annealing follows the iteration counter
+        pass
+
+    # -- vectorised chains ------------------------------------------------------------------
+    def run_chains(self, *args, num_chains: int = 4, num_samples: int = 100, warmup_steps: int = 0,
+                   thin: int = 1, generator: Optional[torch.Generator] = None, init=None,
+                   progress: bool = False, **kwargs) -> ChainResult:
+        """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations, then
+        ``num_samples * thin`` iterations keeping every ``thin``-th. Returns samples
+        ``(chain, draw, *event)``; the model's arguments (e.g. ``y=y``) go in ``*args, **kwargs``."""
+        import time
+
+        for name, v in (("num_chains", num_chains), ("num_samples", num_samples), ("thin", thin)):
+            if int(v) != v or int(v) < 1:
+                raise ValueError(f"{self.name}: {name} must be a positive integer, got {v!r}")
+        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"{self.name}: warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+        problem = self._problem(*args, **kwargs)
+        C = int(num_chains)
+        if init is not None:
+            x = torch.as_tensor(init).to(problem.dtype).to(problem.device)
+            if tuple(x.shape) == tuple(problem.event_shape):
+                x = x.expand((C,) + tuple(x.shape)).clone()
+            if tuple(x.shape) != (C,) + tuple(problem.event_shape):
+                raise ValueError(f"{self.name}: init must have shape {(C,) + tuple(problem.event_shape)}")
+        else:
+            x = self.initial_state(problem, C, generator)
+        den = problem.denoiser
+        nfe0 = den.nfe
+        keep, div = [], []
+        info = {}
+        total = int(warmup_steps) + int(num_samples) * int(thin)
+        it = range(total)
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=self.name)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k in it:
+                x, bad = self._safe_step(x, k, generator)
+                if k >= warmup_steps and (k - warmup_steps) % thin == thin - 1:
+                    keep.append(x.clone())
+                    div.append(bad)
+                    for key, v in self.schedule_info(k).items():
+                        info.setdefault(key, []).append(float(v))
+        secs = time.perf_counter() - t0
+        samples = torch.stack(keep, 1)
+        stats = {"diverging": torch.stack(div, 1)}
+        for key, v in info.items():
+            stats[key] = torch.tensor(v, dtype=torch.float64)
+        nfe = (den.nfe - nfe0) / max(total, 1)
+        return ChainResult(samples, stats, nfe, secs, self.site, problem.observation)
