@@ -22,3 +22,13 @@ _benchmarking.register_guide("repaint", RePaint)
 _benchmarking.register_guide("ilvr", ILVR)
 _benchmarking.register_guide("score_sde", ScoreSDE)
 _benchmarking.register_guide("ks", KadkhodaieSimoncelli)
+
+# gradient-type guides (each registers itself in the GMM harness on import)
+from .dps import DPS
+from .pigdm import PiGDM
+from .mmps import MMPS
+from .mcg import MCG
+from .score_ald import ScoreALD
+from .snips import SNIPS
+
+__all__ += ["DPS", "PiGDM", "MMPS", "MCG", "ScoreALD", "SNIPS"]
