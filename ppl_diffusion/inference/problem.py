@@ -38,7 +38,8 @@ def unwrap_distribution(fn):
 
 
 class _StubPrior(Messenger):
-    """Replace every DiffusionPrior sample by zeros so that tracing never runs the reverse diffusion."""
+    """Give named latent sites the values in ``values`` and every other DiffusionPrior site zeros, so
+    that tracing never runs the reverse diffusion."""
 
     def __init__(self, values: Optional[dict] = None):
         super().__init__()
@@ -47,13 +48,13 @@ class _StubPrior(Messenger):
     def _pyro_sample(self, msg):
         if msg["value"] is not None or msg["is_observed"]:
             return
+        if msg["name"] in self.values:  # substituted latent value (stays a latent site)
+            msg["value"] = self.values[msg["name"]]
+            return
         base = unwrap_distribution(msg["fn"])
         if isinstance(base, DiffusionPrior):
-            if msg["name"] in self.values:
-                msg["value"] = self.values[msg["name"]]
-            else:
-                dtype, device = base._reference()
-                msg["value"] = torch.zeros(msg["fn"].shape(), dtype=dtype, device=device)
+            dtype, device = base._reference()
+            msg["value"] = torch.zeros(msg["fn"].shape(), dtype=dtype, device=device)
             msg["infer"] = dict(msg.get("infer") or {}, _stubbed=True)
 
 
@@ -122,8 +123,8 @@ class Problem:
         if not callable(model):
             raise ValueError("model must be a callable Pyro model")
         latent_values = dict(latent_values or {})
-        with poutine.block(), _StubPrior():
-            tr = poutine.trace(poutine.condition(model, data=latent_values)).get_trace(*args, **kwargs)
+        with poutine.block(), _StubPrior(latent_values):
+            tr = poutine.trace(model).get_trace(*args, **kwargs)
         names = find_prior_sites(tr)
         if not names:
             raise ValueError(
@@ -226,8 +227,8 @@ class Problem:
             return GaussianMeasurement(g.operator, flat, g.noise_std).log_prob(y).reshape(batch)
         data = dict(self.latent_values)
         data[self.prior_site] = flat
-        with poutine.block():
-            tr = poutine.trace(poutine.condition(self.model, data=data)).get_trace(*self.args, **self.kwargs)
+        with poutine.block(), _StubPrior(data):
+            tr = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
         n = flat.shape[0]
         total = torch.zeros(n, dtype=flat.dtype, device=flat.device)
         for name in self.observed:
