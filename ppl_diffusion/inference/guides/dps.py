@@ -27,6 +27,11 @@ from .base import DiffusionGuide
 __all__ = ["DPS", "per_sample_sq_norm", "residual", "likelihood_gradient"]
 
 
+def reject_unknown(name: str, unknown: dict) -> None:
+    if unknown:
+        raise ValueError(f"{name}: unknown options {sorted(unknown)}")
+
+
 def per_sample_sq_norm(r: torch.Tensor, n_batch_dims: int = 1) -> torch.Tensor:
     """``||r_i||^2`` for each sample ``i`` (sum over every non-batch dimension)."""
     return r.reshape(r.shape[:n_batch_dims] + (-1,)).pow(2).sum(-1)
@@ -76,7 +81,8 @@ class DPS(DiffusionGuide):
     default_steps = 1000
     default_eta = 1.0
 
-    def configure(self, zeta: float = 1.0, form: str = "auto") -> None:
+    def configure(self, zeta: float = 1.0, form: str = "auto", **unknown) -> None:
+        reject_unknown(self.name, unknown)
         if form not in ("auto", "norm", "loglik"):
             raise ValueError(f"DPS: form must be 'auto', 'norm' or 'loglik', got {form!r}")
         if not zeta >= 0:

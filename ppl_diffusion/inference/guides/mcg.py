@@ -21,7 +21,7 @@ import torch
 from ..problem import Problem
 from ..sampler import Hook, StepState
 from .base import DiffusionGuide
-from .dps import likelihood_gradient
+from .dps import reject_unknown, likelihood_gradient
 
 __all__ = ["MCG"]
 
@@ -69,7 +69,8 @@ class MCG(DiffusionGuide):
     default_steps = 1000
     default_eta = 1.0
 
-    def configure(self, alpha: float = 1.0, project="auto") -> None:
+    def configure(self, alpha: float = 1.0, project="auto", **unknown) -> None:
+        reject_unknown(self.name, unknown)
         if not alpha >= 0:
             raise ValueError(f"MCG: alpha must be >= 0, got {alpha}")
         if project not in ("auto", True, False):

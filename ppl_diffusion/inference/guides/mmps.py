@@ -22,6 +22,7 @@ from ...models.operators import conjugate_gradient
 from ..problem import Problem
 from ..sampler import Hook, StepState
 from .base import DiffusionGuide
+from .dps import reject_unknown
 
 __all__ = ["MMPS"]
 
@@ -62,7 +63,8 @@ class MMPS(DiffusionGuide):
     default_steps = 100
     default_eta = 1.0
 
-    def configure(self, maxiter: int = 1, rtol: float = 1e-3) -> None:
+    def configure(self, maxiter: int = 1, rtol: float = 1e-3, **unknown) -> None:
+        reject_unknown(self.name, unknown)
         if int(maxiter) < 1:
             raise ValueError(f"MMPS: maxiter must be >= 1, got {maxiter}")
         if not rtol >= 0:

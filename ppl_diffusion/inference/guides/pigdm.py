@@ -21,6 +21,7 @@ from ...models.operators import conjugate_gradient
 from ..problem import Problem
 from ..sampler import Hook, StepState
 from .base import DiffusionGuide
+from .dps import reject_unknown
 
 __all__ = ["PiGDM", "solve_gram"]
 
@@ -71,7 +72,8 @@ class PiGDM(DiffusionGuide):
     default_steps = 100
     default_eta = 1.0
 
-    def configure(self, w: float = 1.0, r2=None) -> None:
+    def configure(self, w: float = 1.0, r2=None, **unknown) -> None:
+        reject_unknown(self.name, unknown)
         if not w >= 0:
             raise ValueError(f"PiGDM: w must be >= 0, got {w}")
         if r2 is not None and not callable(r2) and not float(r2) > 0:

@@ -26,7 +26,7 @@ from ...schedules import time_grid
 from ..problem import Problem
 from ..sampler import Hook, StepState
 from .base import DiffusionGuide
-from .dps import per_sample_sq_norm
+from .dps import reject_unknown, per_sample_sq_norm
 
 __all__ = ["ScoreALD", "LangevinGuide"]
 
@@ -97,7 +97,8 @@ class ScoreALD(LangevinGuide):
     default_steps = 100
 
     def configure(self, step_size: float = 0.5, steps_each: int = 1, gamma: float = 1.0,
-                  weight: Optional[float] = None) -> None:
+                  weight: Optional[float] = None, **unknown) -> None:
+        reject_unknown(self.name, unknown)
         self.configure_langevin(step_size, steps_each)
         if not gamma >= 0:
             raise ValueError(f"ScoreALD: gamma must be >= 0, got {gamma}")

@@ -25,6 +25,7 @@ import torch
 
 from ..problem import Problem
 from ..sampler import Hook, StepState
+from .dps import reject_unknown
 from .score_ald import LangevinGuide
 
 __all__ = ["SNIPS"]
@@ -87,7 +88,8 @@ class SNIPS(LangevinGuide):
     requires = ("svd",)
     default_steps = 100
 
-    def configure(self, step_size: float = 0.5, steps_each: int = 1) -> None:
+    def configure(self, step_size: float = 0.5, steps_each: int = 1, **unknown) -> None:
+        reject_unknown(self.name, unknown)
         self.configure_langevin(step_size, steps_each)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
