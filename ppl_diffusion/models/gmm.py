@@ -126,6 +126,17 @@ class GaussianMixture:
     def denoise(self, x_t: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """Exact ``E[x0 | x_t]`` for ``x_t = alpha x0 + sigma eps``."""
         self._check(x_t)
+        alpha = torch.as_tensor(alpha, dtype=self.dtype, device=x_t.device)
+        sigma = torch.as_tensor(sigma, dtype=self.dtype, device=x_t.device)
+        if self.isotropic and alpha.dim() == 0 and sigma.dim() == 0:
+            # fast path (scalar time, isotropic components): matmuls instead of (*b, K, d) tensors
+            x = x_t.to(self.dtype)
+            var = alpha**2 * self.variances + sigma**2  # (K,)
+            sq = (x * x).sum(-1, keepdim=True) - 2 * alpha * (x @ self.means.T) + alpha**2 * (self.means**2).sum(-1)
+            logn = -0.5 * sq / var - 0.5 * self.d * torch.log(var)
+            r = torch.softmax(logn + torch.log(self.weights), -1)
+            gain = alpha * self.variances / var  # (K,)
+            return r @ (self.means * (1 - alpha * gain)[:, None]) + x * (r @ gain)[..., None]
         logn, mean0 = self._component_terms(x_t, alpha, sigma)
         r = torch.softmax(logn + torch.log(self.weights), -1)
         return (r[..., None] * mean0).sum(-2)

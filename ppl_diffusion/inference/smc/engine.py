@@ -1,0 +1,333 @@
+"""A batched Feynman–Kac SMC engine (float64 log-weights, adaptive resampling, log-evidence).
+
+A method is a :class:`FeynmanKac` model with three functions on a *state* (a dict of tensors whose
+two leading dims are ``(R, N)``: R independent runs of N particles; key ``"x"`` is the particle)::
+
+    x_T          = model.sample_initial(R, N, generator)
+    state, logw0 = model.start(x_T)                   # caches at x_T and the initial log-potential
+    x_new        = model.move(k, state, generator)    # draw from the proposal M_k(x_{k} -> .)
+    state, log_g = model.weigh(k, state, x_new)       # caches at x_new and the incremental log-weight
+
+The engine runs ``init -> weigh-free start -> [resample? -> move -> weigh] * n_steps`` with
+log-weights in float64, resampling (multinomial or systematic) whenever ``ESS < ess_threshold * N``
+(1.0 = every step), and the running log-evidence
+``log Z = sum_resampling (logsumexp(logw) - log N) + logsumexp(logw_current) - log N``.
+With ``reference`` (conditional SMC, used by particle Gibbs) particle 0 of each run is pinned to a
+given trajectory: its ancestor is always 0 and its moves are replaced by the reference's states.
+
+Network calls on ``R * N`` particles are split into chunks of ``max_batch`` (:func:`chunked`) so that
+large particle counts fit a memory budget.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from .result import SMCResult
+
+__all__ = ["FeynmanKac", "run_smc", "multinomial_resample", "systematic_resample", "ess", "chunked",
+           "normalise_log_weights", "gather_state", "RESAMPLERS"]
+
+
+def normalise_log_weights(logw: torch.Tensor) -> torch.Tensor:
+    logw = logw.to(torch.float64)
+    return logw - torch.logsumexp(logw, dim=-1, keepdim=True)
+
+
+def ess(logw: torch.Tensor) -> torch.Tensor:
+    """Effective sample size ``1 / sum w^2`` of the last dimension (float64)."""
+    w = torch.softmax(logw.to(torch.float64), dim=-1)
+    return 1.0 / (w ** 2).sum(-1)
+
+
+def multinomial_resample(logw: torch.Tensor, n: Optional[int] = None,
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Ancestor indices ``(R, n)``: i.i.d. categorical draws from the normalised weights of each row."""
+    R, N = logw.shape
+    n = N if n is None else int(n)
+    w = torch.softmax(logw.to(torch.float64), -1)
+    gen_dev = generator.device if generator is not None else w.device
+    idx = torch.multinomial(w.to(gen_dev), n, replacement=True, generator=generator)
+    return idx.to(logw.device)
+
+
+def systematic_resample(logw: torch.Tensor, n: Optional[int] = None,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Systematic resampling: one ``u ~ U[0, 1/n)`` per row; the ancestor of offspring ``k`` is the
+    smallest ``j`` with ``cumsum(w)_j > u + k/n``. Unbiased offspring counts, lower variance."""
+    R, N = logw.shape
+    n = N if n is None else int(n)
+    w = torch.softmax(logw.to(torch.float64), -1)
+    gen_dev = generator.device if generator is not None else w.device
+    u = torch.rand(R, 1, generator=generator, dtype=torch.float64, device=gen_dev).to(w.device)
+    pos = (u + torch.arange(n, dtype=torch.float64, device=w.device)) / n
+    cdf = torch.cumsum(w, -1)
+    cdf[:, -1] = 1.0 + 1e-12  # guard round-off
+    return torch.searchsorted(cdf, pos, right=True).clamp(max=N - 1)
+
+
+RESAMPLERS = {"multinomial": multinomial_resample, "systematic": systematic_resample}
+
+
+def gather_state(state: dict, idx: torch.Tensor) -> dict:
+    """Index every ``(R, N, ...)`` tensor of ``state`` by ancestors ``idx`` (R, N)."""
+    out = {}
+    R = idx.shape[0]
+    rows = torch.arange(R, device=idx.device)[:, None]
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == R and v.shape[1] == idx.shape[1]:
+            out[k] = v[rows, idx]
+        else:
+            out[k] = v
+    return out
+
+
+def chunked(fn: Callable, x: torch.Tensor, *args, max_batch: Optional[int] = None):
+    """Apply ``fn(x_chunk, *args_chunk)`` over chunks of the leading dim of ``x`` (``args`` tensors
+    with the same leading size are chunked alike); returns the concatenation (tuples too)."""
+    n = x.shape[0]
+    if max_batch is None or n <= max_batch:
+        return fn(x, *args)
+    outs = []
+    for s in range(0, n, max_batch):
+        a = [v[s:s + max_batch] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v for v in args]
+        outs.append(fn(x[s:s + max_batch], *a))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
+    return torch.cat(outs)
+
+
+class FeynmanKac:
+    """Interface of a Feynman–Kac model (see module docstring)."""
+
+    n_steps: int = 0
+    event_shape: torch.Size = torch.Size()
+
+    def sample_initial(self, R: int, N: int, generator) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, x: torch.Tensor):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def move(self, k: int, state: dict, generator) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def weigh(self, k: int, state: dict, x_new: torch.Tensor):  # pragma: no cover
+        raise NotImplementedError
+
+    def resample_allowed(self, k: int) -> bool:
+        """Whether the engine may resample before move ``k`` (False e.g. in plain-prior tail steps)."""
+        return True
+
+    def output(self, state: dict) -> torch.Tensor:
+        """Particles in the user's space ``(R, N, *event_shape)``."""
+        return state["x"]
+
+
+def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", ess_threshold: float = 1.0,
+            generator: Optional[torch.Generator] = None, reference: Optional[list] = None,
+            keep_history: bool = False, final_resample: bool = False) -> SMCResult:
+    """Run the SMC engine; see the module docstring. ``reference``: list of ``n_steps + 1`` tensors
+    ``(R, *x_shape)`` (conditional SMC). ``keep_history``: store every step's ``x`` and ancestors
+    (needed to trace back a trajectory, as particle Gibbs does)."""
+    if int(N) < 1:
+        raise ValueError(f"particles must be >= 1, got {N}")
+    if int(R) < 1:
+        raise ValueError(f"runs must be >= 1, got {R}")
+    if resampling not in RESAMPLERS:
+        raise ValueError(f"resampling must be one of {sorted(RESAMPLERS)}, got {resampling!r}")
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+    resampler = RESAMPLERS[resampling]
+    K = model.n_steps
+    x0 = model.sample_initial(R, N, generator)
+    if reference is not None:
+        x0 = x0.clone()
+        x0[:, 0] = reference[0]
+    state, logw = model.start(x0)
+    logw = logw.to(torch.float64)
+    dev = logw.device
+    logZ = torch.zeros(R, dtype=torch.float64, device=dev)
+    ess_hist = torch.zeros(R, K, dtype=torch.float64, device=dev)
+    resampled = torch.zeros(R, K, dtype=torch.bool, device=dev)
+    logN = math.log(N)
+    hist_x = [state["x"]] if keep_history else None
+    hist_a = [] if keep_history else None
+    arangeN = torch.arange(N, device=dev).expand(R, N)
+    for k in range(K):
+        e = ess(logw)
+        ess_hist[:, k] = e
+        if model.resample_allowed(k):
+            do = e < ess_threshold * N - 1e-9 if ess_threshold < 1.0 else torch.ones(R, dtype=torch.bool, device=dev)
+            if bool(do.any()):
+                idx = resampler(logw, N, generator)
+                if reference is not None:
+                    idx[:, 0] = 0
+                idx = torch.where(do[:, None], idx, arangeN)
+                state = gather_state(state, idx)
+                lse = torch.logsumexp(logw, -1) - logN
+                logZ = torch.where(do, logZ + lse, logZ)
+                logw = torch.where(do[:, None], torch.zeros_like(logw), logw)
+                resampled[:, k] = do
+                if keep_history:
+                    hist_a.append(idx)
+            elif keep_history:
+                hist_a.append(arangeN)
+        elif keep_history:
+            hist_a.append(arangeN)
+        x_new = model.move(k, state, generator)
+        if reference is not None:
+            x_new = x_new.clone()
+            x_new[:, 0] = reference[k + 1]
+        state, inc = model.weigh(k, state, x_new)
+        logw = logw + inc.to(torch.float64)
+        if not torch.isfinite(state["x"]).all():
+            raise FloatingPointError(f"SMC produced non-finite particles at step {k + 1}/{K}")
+        if keep_history:
+            hist_x.append(state["x"])
+    logw = torch.where(torch.isnan(logw), torch.full_like(logw, -math.inf), logw)
+    logZ = logZ + torch.logsumexp(logw, -1) - logN
+    res = SMCResult(model.output(state), logw, logZ, ess_hist, resampled, method=getattr(model, "name", "smc"))
+    if keep_history:
+        res.extra["history_x"] = hist_x
+        res.extra["history_ancestors"] = hist_a
+    return res
+
+
+def trace_lineage(result: SMCResult, j: torch.Tensor) -> list:
+    """The trajectory (list of ``(R, *x_shape)``, one per step) of particle ``j`` (R,) of the final
+    population, following the stored ancestors back."""
+    hx, ha = result.extra["history_x"], result.extra["history_ancestors"]
+    R = j.shape[0]
+    rows = torch.arange(R, device=j.device)
+    traj = [None] * len(hx)
+    cur = j
+    for k in range(len(hx) - 1, -1, -1):
+        traj[k] = hx[k][rows, cur]
+        if k > 0:
+            cur = ha[k - 1][rows, cur]
+    return traj
+
+
+__all__.append("trace_lineage")
+
+
+# --------------------------------------------------------------------------------------------
+class SMCSampler:
+    """Base class of the SMC posterior samplers (MCGDiff, TDS, FPS-SMC, SMCDiff).
+
+    ``Sampler(model, particles=N, steps=K, ...)`` checks the model's requirements at construction
+    (``ValueError`` naming what is missing). ``run(y=y, runs=R)`` performs ``R`` independent SMC
+    runs of ``N`` particles batched on the leading dim and returns an :class:`SMCResult`;
+    ``sample(n, y=y)`` returns ``n`` plain draws, each from its own independent run (the published
+    protocol), unless ``independent=False`` (one run, resampled ``n`` times).
+    """
+
+    name = "smc"
+    requires: tuple = ("linear",)
+    default_steps = 100
+    default_eta = 1.0
+    default_resampling = "multinomial"
+    default_particles = 64
+
+    def __init__(self, model, particles: Optional[int] = None, steps: Optional[int] = None,
+                 eta: Optional[float] = None, resampling: Optional[str] = None, ess_threshold: float = 1.0,
+                 max_batch: Optional[int] = None, prior_site: Optional[str] = None, progress: bool = False,
+                 **options):
+        from ..problem import Problem
+
+        particles = self.default_particles if particles is None else particles
+        if isinstance(particles, bool) or int(particles) != particles or int(particles) < 1:
+            raise ValueError(f"{self.name}: particles must be a positive integer, got {particles!r}")
+        self.particles = int(particles)
+        self.steps = int(self.default_steps if steps is None else steps)
+        if self.steps < 1:
+            raise ValueError(f"{self.name}: steps must be >= 1, got {self.steps}")
+        self.eta = float(self.default_eta if eta is None else eta)
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"{self.name}: eta must lie in [0, 1], got {self.eta}")
+        self.resampling = resampling or self.default_resampling
+        if self.resampling not in RESAMPLERS:
+            raise ValueError(f"{self.name}: resampling must be one of {sorted(RESAMPLERS)}, got {self.resampling!r}")
+        if not 0.0 <= float(ess_threshold) <= 1.0:
+            raise ValueError(f"{self.name}: ess_threshold must lie in [0, 1], got {ess_threshold}")
+        self.ess_threshold = float(ess_threshold)
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"{self.name}: max_batch must be >= 1, got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.model, self.prior_site, self.progress = model, prior_site, progress
+        self.configure(**options)
+        self.check(Problem.from_model(model, prior_site=prior_site, allow_unobserved=True))
+        self.last_nfe = 0
+
+    # subclass API ------------------------------------------------------------------------
+    def configure(self, **options) -> None:
+        if options:
+            raise ValueError(f"{self.name}: unknown options {sorted(options)}")
+
+    def check(self, problem) -> None:
+        for req in self.requires:
+            if req == "likelihood":
+                continue
+            if req == "gaussian":
+                problem.gaussian(self.name)
+            elif req == "linear":
+                problem.linear_gaussian(self.name)
+            elif req == "svd":
+                problem.require_svd(self.name)
+            elif req == "mask":
+                op = problem.linear_gaussian(self.name).operator
+                if getattr(op, "name", "") != "inpainting" and not hasattr(op, "mask"):
+                    raise ValueError(f"{self.name} needs an inpainting (mask) operator, got {type(op).__name__}")
+
+    def fk_model(self, problem) -> FeynmanKac:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # user API ----------------------------------------------------------------------------
+    def problem(self, *args, **kwargs):
+        from ..problem import Problem
+
+        return Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
+
+    def run(self, *args, runs: int = 1, generator: Optional[torch.Generator] = None,
+            reference: Optional[list] = None, keep_history: bool = False, **kwargs) -> SMCResult:
+        """``runs`` independent SMC runs of ``self.particles`` particles, batched."""
+        if int(runs) < 1:
+            raise ValueError(f"{self.name}: runs must be >= 1, got {runs}")
+        problem = self.problem(*args, **kwargs)
+        self.check(problem)
+        fk = self.fk_model(problem)
+        den = problem.denoiser
+        start = den.nfe
+        with torch.no_grad():
+            res = run_smc(fk, int(runs), self.particles, self.resampling, self.ess_threshold, generator,
+                          reference=reference, keep_history=keep_history)
+        res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)
+        res.extra["particle_nfe"] = fk.particle_nfe if hasattr(fk, "particle_nfe") else None
+        res.method = self.name
+        self.last_nfe = res.nfe
+        self.last_fk = fk
+        return res
+
+    def sample(self, num_samples: int, *args, generator: Optional[torch.Generator] = None,
+               independent: bool = True, **kwargs) -> torch.Tensor:
+        """``num_samples`` draws ``(num_samples, *event_shape)``: one per independent run (default)
+        or all from a single run (``independent=False``)."""
+        n = int(num_samples)
+        if n < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        res = self.run(*args, runs=n if independent else 1, generator=generator, **kwargs)
+        return res.resample(n, generator)
+
+    def nfe_per_sample(self, independent: bool = True) -> float:
+        """Per-sample network evaluations: NFE of the run (particle-network calls) / samples returned.
+        With one independent run per sample this is ``particles x (network steps)``."""
+        return float(self.particles * self.network_steps())
+
+    def network_steps(self) -> int:
+        return self.steps
+
+
+__all__.append("SMCSampler")

@@ -1,0 +1,204 @@
+"""MCGDiff — Monte Carlo guided diffusion (Cardoso, Janati, Le Corff, Moulines, ICLR 2024).
+
+Fully-adapted auxiliary particle filter in the SVD basis ``x_bar = V^T x`` of a linear-Gaussian
+problem ``y = A x + sigma_y n`` (METHODS_SPEC §2.1). Each observed coordinate ``i`` (``s_i > 0``)
+has a matching time ``tau_i`` with ``rho(tau_i) = sigma_y / s_i`` (inserted into the uniform grid;
+``tau_i = 0`` when noiseless) and a rescaled observation ``y~_i = alpha(tau_i) (U^T y)_i / s_i``.
+For ``t >= tau_i`` the coordinate is *active* with potential
+``g_{t,i}(x) = N(x; (alpha_t/alpha_tau) y~_i, 1 - (1 - kappa) alpha_t^2/alpha_tau^2)``.
+A step ``t -> t'`` predicts ``m = alpha_t' x0_hat + c_eps eps_hat`` (DDIM-eta, one network call per
+particle), weights each particle by ``prod_{i active at t'} N(m_i; mean_{t',i}, c^2 + v_{t',i}) /
+g_{t,i}(x_i)`` (a function of ``x_t`` only), resamples multinomially, and draws the active
+coordinates from the Kalman update of ``N(m, c^2) g_{t'}`` and the free ones from ``N(m, c^2)``.
+After the last matching time plain DDIM steps run to 0 without weights.
+
+Target: ``p(x_0 | x_bar_{tau_i, i} = y~_i for all i)`` smoothed by ``kappa`` — the exact posterior
+as ``kappa -> 0`` (the forward marginal of ``x_bar_{tau_i,i} / alpha_tau`` given ``x0`` is exactly
+the law of ``(U^T y)_i / s_i``). Its log-evidence is converted to ``log p(y)`` by the Jacobian
+``sum_i log(alpha_{tau_i} / s_i)``. Note (our reading of §2.1): a coordinate's own potential is
+*not* divided out on the step where it becomes inactive, otherwise its constraint would cancel.
+``final_correction=True`` applies §2.1's final weight ``log N(U^T y; s x_bar_0, sigma_y^2) -
+sum_i log g_{tau_i,i}(x_bar_{tau_i,i})`` (noisy problems), which retargets the exact posterior of the
+discretised prior but has heavy-tailed weights (see benchmarks/results/smc_*.md).
+
+Needs: a linear operator with an SVD (``has_svd``), ``sigma_y >= 0``. Cost: N network calls per
+step per run, no backprop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ...schedules import mcgdiff_grid
+from ..sampler import ddim_coefficients
+from ._common import LOG2PI, denoise_flat, normal_logpdf
+from .engine import FeynmanKac, SMCSampler
+
+__all__ = ["MCGDiff"]
+
+
+class _MCGDiffFK(FeynmanKac):
+    name = "mcgdiff"
+
+    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction):
+        lg = problem.require_svd("MCGDiff")
+        self.op, self.noise = lg.operator, float(lg.noise_std)
+        self.den = problem.denoiser
+        self.sched = self.den.schedule
+        self.event_shape = tuple(problem.event_shape)
+        self.dtype, self.device = problem.dtype, problem.device
+        self.eta, self.kappa, self.max_batch = eta, kappa, max_batch
+        self.D = int(math.prod(self.event_shape))
+        s = torch.as_tensor(self.op.singular_values, dtype=torch.float64).flatten().to(self.device)
+        r = s.numel()
+        y = lg.y.to(self.dtype)
+        uty = self.op.Ut(y).to(torch.float64).reshape(-1)[:r]
+        obs = s > 1e-10 * float(s.max()) if r else s > 0
+        self.obs_idx = torch.nonzero(obs).flatten()
+        self.s_obs = s[self.obs_idx]
+        self.uty = uty[self.obs_idx]
+        self.ybar = self.uty / self.s_obs
+        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise).to(torch.float64)
+        self.times = times
+        self.n_steps = times.numel() - 1
+        ab = self.sched.alpha_bar(times).to(torch.float64)
+        self.ab = ab.to(self.device)
+        if self.noise > 0:
+            tau = self.sched.t_of_rho(self.noise / self.s_obs.cpu()).to(torch.float64)
+            # index of tau_i in the grid (exact match: inserted by mcgdiff_grid)
+            k_tau = torch.argmin((times[None, :] - tau[:, None]).abs(), dim=1)
+        else:
+            k_tau = torch.full((self.obs_idx.numel(),), self.n_steps, dtype=torch.long)
+        self.k_tau = k_tau.to(self.device)
+        self.ab_tau = self.ab[self.k_tau]
+        self.ytil = torch.sqrt(self.ab_tau) * self.ybar
+        self.J = int(self.k_tau.max()) if self.k_tau.numel() else 0  # last filtering grid index
+        self.final_correction = bool(final_correction) and self.noise > 0
+        # Jacobian: log p(y) = log Z + sum_i (0.5 log ab_tau_i - log s_i)
+        self.log_jac = float((0.5 * torch.log(self.ab_tau) - torch.log(self.s_obs)).sum())
+        self.particle_nfe = self.n_steps
+
+    # potentials -------------------------------------------------------------------------
+    def active(self, j):
+        return self.k_tau >= j  # (n_obs,) bool: active at grid index j
+
+    def g_params(self, j):
+        ratio = self.ab[j] / self.ab_tau
+        mean = torch.sqrt(ratio) * self.ytil
+        var = (1.0 - (1.0 - self.kappa) * ratio).clamp(min=self.kappa)  # inactive coords: any positive value
+        return mean, var
+
+    def log_g(self, j, xo, which):
+        mean, var = self.g_params(j)
+        lp = normal_logpdf(xo, mean, var)
+        return torch.where(which, lp, torch.zeros_like(lp)).sum(-1)
+
+    # network + predictive ---------------------------------------------------------------
+    def predict(self, j, xb):
+        """m (prior predictive mean to index j+1) and c (its std)."""
+        t, s = self.times[j], self.times[j + 1]
+        a_t, s_t = self.sched.alpha(t).to(self.dtype), self.sched.sigma(t).to(self.dtype)
+        a_s, s_s = self.sched.alpha(s).to(self.dtype), self.sched.sigma(s).to(self.dtype)
+        x = self.op.V(xb)
+        x0 = denoise_flat(self.den, x, t, self.event_shape, self.max_batch)
+        x0b = self.op.Vt(x0)
+        eps = (xb - a_t * x0b) / s_t
+        c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, self.eta)
+        return a_s * x0b + c_eps * eps, c
+
+    def weight_terms(self, j, state):
+        """Log-weight depending on x at index j: predictive to j+1 over g_j (restricted to act(j+1))."""
+        xb = state["x"]
+        m, c = state["m"], state["c"]
+        if j >= self.J:
+            return torch.zeros(xb.shape[:2], dtype=torch.float64, device=xb.device)
+        nxt = self.active(j + 1)
+        mean1, var1 = self.g_params(j + 1)
+        pred = normal_logpdf(m[..., self.obs_idx], mean1, c.to(torch.float64)[..., None] ** 2 + var1)
+        cur = self.log_g(j, xb[..., self.obs_idx], nxt)
+        return torch.where(nxt, pred, torch.zeros_like(pred)).sum(-1) - cur
+
+    def caches(self, j, xb):
+        st = {"x": xb}
+        if j < self.n_steps:
+            m, c = self.predict(j, xb)
+            st["m"], st["c"] = m, c.expand(xb.shape[:2]).clone() if torch.as_tensor(c).dim() == 0 else c
+        else:
+            st["m"], st["c"] = xb, torch.zeros(xb.shape[:2], dtype=xb.dtype, device=xb.device)
+        return st
+
+    # FK interface -----------------------------------------------------------------------
+    def sample_initial(self, R, N, generator):
+        std = self.sched.prior_std()
+        return std * torch.randn((R, N, self.D), generator=generator, dtype=self.dtype, device=self.device)
+
+    def start(self, xb):
+        st = self.caches(0, xb)
+        if self.final_correction:
+            st["logg_tau"] = torch.zeros(xb.shape[:2], dtype=torch.float64, device=xb.device)
+        logw = self.weight_terms(0, st) + self.log_g(0, xb[..., self.obs_idx], self.active(0))
+        return st, logw
+
+    def resample_allowed(self, k):
+        return k <= self.J
+
+    def move(self, k, state, generator):
+        m, c = state["m"], state["c"][..., None]
+        z = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+        x = m + c * z
+        if k + 1 <= self.J:
+            act = self.active(k + 1)
+            mean1, var1 = self.g_params(k + 1)
+            c2 = (c ** 2).to(torch.float64)
+            K = c2 / (c2 + var1)
+            mo = m[..., self.obs_idx].to(torch.float64)
+            xo = K * mean1 + (1 - K) * mo + torch.sqrt(var1 * K) * z[..., self.obs_idx].to(torch.float64)
+            x_obs = torch.where(act, xo.to(m.dtype), x[..., self.obs_idx])
+            x = x.clone()
+            x[..., self.obs_idx] = x_obs
+        return x
+
+    def weigh(self, k, state, x_new):
+        j = k + 1
+        st = self.caches(j, x_new)
+        inc = torch.zeros(x_new.shape[:2], dtype=torch.float64, device=x_new.device)
+        if self.final_correction:
+            hit = (self.k_tau == j)
+            lg = state["logg_tau"] + self.log_g(j, x_new[..., self.obs_idx], hit)
+            st["logg_tau"] = lg
+        if j <= self.J:
+            inc = self.weight_terms(j, st)
+        if j == self.n_steps:
+            if self.final_correction:
+                xo = x_new[..., self.obs_idx].to(torch.float64)
+                ll = normal_logpdf(self.uty, self.s_obs * xo, self.noise ** 2).sum(-1)
+                inc = inc + ll - st["logg_tau"]
+            else:
+                inc = inc + self.log_jac
+        return st, inc
+
+    def output(self, state):
+        return self.op.V(state["x"])
+
+
+class MCGDiff(SMCSampler):
+    """MCGDiff (Cardoso et al., ICLR 2024): see the module docstring.
+
+    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4)``; needs an SVD operator."""
+
+    name = "mcgdiff"
+    requires = ("svd",)
+    default_particles = 64
+
+    def configure(self, kappa: float = 1e-4, final_correction: bool = False):
+        if not kappa > 0:
+            raise ValueError(f"mcgdiff: kappa must be > 0, got {kappa}")
+        self.kappa, self.final_correction = float(kappa), bool(final_correction)
+
+    def fk_model(self, problem):
+        return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction)
+
+    def network_steps(self) -> int:
+        return getattr(getattr(self, "last_fk", None), "n_steps", self.steps)
