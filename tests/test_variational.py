@@ -184,19 +184,21 @@ def test_red_diff_tiny_unet_phase_retrieval():
 
 # ------------------------------------------------------------------------------------------ Score Prior
 def test_efficient_score_prior_recovers_gaussian_posterior():
-    """4-D Gaussian prior (full covariance), 2 linear measurements. Measured (seeded): mean error
-    0.055, relative covariance error (Frobenius) 0.04, IS ESS 925/1000, weighted-mean error 0.015.
+    """4-D Gaussian prior (full covariance), 2 linear measurements, 400 SVI steps. Measured (seeded):
+    mean error 0.013, relative covariance error (Frobenius) 0.038 (600 steps, other seed: 0.055 / 0.04,
+    IS ESS 925/1000, weighted-mean error 0.015).
     Bounds: 0.15, 0.15, 500, 0.08 (posterior std in [0.24, 0.70])."""
     pb = gaussian_problem()
     model = pb.model(VPSchedule.linear())
     sp = EfficientScorePrior(model, n_layers=4, hidden=(32, 32), lr=1e-2, num_particles=32, elbo_samples=4,
-                             lr_decay=0.1 ** (1 / 600), progress=False)
-    trace = sp.run(y=pb.y, steps=600)
+                             lr_decay=0.1 ** (1 / 400), progress=False)
+    trace = sp.run(y=pb.y, steps=400)
     assert trace[-50:].mean() < trace[:10].mean()
     xs = Predictive(model, guide=sp.guide, num_samples=4000, parallel=True)(y=pb.y)["x"]
     assert xs.shape == (4000, 4)
     m, C = empirical_gaussian_fit(xs)
     mp, Cp = pb.posterior.means[0], pb.posterior.full_covs()[0]
+    print('ESP', float((m - mp).norm()), float((C - Cp).norm() / Cp.norm()))
     assert float((m - mp).norm()) < 0.15
     assert float((C - Cp).norm() / Cp.norm()) < 0.15
     x, lw = sp.importance_sample(1000, y=pb.y, ode_steps=20)
@@ -208,16 +210,17 @@ def test_efficient_score_prior_recovers_gaussian_posterior():
 
 def test_score_prior_exact_ode_prior_trains_and_counts_nfe():
     """Exact PF-ODE prior: 4 NFE per RK4 step per SVI step; a short run must lower the loss and move
-    the flow mean toward the posterior mean (measured 1.2 -> 0.3)."""
+    the flow mean toward the posterior mean (measured 1.41 -> 0.50; bound 0.6x)."""
     pb = gaussian_problem()
     model = pb.model(VPSchedule.linear())
-    sp = ScorePrior(model, n_layers=2, hidden=(16, 16), lr=2e-2, num_particles=8, ode_steps=3, progress=False)
+    sp = ScorePrior(model, n_layers=2, hidden=(16, 16), lr=3e-2, num_particles=8, ode_steps=3, progress=False)
     x0 = sp.sample(2000, y=pb.y)
     err0 = float((x0.mean(0) - pb.posterior.means[0]).norm())
-    trace = sp.run(y=pb.y, steps=40)
-    assert sp.train_nfe == 40 * 3 * 4
+    trace = sp.run(y=pb.y, steps=60)
+    assert sp.train_nfe == 60 * 3 * 4
     assert trace[-10:].mean() < trace[:5].mean()
     err = float((sp.sample(2000, y=pb.y).mean(0) - pb.posterior.means[0]).norm())
+    print('exact SP mean error', err0, '->', err)
     assert err < 0.6 * err0
 
 
@@ -228,7 +231,7 @@ def test_elbo_is_below_exact_gmm_log_density():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([pb.prior.sample(6, generator=g), pb.prior.sample(2, generator=g) + 3.0])
     n = 4000
-    draws = torch.stack([prior.elbo(x, n_samples=1, generator=g) for _ in range(n)])  # (n, 8)
+    draws = prior.elbo(x.expand(n, 8, 8), n_samples=1, generator=g)  # (n, 8) independent draws
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(n)
     exact = pb.prior.log_prob(x)
     assert torch.all(mean <= exact + 3 * se), (mean - exact, se)

@@ -101,7 +101,8 @@ class ScorePrior:
         ode_steps, hutchinson_probes, exact_divergence_max_dim: PF-ODE settings of the training prior
             term (``None`` keeps the model's prior settings).
         init: "pinv" (flow location at ``A^+ y`` for a linear-Gaussian likelihood, else zeros), "zeros",
-            or a tensor; ``init_scale``: initial flow scale.
+            "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor;
+            ``init_scale``: initial flow scale (a factor of the prior std with ``init="prior"``).
         name: param-store prefix (the same name reloads saved parameters).
         seed: seed of the permutations (fixed so that a saved flow can be rebuilt).
     """
@@ -122,8 +123,8 @@ class ScorePrior:
             raise ValueError("n_layers and num_particles must be >= 1")
         if lr <= 0 or init_scale <= 0:
             raise ValueError("lr and init_scale must be > 0")
-        if not (isinstance(init, torch.Tensor) or init in ("pinv", "zeros")):
-            raise ValueError(f"init must be 'pinv', 'zeros' or a tensor, got {init!r}")
+        if not (isinstance(init, torch.Tensor) or init in ("pinv", "zeros", "prior")):
+            raise ValueError(f"init must be 'pinv', 'zeros', 'prior' or a tensor, got {init!r}")
         self.model, self.prior_site = model, prior_site
         structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
         self.site = structure.prior_site
@@ -179,6 +180,12 @@ class ScorePrior:
             if x.numel() != self.d:
                 raise ValueError(f"init must have {self.d} entries, got {x.numel()}")
             return x.clone()
+        if self.init == "prior":  # broad start: mean / std of 256 prior draws (sets the scale too)
+            prior = Problem.from_model(self.model, prior_site=self.prior_site, allow_unobserved=True).prior
+            with torch.no_grad():
+                xs = prior.with_options(steps=min(prior.steps, 50)).sample((256,)).reshape(256, -1).to(self.dtype)
+            self._prior_std = xs.std(0)
+            return xs.mean(0)
         if self.init == "pinv" and (args or kwargs):
             try:
                 problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
@@ -193,7 +200,9 @@ class ScorePrior:
         pyro.module(f"{self.name}.flow", self._couplings, update_module_params=True)
         loc = pyro.param(f"{self.name}.loc", lambda: self.initial_loc(*args, **kwargs))
         scale = pyro.param(f"{self.name}.scale",
-                           lambda: torch.full((self.d,), self.init_scale, dtype=self.dtype, device=self.device),
+                           lambda: self.init_scale * getattr(self, "_prior_std", None)
+                           if getattr(self, "_prior_std", None) is not None
+                           else torch.full((self.d,), self.init_scale, dtype=self.dtype, device=self.device),
                            constraint=dist.constraints.positive)
         base = dist.Normal(torch.zeros(self.d, dtype=self.dtype, device=self.device),
                            torch.ones(self.d, dtype=self.dtype, device=self.device)).to_event(1)
