@@ -15,7 +15,7 @@ from ppl_diffusion.models import DiffusionPrior, GaussianMeasurement, GaussianMi
 from ppl_diffusion.models.operators import Blur, CallableOperator, Inpainting, Matrix, PhaseRetrieval
 from ppl_diffusion.schedules import VPSchedule
 
-from conftest import SCHEDULER_CONFIG, tiny_unet
+from .conftest import SCHEDULER_CONFIG, tiny_unet
 
 F64 = torch.float64
 
