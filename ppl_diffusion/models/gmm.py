@@ -226,6 +226,15 @@ class GMMDenoiser(Denoiser):
             self.gmm = gmm
         return gmm.denoise(x_t, alpha, sigma).to(x_t.dtype)
 
+    def sample_terminal(self, shape, generator=None, dtype=None, device=None):
+        """Exact draws of ``x_1`` (the noised mixture at ``t = 1``), shape ``(*batch, d)``."""
+        n = int(torch.Size(shape[:-1]).numel())
+        t1 = torch.tensor(1.0, dtype=torch.float64)
+        a, s = float(self.schedule.alpha(t1)), float(self.schedule.sigma(t1))
+        x0 = self.gmm.sample(n, generator=generator)
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        return (a * x0 + s * z).reshape(tuple(shape)).to(dtype=dtype or x0.dtype, device=device)
+
     def terminal_log_prob_ve(self, x_tilde, rho):
         """Exact log density of ``x~ = x0 + rho eps`` (VE coordinates)."""
         return self.gmm.marginal_log_prob(x_tilde, 1.0, rho).to(x_tilde.dtype)

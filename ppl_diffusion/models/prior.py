@@ -41,6 +41,10 @@ class DiffusionPrior(TorchDistribution):
         exact_divergence_max_dim: use the exact divergence up to this dimension, Hutchinson above.
         hutchinson_probes: probes per divergence evaluation.
         progress: show a progress bar in :meth:`sample`.
+        terminal: ``"auto"`` starts :meth:`sample` from the denoiser's exact noised marginal at
+            ``t = 1`` when it has one (the Gaussian-mixture denoiser does; this is the same reference
+            :meth:`log_prob` uses, so samples and densities describe one model), else from the
+            reference ``N(0, sigma_1^2 I)``; ``"reference"`` always uses the latter.
     """
 
     arg_constraints: dict = {}
@@ -49,7 +53,7 @@ class DiffusionPrior(TorchDistribution):
 
     def __init__(self, denoiser: Denoiser, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
                  rho_min: float = 1e-2, ode_steps: int = 100, exact_divergence_max_dim: int = 64,
-                 hutchinson_probes: int = 4, progress: bool = False, batch_shape=torch.Size(),
+                 hutchinson_probes: int = 4, progress: bool = False, terminal: str = "auto", batch_shape=torch.Size(),
                  validate_args=None):
         if not isinstance(denoiser, Denoiser):
             raise ValueError(f"denoiser must be a ppl_diffusion Denoiser, got {type(denoiser).__name__}")
@@ -63,6 +67,9 @@ class DiffusionPrior(TorchDistribution):
             raise ValueError(f"rho_min must be > 0, got {rho_min}")
         self.ode_steps, self.exact_divergence_max_dim = int(ode_steps), int(exact_divergence_max_dim)
         self.hutchinson_probes, self.progress = int(hutchinson_probes), bool(progress)
+        if terminal not in ("auto", "reference"):
+            raise ValueError(f"terminal must be 'auto' or 'reference', got {terminal!r}")
+        self.terminal = terminal
         super().__init__(torch.Size(batch_shape), denoiser.event_shape, validate_args=False)
 
     # ---------------------------------------------------------------------------------------
@@ -73,7 +80,8 @@ class DiffusionPrior(TorchDistribution):
     def _options(self) -> dict:
         return dict(steps=self.steps, eta=self.eta, grid=self.grid, rho_min=self.rho_min, ode_steps=self.ode_steps,
                     exact_divergence_max_dim=self.exact_divergence_max_dim,
-                    hutchinson_probes=self.hutchinson_probes, progress=self.progress)
+                    hutchinson_probes=self.hutchinson_probes, progress=self.progress,
+                    terminal=self.terminal)
 
     def with_options(self, **kwargs) -> "DiffusionPrior":
         opts = self._options()
@@ -111,7 +119,11 @@ class DiffusionPrior(TorchDistribution):
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
         times = time_grid(self.schedule, self.steps, self.grid)
         with torch.no_grad():
-            x = initial_noise(self.denoiser, shape, generator, dtype, device)
+            exact = getattr(self.denoiser, "sample_terminal", None)
+            if self.terminal == "auto" and exact is not None:
+                x = exact(shape, generator, dtype, device)
+            else:
+                x = initial_noise(self.denoiser, shape, generator, dtype, device)
             return reverse_diffusion(self.denoiser, x, times, eta=self.eta, generator=generator,
                                      progress=self.progress, desc="prior sample")
 
