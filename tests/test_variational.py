@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro.infer import Predictive
 
-from conftest import SCHEDULER_CONFIG, tiny_unet
+from .conftest import SCHEDULER_CONFIG, tiny_unet
 from ppl_diffusion.denoisers import CallableDenoiser, UNetDenoiser
 from ppl_diffusion.inference.variational import EfficientScorePrior, REDDiff, ScorePrior
 from ppl_diffusion.models.gmm import GaussianMixture, GMMProblem, gmm_benchmark_problem

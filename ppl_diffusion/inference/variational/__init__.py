@@ -23,7 +23,7 @@ def _register():
         pyro.clear_param_store()
         opts = dict(dict(steps=max(int(steps), 1) * 10, lr=0.5, progress=False), **options)
         red = REDDiff(model, generator=generator, **opts)
-        den = Problem.from_model(model).denoiser
+        den = Problem.from_model(model, y=problem.y).denoiser
         den.reset_nfe()
         mu, trace = red.run(y=problem.y)
         x = mu.reshape(1, -1).expand(n_samples, -1).clone()
