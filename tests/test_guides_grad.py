@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro.infer import Predictive
 
-from conftest import SCHEDULER_CONFIG, tiny_unet
+from .conftest import SCHEDULER_CONFIG, tiny_unet
 from ppl_diffusion.denoisers import UNetDenoiser
 from ppl_diffusion.inference.guides import DPS, MCG, MMPS, SNIPS, PiGDM, ScoreALD
 from ppl_diffusion.metrics import sliced_wasserstein

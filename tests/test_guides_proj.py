@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro.infer import Predictive
 
-from conftest import SCHEDULER_CONFIG, tiny_unet
+from .conftest import SCHEDULER_CONFIG, tiny_unet
 from ppl_diffusion.denoisers import UNetDenoiser
 from ppl_diffusion.inference.guides import (DDNM, DDRM, DDS, ILVR, DDNMPlus, DiffPIR, KadkhodaieSimoncelli,
                                             RePaint, ScoreSDE)
