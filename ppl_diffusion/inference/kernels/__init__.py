@@ -40,3 +40,4 @@ def _register():
 
 
 _register()
+from .particle_gibbs import ParticleGibbs
