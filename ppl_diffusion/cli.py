@@ -1,0 +1,405 @@
+"""``ppl-diffusion`` command line: demo, solve, train-prior, priors, benchmark.
+
+Every subcommand exits 0 on success and 2 with a one-line ``error: ...`` on bad input (unknown
+prior, method or operator, an image of the wrong size, bad options).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = textwrap.dedent("""\
+    first steps:
+      ppl-diffusion demo                      # the full report in ./report (< 10 min on 2 CPU cores)
+      ppl-diffusion demo --fast --out /tmp/r  # a seconds-scale version
+      ppl-diffusion solve --image digit.png --operator sr --op-args factor=2 --method ddrm --out out/
+      ppl-diffusion priors                    # shipped priors
+      ppl-diffusion solve --list              # methods and operators
+    """)
+
+
+def _threads(args):
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(int(args.threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+def _add_demo(sub):
+    p = sub.add_parser(
+        "demo", help="run the main demo and write a report folder",
+        description="Solve five inverse problems (random and box inpainting, 2x super-resolution, Gaussian "
+                    "deblurring, phase retrieval; sigma_y = 0.05 on [-1, 1]) on held-out images of a shipped "
+                    "prior with one method per family (DDRM or DPS, RED-Diff, MCGDiff or PnP-DM). Writes "
+                    "OUT/figures/<task>.png (truth, measurement, posterior mean, std, draws, |error|), "
+                    "OUT/netcdf/<task>_<method>.nc (ArviZ InferenceData), OUT/summary.md and OUT/summary.csv "
+                    "(PSNR, SSIM, 90%% interval coverage, corr(std, |error|), NFE, time).")
+    p.add_argument("--out", default="report", help="report folder (default ./report)")
+    p.add_argument("--fast", action="store_true", help="seconds-scale settings (for CI; numbers not meaningful)")
+    p.add_argument("--prior", default="digits", help="shipped prior name or diffusers folder with heldout.npy "
+                                                      "(default digits)")
+    p.add_argument("--images", type=int, default=None, help="held-out images per task (default 2; 1 with --fast)")
+    p.add_argument("--samples", type=int, default=None, help="posterior draws per image (default 16; 4 with --fast)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of: inpainting,box,sr2,deblur,phase")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args):
+    from .demo import run_demo
+
+    _threads(args)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    res = run_demo(args.out, prior=args.prior, fast=args.fast, images=args.images, seed=args.seed,
+                   samples=args.samples, tasks=tasks, progress=not args.no_progress)
+    print(Path(args.out, "summary.md").read_text())
+    print(f"report written to {args.out}/ in {res['seconds']:.0f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# solve
+# ---------------------------------------------------------------------------------------------
+def _add_solve(sub):
+    from .demo import OPERATORS
+
+    ops = "\n".join(f"  {k:<11} {v}" for k, v in OPERATORS.items())
+    p = sub.add_parser(
+        "solve", help="sample the posterior for your own image or measurement",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Posterior sampling for y = A(x) + sigma_y * noise with a diffusion prior.
+            Give a ground-truth image (--image: PNG or .npy, values in [0, 255] / [0, 1] for PNG and
+            [-1, 1] for .npy, of the prior's size) to simulate y, or a measurement (--measurement y.npy
+            of the operator's output shape). Writes OUT/samples.npy (draws, C, H, W), OUT/mean.npy,
+            OUT/std.npy, OUT/posterior.png, OUT/uncertainty.png (with --image), OUT/posterior.nc and
+            OUT/result.json (metrics when the truth is known, NFE, time).
+            """),
+        epilog="operators (--operator NAME --op-args key=value,...):\n" + ops +
+               "\n\nmethods: see `ppl-diffusion solve --list`; --method-args takes a JSON object of the "
+               "solver's options,\ne.g. --method ddrm --method-args '{\"steps\": 50}', --method pnpdm --method-args "
+               "'{\"chains\": 4, \"warmup\": 20}'.")
+    p.add_argument("--list", action="store_true", help="list methods (with what they need) and operators, then exit")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="ground-truth image (.png or .npy) to simulate the measurement from")
+    src.add_argument("--measurement", help="measurement y as .npy (shape = the operator's output shape)")
+    p.add_argument("--operator", default=None, help="forward operator (see below)")
+    p.add_argument("--op-args", action="append", default=None, help="operator parameters key=value[,key=value]")
+    p.add_argument("--noise-std", type=float, default=0.05, help="sigma_y on the [-1, 1] scale (default 0.05)")
+    p.add_argument("--method", default="dps", help="solver name (default dps)")
+    p.add_argument("--method-args", default="{}", help="JSON object of solver options (default {})")
+    p.add_argument("--samples", type=int, default=8, help="posterior draws (default 8)")
+    p.add_argument("--prior", default="digits", help="shipped prior name, diffusers folder or hub id (default digits)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="out", help="output folder (default ./out)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--progress", action="store_true", help="show the solver's progress bar")
+    p.set_defaults(func=_cmd_solve)
+
+
+def _read_image(path: str, shape):
+    """An image file -> float32 tensor of ``shape`` (C, H, W) in [-1, 1]; ValueError on a mismatch."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--image: no such file {path}")
+    if p.suffix.lower() == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False).astype(np.float32)
+        except Exception as e:
+            raise ValueError(f"--image: cannot read {path} as .npy ({e})") from e
+    else:
+        try:
+            from PIL import Image
+
+            im = Image.open(p)
+            im = im.convert("L") if shape[0] == 1 else im.convert("RGB")
+            a = np.asarray(im, dtype=np.float32) / 255.0 * 2.0 - 1.0
+        except Exception as e:
+            raise ValueError(f"--image: cannot read {path} as an image ({e})") from e
+        if a.ndim == 3:
+            a = np.moveaxis(a, -1, 0)
+    if a.ndim == 2:
+        a = a[None]
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"--image: {path} has shape {tuple(a.shape)} but the prior's images are {tuple(shape)} "
+                         f"(C, H, W); resize it to {shape[-2]}x{shape[-1]} with {shape[0]} channel(s)")
+    if not np.isfinite(a).all():
+        raise ValueError(f"--image: {path} contains non-finite values")
+    return torch.as_tensor(a)
+
+
+def _cmd_solve(args):
+    import numpy as np
+    import torch
+
+    from .demo import (METHODS, OPERATORS, available_methods, ensure_diffusers_importable, evaluate, make_model,
+                       make_operator, method_key, parse_op_args, run_method)
+
+    if args.list:
+        avail = available_methods()
+        print("methods (name, family, what it needs):")
+        for k, spec in METHODS.items():
+            mark = "" if k in avail else "   [not available in this installation]"
+            print(f"  {k:<10} {spec.family:<12} {spec.doc}{mark}")
+        print("operators:")
+        for k, v in OPERATORS.items():
+            print(f"  {k:<11} {v}")
+        return 0
+    if args.operator is None:
+        raise ValueError("--operator is required (e.g. --operator inpainting); see `ppl-diffusion solve --help`")
+    if not args.image and not args.measurement:
+        raise ValueError("give --image (ground truth to simulate y from) or --measurement (y as .npy)")
+    key = method_key(args.method)  # unknown method -> error before loading anything
+    try:
+        opts = json.loads(args.method_args)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--method-args must be a JSON object, got {args.method_args!r} ({e})") from e
+    if not isinstance(opts, dict):
+        raise ValueError(f"--method-args must be a JSON object, got {args.method_args!r}")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.noise_std < 0:
+        raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
+    op_args = parse_op_args(args.op_args)
+    _threads(args)
+    ensure_diffusers_importable()
+    from .models.zoo import load_prior
+
+    prior = load_prior(args.prior)
+    shape = tuple(prior.event_shape)
+    op = make_operator(args.operator, shape, **op_args)
+    truth = None
+    if args.image:
+        truth = _read_image(args.image, shape)
+        g = torch.Generator().manual_seed(args.seed + 7919)
+        y = op(truth) + args.noise_std * torch.randn(op.out_shape, generator=g)
+    else:
+        try:
+            y = torch.as_tensor(np.load(args.measurement, allow_pickle=False).astype(np.float32))
+        except Exception as e:
+            raise ValueError(f"--measurement: cannot read {args.measurement} as .npy ({e})") from e
+        if tuple(y.shape) != tuple(op.out_shape):
+            raise ValueError(f"--measurement: shape {tuple(y.shape)} does not match the operator's output "
+                             f"shape {tuple(op.out_shape)}")
+    model = make_model(prior, op, args.noise_std)
+    gen = torch.Generator().manual_seed(args.seed)
+    res = run_method(key, model, y, args.samples, generator=gen, options=opts, progress=args.progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = res.flat()
+    np.save(out / "samples.npy", flat.numpy().astype(np.float32))
+    np.save(out / "mean.npy", flat.mean(0).numpy().astype(np.float32))
+    np.save(out / "std.npy", flat.std(0).numpy().astype(np.float32) if flat.shape[0] > 1 else
+            np.zeros(shape, np.float32))
+    np.save(out / "measurement.npy", y.numpy().astype(np.float32))
+    from .diagnostics import to_inference_data
+    from .inference.problem import Problem
+    from .plotting import posterior_grid, uncertainty_map
+
+    with torch.no_grad():
+        ll = Problem.from_model(model, y=y).log_likelihood(flat).reshape(res.samples.shape[:2])
+    idata = to_inference_data({"x": res.samples}, observed_data={"y": y}, log_likelihood={"y": ll.double()},
+                              attrs={"method": key, "operator": args.operator, "op_args": json.dumps(op_args),
+                                     "prior": str(args.prior), "noise_std": args.noise_std, "seed": args.seed})
+    idata.to_netcdf(str(out / "posterior.nc"))
+    posterior_grid([dict(samples=flat, truth=truth, y=y, operator=op, label=key, n_samples_shown=4)],
+                   path=out / "posterior.png", title=f"{key} on {args.operator}")
+    info = {"method": key, "family": res.family, "options": res.options, "operator": args.operator,
+            "op_args": op_args, "noise_std": args.noise_std, "samples": int(flat.shape[0]), "seed": args.seed,
+            "nfe_per_sample": res.nfe_per_sample, "seconds": res.seconds}
+    if truth is not None:
+        if flat.shape[0] > 1:
+            uncertainty_map(flat, truth, path=out / "uncertainty.png", title=key)
+        info["metrics"] = evaluate(flat, truth)
+    (out / "result.json").write_text(json.dumps(info, indent=2) + "\n")
+    msg = f"{key}: {flat.shape[0]} draws in {res.seconds:.1f} s ({res.nfe_per_sample:.0f} NFE/draw) -> {out}/"
+    if truth is not None:
+        m = info["metrics"]
+        msg += f"; PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, coverage90 {m['coverage90']:.2f}"
+    print(msg)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# train-prior, priors
+# ---------------------------------------------------------------------------------------------
+def _add_train(sub):
+    p = sub.add_parser("train-prior", help="train a small diffusion prior on offline data (diffusers format)",
+                       description="Train a diffusers UNet2DModel + DDPM scheduler on data bundled with "
+                                   "scikit-learn / scikit-image and save it (config + safetensors, training.json, "
+                                   "samples.png, heldout.npy). Load it with --prior OUT or load_prior(OUT).")
+    try:
+        from .training import add_train_arguments
+
+        add_train_arguments(p)
+        p.set_defaults(func=_cmd_train)
+    except ImportError as e:  # pragma: no cover
+        p.set_defaults(func=lambda a: _unavailable(f"the training module is not available ({e})"))
+
+
+def _cmd_train(args):
+    from .demo import ensure_diffusers_importable
+    from .training import main_train
+
+    ensure_diffusers_importable()
+    return int(main_train(args) or 0)
+
+
+def _add_priors(sub):
+    p = sub.add_parser("priors", help="list the shipped priors", description="List the priors shipped with this "
+                       "installation and where their weights are.")
+    p.set_defaults(func=_cmd_priors)
+
+
+def _cmd_priors(args):
+    from .models import zoo
+
+    have = set(zoo.list_priors())
+    for name, desc in zoo.SHIPPED_PRIORS.items():
+        state = "installed" if name in have else "MISSING"
+        print(f"{name:<8} [{state}] {desc}\n         {zoo.WEIGHTS_DIR / name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark
+# ---------------------------------------------------------------------------------------------
+_BENCH_MODULES = {"images": "ppl_diffusion.bench_images", "speed": "ppl_diffusion.bench_speed",
+                  "peers": "ppl_diffusion.bench_peers"}
+
+
+def _add_benchmark(sub):
+    p = sub.add_parser(
+        "benchmark", help="run a benchmark: gmm, gaussian, images, speed, peers",
+        description="gmm: GMM posterior benchmark (exact posteriors; settings b / grid / quick), gaussian: the "
+                    "Gaussian closed-form check, both via ppl_diffusion.benchmarking (same as benchmarks/gmm.py); "
+                    "images / speed / peers: the image, speed and peer-library benchmarks when installed.")
+    p.add_argument("suite", choices=["gmm", "gaussian", "images", "speed", "peers"], help="which benchmark")
+    p.add_argument("--solver", default=None, help="registered solver name (gmm / gaussian); default: all registered")
+    p.add_argument("--setting", default="quick", choices=["b", "quick"],
+                   help="gmm: 'quick' (d=8, 3 problems per d_y, 500 draws; default) or 'b' (published setting B: "
+                        "20 problems, 1000 draws); the d=80/800 grid is `python benchmarks/gmm.py --setting grid`")
+    p.add_argument("--problems", type=int, default=None, help="problems per d_y (gmm)")
+    p.add_argument("--samples", type=int, default=None, help="posterior draws per problem (gmm)")
+    p.add_argument("--options", default="{}", help="JSON object of solver options (gmm / gaussian)")
+    p.add_argument("--out", default=None, help="write the table (markdown) to this file")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--extra", default="", help="arguments passed on to the images / speed / peers module, "
+                                                "as one quoted string")
+    p.set_defaults(func=_cmd_benchmark)
+
+
+def _unavailable(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _cmd_benchmark(args):
+    import importlib
+
+    _threads(args)
+    if args.suite in _BENCH_MODULES:
+        modname = _BENCH_MODULES[args.suite]
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                return _unavailable(f"the '{args.suite}' benchmark is not available yet in this installation "
+                                    f"({modname} is missing)")
+            raise
+        if not hasattr(mod, "main"):
+            return _unavailable(f"{modname} has no main(argv) entry point")
+        import shlex
+
+        return int(mod.main(shlex.split(args.extra)) or 0)
+    return _run_gmm_bench(args)
+
+
+def _run_gmm_bench(args):
+    """The logic of benchmarks/gmm.py (settings quick / b / gaussian) on registered solvers."""
+    from . import benchmarking as B
+
+    registered = B.available_solvers()
+    if not args.solver:
+        raise ValueError("--solver is required for the gmm / gaussian benchmark; registered: "
+                         + ", ".join(sorted(registered)))
+    if args.solver not in registered:
+        raise ValueError(f"unknown solver {args.solver!r}; registered: {', '.join(sorted(registered))}")
+    try:
+        opts = json.loads(args.options)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--options must be a JSON object ({e})") from e
+    command = "ppl-diffusion benchmark " + args.suite + f" --solver {args.solver} --setting {args.setting}"
+    if args.suite == "gaussian":
+        r = B.run_gaussian_check(args.solver, options=opts)
+        body = ("| solver | KL(fit ‖ exact) | KL floor | W2 | W2 floor | NFE/sample | ms/sample |\n"
+                "|---|---|---|---|---|---|---|\n"
+                f"| {r['solver']} | {r['kl']:.4g} | {r['kl_floor']:.4g} | {r['w2']:.4g} | {r['w2_floor']:.4g} | "
+                f"{r['nfe']:.0f} | {1e3 * r['sec_per_sample']:.3g} |")
+        title = f"Gaussian check — {args.solver}"
+    else:
+        if args.setting == "b":
+            rows = B.run_setting_b(args.solver, (1, 2, 4), args.problems or 20, options=opts,
+                                   n_samples=args.samples or 1000)
+        else:  # quick: d = 8, a few problems
+            rows = [B.run_gmm(args.solver, 8, dy, 100, None, args.problems or 3, args.samples or 500, 5000, "max_sw",
+                              "mcgdiff", 0, opts) for dy in (1, 2, 4)]
+        body = B.format_table(rows)
+        title = f"GMM benchmark ({args.setting}) — {args.solver}"
+    if args.out:
+        print(B.write_table(args.out, title, command, body))
+    else:
+        print(f"## {title}\n\n{body}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppl-diffusion", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Bayesian inverse problems with pre-trained diffusion priors (Pyro + ArviZ). Run "
+                    "`ppl-diffusion demo` first; `ppl-diffusion SUBCOMMAND --help` for the options.",
+        epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    _add_demo(sub)
+    _add_solve(sub)
+    _add_train(sub)
+    _add_priors(sub)
+    _add_benchmark(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if os.environ.get("PPL_DEBUG"):
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
