@@ -208,6 +208,27 @@ class Problem:
             raise ValueError(f"{method} needs a closed-form proximal step; {type(lg.operator).__name__} has none")
         return lg
 
+    def require(self, requirements, method: str = "this solver") -> None:
+        """Check a solver's requirements (``likelihood``, ``gaussian``, ``linear``, ``svd``, ``prox``,
+        ``mask``), raising a ValueError that names the missing piece."""
+        for req in requirements:
+            if req == "likelihood":
+                continue
+            if req == "gaussian":
+                self.gaussian(method)
+            elif req == "linear":
+                self.linear_gaussian(method)
+            elif req == "svd":
+                self.require_svd(method)
+            elif req == "prox":
+                self.require_prox(method)
+            elif req == "mask":
+                op = self.linear_gaussian(method).operator
+                if getattr(op, "name", "") != "inpainting" and not hasattr(op, "mask"):
+                    raise ValueError(f"{method} needs an inpainting (mask) operator, got {type(op).__name__}")
+            else:
+                raise ValueError(f"unknown requirement {req!r}")
+
     # ------------------------------------------------------------------------------------
     def _flatten(self, x: torch.Tensor):
         ne = len(self.event_shape)

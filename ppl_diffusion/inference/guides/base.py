@@ -75,23 +75,7 @@ class DiffusionGuide:
 
     def check(self, problem: Problem) -> None:
         """Raise ValueError naming the missing piece if the problem lacks a requirement."""
-        for req in self.requires:
-            if req == "likelihood":
-                continue
-            if req == "gaussian":
-                problem.gaussian(self.name)
-            elif req == "linear":
-                problem.linear_gaussian(self.name)
-            elif req == "svd":
-                problem.require_svd(self.name)
-            elif req == "prox":
-                problem.require_prox(self.name)
-            elif req == "mask":
-                op = problem.linear_gaussian(self.name).operator
-                if getattr(op, "name", "") != "inpainting" and not hasattr(op, "mask"):
-                    raise ValueError(f"{self.name} needs an inpainting (mask) operator, got {type(op).__name__}")
-            else:  # pragma: no cover - programming error
-                raise AssertionError(f"unknown requirement {req}")
+        problem.require(self.requires, self.name)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:  # pragma: no cover - abstract
         raise NotImplementedError

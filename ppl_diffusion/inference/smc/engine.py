@@ -268,19 +268,7 @@ class SMCSampler:
             raise ValueError(f"{self.name}: unknown options {sorted(options)}")
 
     def check(self, problem) -> None:
-        for req in self.requires:
-            if req == "likelihood":
-                continue
-            if req == "gaussian":
-                problem.gaussian(self.name)
-            elif req == "linear":
-                problem.linear_gaussian(self.name)
-            elif req == "svd":
-                problem.require_svd(self.name)
-            elif req == "mask":
-                op = problem.linear_gaussian(self.name).operator
-                if getattr(op, "name", "") != "inpainting" and not hasattr(op, "mask"):
-                    raise ValueError(f"{self.name} needs an inpainting (mask) operator, got {type(op).__name__}")
+        problem.require(self.requires, self.name)
 
     def fk_model(self, problem) -> FeynmanKac:  # pragma: no cover - abstract
         raise NotImplementedError
