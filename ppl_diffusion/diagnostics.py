@@ -8,15 +8,15 @@
   sorting, FFT autocovariances and Geyer's initial monotone sequence vectorised over coordinates.
   They agree with ``arviz.rhat`` / ``arviz.ess(method="bulk")`` to rounding and are several times
   faster on images even on one core (``benchmarks/diagnostics_speed.py``; :func:`rhat_ess` shares
-  the ranking between the two). On a CPU shared with other
-  jobs, ``torch.set_num_threads(1)`` is usually faster than the default (spinning OpenMP threads).
+  the ranking between the two). On a CPU shared with other jobs, ``torch.set_num_threads(1)`` is
+  usually faster than the default (OpenMP threads spin while their siblings are descheduled).
 * :func:`summary` gives mean / sd / quantile / R-hat / ESS maps; :func:`calibration_coverage`
   checks credible intervals against the exact posterior.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def _chains_draws_coords(samples, name: str = "samples") -> tuple[torch.Tensor, 
         raise ValueError(f"{name}: expected shape (chain, draw, *event), got {tuple(x.shape)}")
     event = x.shape[2:]
     c, d = x.shape[:2]
-    x = x.to(torch.float64).reshape(c, d, -1).permute(2, 0, 1).contiguous()
+    x = x.detach().to(torch.float64).reshape(c, d, -1).permute(2, 0, 1).contiguous()
     return x, event
 
 

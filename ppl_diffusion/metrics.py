@@ -244,7 +244,10 @@ def noise_floor(
     m = n if m is None else m
     if n < 1 or m < 1 or n_repeats < 1:
         raise ValueError(f"n, m, n_repeats: expected positive integers, got {n}, {m}, {n_repeats}")
-    metric_params = inspect.signature(metric).parameters
+    try:
+        metric_params = inspect.signature(metric).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        metric_params = {}
     if "generator" in metric_params and "generator" not in metric_kwargs:
         metric_kwargs["generator"] = generator
     pool = None
