@@ -124,8 +124,7 @@ def posterior_grid(rows: Sequence[dict], path=None, title: Optional[str] = None,
     umax = max([float(np.nanmax(img)) for p in panel_rows for (_, img, k) in p if k in ("std", "error")] + [1e-6])
     fig, axes = plt.subplots(len(panel_rows), ncol, figsize=(cell * ncol, cell * len(panel_rows) + (0.4 if title else 0)),
                              squeeze=False)
-    cmap_img = plt.get_cmap("gray").copy()
-    cmap_img.set_bad("tab:blue")
+    cmap_img = plt.get_cmap("gray").with_extremes(bad="tab:blue")
     for r, (panels, row) in enumerate(zip(panel_rows, rows)):
         for c in range(ncol):
             ax = axes[r, c]
