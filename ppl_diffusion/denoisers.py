@@ -70,8 +70,18 @@ class Denoiser(torch.nn.Module):
             )
 
     def coefficients(self, t, x: torch.Tensor):
-        """``(alpha, sigma)`` at ``t`` broadcast against ``x``."""
+        """``(alpha, sigma)`` at ``t`` broadcast against ``x`` (scalar times are cached: the grid of a
+        run repeats the same few values, and schedule interpolation is not free)."""
         tb = broadcast_time(t, x, self.n_event)
+        if tb.dim() == 0:
+            key = (float(tb), x.dtype, x.device)
+            cache = self.__dict__.setdefault("_coef_cache", {})
+            hit = cache.get(key)
+            if hit is None:
+                if len(cache) > 4096:
+                    cache.clear()
+                hit = cache[key] = (self.schedule.alpha(tb).to(x.dtype), self.schedule.sigma(tb).to(x.dtype))
+            return hit
         return self.schedule.alpha(tb).to(x.dtype), self.schedule.sigma(tb).to(x.dtype)
 
     # --- derived quantities --------------------------------------------------------------
@@ -151,14 +161,24 @@ class UNetDenoiser(Denoiser):
             p.requires_grad_(False)
         self.unet.eval()
 
+    @property
+    def net_dtype(self) -> torch.dtype:
+        """The network's dtype (read from its first parameter; cached until ``.to()`` changes it)."""
+        p = self.__dict__.get("_first_param")
+        if p is None:
+            p = self.__dict__["_first_param"] = next(self.unet.parameters())
+        return p.dtype
+
     def denoise(self, x_t, t):
         batch = x_t.shape[: x_t.dim() - 3]
         flat = x_t.reshape((-1,) + tuple(self.event_shape))
         n = flat.shape[0]
-        net_dtype = next(self.unet.parameters()).dtype
+        net_dtype = self.net_dtype
         tt = torch.as_tensor(t, dtype=torch.float64, device=x_t.device)
-        tt = tt.expand(batch).reshape(-1) if tt.dim() > 0 else tt.expand(n)
-        steps = self.schedule.model_timestep(tt).to(torch.float32)
+        if tt.dim() > 0:
+            steps = self.schedule.model_timestep(tt.expand(batch).reshape(-1)).to(torch.float32)
+        else:
+            steps = self.schedule.model_timestep(tt).to(torch.float32).expand(n)
         out = self.unet(flat.to(net_dtype), steps).sample.to(x_t.dtype)
         out = out[:, : self.event_shape[0]]
         out = out.reshape(x_t.shape)

@@ -122,11 +122,14 @@ def reverse_diffusion(
     x = x_T.detach()
     hook.start(x, times)
     last_x0 = None
+    # schedule coefficients of the whole grid, once (on the state's device and dtype)
+    alphas = sched.alpha(times).to(dtype=x.dtype, device=x.device)
+    sigmas = sched.sigma(times).to(dtype=x.dtype, device=x.device)
+    times_x = times.to(dtype=x.dtype, device=x.device)
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False)
     for i in bar:
         t, s = times[i], times[i + 1]
-        a_t, s_t = sched.alpha(t).to(x.dtype), sched.sigma(t).to(x.dtype)
-        a_s, s_s = sched.alpha(s).to(x.dtype), sched.sigma(s).to(x.dtype)
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         if s > t:  # time travel: forward-noise from t to s
             r = a_s / a_t
             std = torch.sqrt((s_s**2 - (r * s_t) ** 2).clamp(min=0.0))
@@ -135,7 +138,7 @@ def reverse_diffusion(
         with torch.set_grad_enabled(hook.needs_grad):
             if hook.needs_grad:
                 x = x.detach().requires_grad_(True)
-            x0 = denoiser(x, t.to(x.dtype))
+            x0 = denoiser(x, times_x[i])
             eps = (x - a_t * x0) / s_t
             state = StepState(i, n_steps, t, s, x, x0, eps, a_t, s_t, a_s, s_s, eta, generator)
             out = hook.correct_x0(state)
