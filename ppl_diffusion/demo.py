@@ -476,7 +476,8 @@ def run_demo(out="report", prior="digits", fast: bool = False, images: Optional[
     for task, rws in by_task.items():
         rws = sorted(rws, key=lambda r: r["label"])
         posterior_grid(rws, path=out / "figures" / f"{task}.png",
-                       title=f"{task} ({DEMO_TASKS[task][0]} {DEMO_TASKS[task][1] or ''}), sigma_y={noise_std}, prior={prior}")
+                       title=f"{task}: {DEMO_TASKS[task][0]} {json.dumps(DEMO_TASKS[task][1]) if DEMO_TASKS[task][1] else ''}, "
+                             f"sigma_y={noise_std}, prior={prior}")
     seconds = time.perf_counter() - t_start
     _write_summary(out, rows, seconds, dict(prior=str(prior), fast=fast, images=[int(j) for j in idx], samples=n_s,
                                              noise_std=noise_std, seed=seed, config=cfg))

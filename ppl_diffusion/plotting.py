@@ -114,18 +114,21 @@ def posterior_grid(rows: Sequence[dict], path=None, title: Optional[str] = None,
                    vmax: float = 1.0, cell: float = 1.35):
     """One figure row per posterior. Each ``row`` is a dict with ``samples`` and optionally
     ``truth``, ``y``, ``operator``, ``label`` (row title, e.g. ``"image 0 / DDRM"``) and
-    ``n_samples_shown``. Images share ``[vmin, vmax]`` (grey); std and ``|error|`` maps share one
-    colour scale per figure (``magma``) so that they are comparable across rows."""
+    ``n_samples_shown``. Images share ``[vmin, vmax]`` (grey); the std and ``|error|`` maps of a row
+    share one colour scale (``magma``, 0 to the row's maximum, printed under the panels)."""
     panel_rows = [posterior_row_images(r["samples"], r.get("truth"), r.get("y"), r.get("operator"),
                                        r.get("n_samples_shown", 3)) for r in rows]
     if not panel_rows:
         raise ValueError("rows: need at least one posterior")
     ncol = max(len(p) for p in panel_rows)
-    umax = max([float(np.nanmax(img)) for p in panel_rows for (_, img, k) in p if k in ("std", "error")] + [1e-6])
+    # std and |error| share one colour scale per row (comparable within a posterior, readable across
+    # methods of very different accuracy)
+    umaxes = [max([float(np.nanmax(img)) for (_, img, k) in p if k in ("std", "error")] + [1e-6]) for p in panel_rows]
     fig, axes = plt.subplots(len(panel_rows), ncol, figsize=(cell * ncol, cell * len(panel_rows) + (0.4 if title else 0)),
                              squeeze=False)
     cmap_img = plt.get_cmap("gray").with_extremes(bad="tab:blue")
     for r, (panels, row) in enumerate(zip(panel_rows, rows)):
+        umax = umaxes[r]
         for c in range(ncol):
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])
@@ -143,8 +146,10 @@ def posterior_grid(rows: Sequence[dict], path=None, title: Optional[str] = None,
                     ax.imshow(img, cmap=cmap_img, vmin=vmin, vmax=vmax, interpolation="nearest")
             else:
                 ax.imshow(img, cmap="magma", vmin=0.0, vmax=umax, interpolation="nearest")
-            if r == 0 or kind == "y":
+            if r == 0:
                 ax.set_title(name, fontsize=7)
+            if kind in ("std", "error"):
+                ax.set_xlabel(f"max {umax:.2f}", fontsize=6)
             if c == 0 and row.get("label"):
                 ax.set_ylabel(row["label"], fontsize=7)
     if title:
