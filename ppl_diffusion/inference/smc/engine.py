@@ -14,6 +14,11 @@ log-weights in float64, resampling (multinomial or systematic) whenever ``ESS < 
 ``log Z = sum_resampling (logsumexp(logw) - log N) + logsumexp(logw_current) - log N``.
 With ``reference`` (conditional SMC, used by particle Gibbs) particle 0 of each run is pinned to a
 given trajectory: its ancestor is always 0 and its moves are replaced by the reference's states.
+With ``ancestor_sampling=True`` (PGAS, Lindsten, Jordan & Schön 2014) the ancestor of the pinned
+particle is instead redrawn at each resampling step with probability proportional to
+``w_k^i * gamma_T(x^i_{0:k}, x'_{k+1:T}) / gamma_k(x^i_{0:k})``, which the model supplies as
+``model.ancestor_log_weight(k, state, x_ref_next)`` (added to the current log-weights; ``None`` on
+deterministic steps, where the ancestor stays 0).
 
 Network calls on ``R * N`` particles are split into chunks of ``max_batch`` (:func:`chunked`) so that
 large particle counts fit a memory budget.
@@ -125,10 +130,14 @@ class FeynmanKac:
         """Particles in the user's space ``(R, N, *event_shape)``."""
         return state["x"]
 
+    # optional, for ancestor sampling in conditional SMC:
+    # def ancestor_log_weight(self, k, state, x_next) -> (R, N) float64 tensor or None
+
 
 def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", ess_threshold: float = 1.0,
             generator: Optional[torch.Generator] = None, reference: Optional[list] = None,
-            keep_history: bool = False, final_resample: bool = False) -> SMCResult:
+            keep_history: bool = False, final_resample: bool = False,
+            ancestor_sampling: bool = False) -> SMCResult:
     """Run the SMC engine; see the module docstring. ``reference``: list of ``n_steps + 1`` tensors
     ``(R, *x_shape)`` (conditional SMC). ``keep_history``: store every step's ``x`` and ancestors
     (needed to trace back a trajectory, as particle Gibbs does)."""
@@ -141,6 +150,8 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
     resampler = RESAMPLERS[resampling]
+    if ancestor_sampling and not hasattr(model, "ancestor_log_weight"):
+        raise ValueError(f"{getattr(model, 'name', 'this model')}: ancestor sampling is not available")
     K = model.n_steps
     x0 = model.sample_initial(R, N, generator)
     if reference is not None:
@@ -165,6 +176,12 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
                 idx = resampler(logw, N, generator)
                 if reference is not None:
                     idx[:, 0] = 0
+                    if ancestor_sampling:
+                        extra = model.ancestor_log_weight(k, state, reference[k + 1])
+                        if extra is not None:
+                            la = logw + extra.to(torch.float64)
+                            la = torch.where(torch.isnan(la), torch.full_like(la, -math.inf), la)
+                            idx[:, 0] = multinomial_resample(la, 1, generator)[:, 0]
                 idx = torch.where(do[:, None], idx, arangeN)
                 state = gather_state(state, idx)
                 lse = torch.logsumexp(logw, -1) - logN

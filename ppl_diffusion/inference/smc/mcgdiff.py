@@ -160,6 +160,28 @@ class _MCGDiffFK(FeynmanKac):
             x[..., self.obs_idx] = x_obs
         return x
 
+    def ancestor_log_weight(self, k, state, x_next):
+        """log M_{k+1}(x_k^i, x_next) of the fully adapted proposal (the look-ahead weight G_k(x_k^i)
+        is already the engine's log-weight): ancestor sampling for conditional SMC."""
+        if self.final_correction:
+            raise ValueError("mcgdiff: ancestor sampling needs final_correction=False (path-dependent weight)")
+        m = state["m"].to(torch.float64)
+        c = state["c"].to(torch.float64)[..., None]
+        if float(c.min()) <= 0:
+            return None
+        xn = x_next.to(torch.float64)[:, None]  # (R, 1, D)
+        lp = normal_logpdf(xn.expand_as(m), m, c ** 2)  # (R, N, D)
+        if k + 1 <= self.J:
+            act = self.active(k + 1)
+            mean1, var1 = self.g_params(k + 1)
+            c2 = c ** 2
+            K = c2 / (c2 + var1)
+            mo = m[..., self.obs_idx]
+            lo = normal_logpdf(xn[..., self.obs_idx].expand_as(mo), K * mean1 + (1 - K) * mo, var1 * K)
+            lp = lp.clone()
+            lp[..., self.obs_idx] = torch.where(act, lo, lp[..., self.obs_idx])
+        return lp.sum(-1)
+
     def weigh(self, k, state, x_new):
         j = k + 1
         st = self.caches(j, x_new)

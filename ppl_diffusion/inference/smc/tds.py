@@ -103,6 +103,17 @@ class _TDSFK(FeynmanKac):
         z = torch.randn(state["x"].shape, generator=generator, dtype=self.dtype, device=self.device)
         return state["mutw"] + c * z
 
+    def ancestor_log_weight(self, k, state, x_next):
+        """``log p(x_next | x_k^i) - log p~_k(y | x_k^i)`` (untwisted prior transition over the twist):
+        ancestor sampling for conditional SMC; ``None`` on the deterministic last step."""
+        c = float(state["c"].flatten()[0])
+        if k == self.n_steps - 1 or c == 0:
+            return None
+        dims = tuple(range(2, 2 + self.ne))
+        xn = x_next[:, None].expand_as(state["mu"])
+        lp = normal_logpdf(xn, state["mu"], torch.as_tensor(c, dtype=torch.float64) ** 2).sum(dims)
+        return lp - state["logtw"]
+
     def weigh(self, k, state, x_new):
         st = self._caches(k + 1, x_new)
         dims = tuple(range(2, 2 + self.ne))
