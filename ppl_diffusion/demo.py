@@ -363,7 +363,8 @@ def demo_config(fast: bool = False) -> dict:
         return {"samples": 4, "images": 1, "lin": lin, "phase": phase}
     lin = {"ddrm": {"steps": 50},
            "red_diff": {"steps": 200, "lr": 0.1},
-           "mcgdiff": {"steps": 40, "particles": 24, "independent": False}}
+           "mcgdiff": {"steps": 30, "particles": 4}}  # one independent run per draw (a single run's
+    # resampled particles collapse onto one lineage: zero posterior std)
     phase = {"dps": {"steps": 100, "zeta": 1.0},
              "red_diff": {"steps": 200, "lr": 0.1},
              "pnpdm": {"rho0": 2.0, "decay": 0.8, "rho_min": 0.3, "num_grid": 40, "langevin_steps": 50,
