@@ -362,11 +362,11 @@ def demo_config(fast: bool = False) -> dict:
                            "warmup": 1, "chains": 2}}
         return {"samples": 4, "images": 1, "lin": lin, "phase": phase}
     lin = {"ddrm": {"steps": 50},
-           "red_diff": {"steps": 200, "lr": 0.1},
+           "red_diff": {"steps": 200, "lr": 0.02},
            "mcgdiff": {"steps": 30, "particles": 4}}  # one independent run per draw (a single run's
     # resampled particles collapse onto one lineage: zero posterior std)
     phase = {"dps": {"steps": 100, "zeta": 1.0},
-             "red_diff": {"steps": 200, "lr": 0.1},
+             "red_diff": {"steps": 200, "lr": 0.02},
              "pnpdm": {"rho0": 2.0, "decay": 0.8, "rho_min": 0.3, "num_grid": 40, "langevin_steps": 50,
                        "langevin_step": 1e-4, "warmup": 9, "chains": 8, "thin": 1}}
     return {"samples": 16, "images": 2, "lin": lin, "phase": phase}
