@@ -42,7 +42,7 @@ def _add_demo(sub):
                     "prior with one method per family (DDRM or DPS, RED-Diff, MCGDiff or PnP-DM). Writes "
                     "OUT/figures/<task>.png (truth, measurement, posterior mean, std, draws, |error|), "
                     "OUT/netcdf/<task>_<method>.nc (ArviZ InferenceData), OUT/summary.md and OUT/summary.csv "
-                    "(PSNR, SSIM, 90%% interval coverage, corr(std, |error|), NFE, time).")
+                    "(PSNR, SSIM, 90 percent interval coverage, corr(std, |error|), NFE, time).")
     p.add_argument("--out", default="report", help="report folder (default ./report)")
     p.add_argument("--fast", action="store_true", help="seconds-scale settings (for CI; numbers not meaningful)")
     p.add_argument("--prior", default="digits", help="shipped prior name or diffusers folder with heldout.npy "
