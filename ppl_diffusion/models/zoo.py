@@ -277,17 +277,22 @@ def load_unet(name_or_path=DEFAULT_PRIOR, device=None, dtype=None):
     return unet, sched_cfg
 
 
-def load_prior(name_or_path=DEFAULT_PRIOR, device=None, dtype=None, clip_x0: bool = False, **prior_kwargs):
+def load_prior(name_or_path=DEFAULT_PRIOR, device=None, dtype=None, clip_x0: bool | None = None,
+               **prior_kwargs):
     """``DiffusionPrior(UNetDenoiser(unet, scheduler_config), **prior_kwargs)`` for a shipped name,
     a local diffusers folder or a hub id (see :func:`load_unet`).
 
     ``device`` / ``dtype`` place the network; ``clip_x0`` clips the denoiser's E[x0 | x_t] to
-    [-1, 1]; other keyword arguments (``steps``, ``eta``, ...) go to ``DiffusionPrior``.
+    [-1, 1] (default: the scheduler config's ``clip_sample``, which diffusers takes as true when
+    absent; the shipped ``patches`` prior sets it, ``digits`` does not); other keyword arguments
+    (``steps``, ``eta``, ...) go to ``DiffusionPrior``.
     """
     from ..denoisers import UNetDenoiser
     from .prior import DiffusionPrior
 
     unet, sched_cfg = load_unet(name_or_path, device=device, dtype=dtype)
+    if clip_x0 is None:
+        clip_x0 = bool(sched_cfg.get("clip_sample", True))
     return DiffusionPrior(UNetDenoiser(unet, sched_cfg, clip_x0=clip_x0), **prior_kwargs)
 
 
