@@ -11,6 +11,7 @@ is the run's time / samples on this 2-core machine with one torch thread.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -80,10 +81,11 @@ PUBLISHED = {32: {1: "19.82 ± 2.39 (6.2 s)", 2: "10.84 ± 0.67 (7.2 s)", 4: "0.
              128: {1: "5.23 ± 0.59 (28.5 s)", 2: "4.28 ± 0.42 (26.9 s)", 4: "0.179 ± 0.027 (24.8 s)"}}
 
 
-def bench_setting_b(n_problems, Ns):
+def bench_setting_b(n_problems, Ns, dtype, options):
     rows = []
     for N in Ns:
-        rows += run_setting_b("mcgdiff", n_problems=n_problems, options={"particles": N})
+        rows += run_setting_b("mcgdiff", n_problems=n_problems, options={"particles": N, **options},
+                              solver_dtype=dtype)
         print(format_table(rows[-3:]), flush=True)
     cmp = ["| d_y | N | ours max-SW (mean ± 95% CI) | ours noise floor | ours s / 1,000 samples | published max-SW (s / 1,000) |",
            "|---|---|---|---|---|---|"]
@@ -93,9 +95,12 @@ def bench_setting_b(n_problems, Ns):
         f, fh = r.floor
         cmp.append(f"| {r.d_y} | {N} | {m:.3g} ± {h:.2g} | {f:.3g} ± {fh:.2g} | {1e3 * r.sec_per_sample:.3g} | "
                    f"{PUBLISHED.get(N, {}).get(r.d_y, '-')} |")
-    notes = (f"Setting B: d = 8, 100 steps, 1,000 samples (each from its own independent run), 10,000 reference "
-             f"draws, max-sliced W (POT definition, 100 projections); {n_problems} problems (seeds 0..{n_problems - 1}) "
-             "instead of the published 20. Published numbers: BENCHMARKS.md (MCGDiff authors, CPU laptop).")
+    notes = (f"Setting B: d = 8, 100 steps (+ the matching times), 1,000 samples (each from its own independent "
+             f"run), 10,000 reference draws, max-sliced W (POT definition, 100 projections); {n_problems} problems "
+             f"(seeds 0..{n_problems - 1}, drawn in float64); solver in {str(dtype).replace('torch.', '')}; "
+             f"options {options or 'default'} (systematic resampling when ESS < N/2, 'alpha' grid, kappa 1e-4). "
+             "Published numbers: BENCHMARKS.md (MCGDiff authors, CPU laptop, 20 problems; resampling at every "
+             "step). Times are wall seconds on this 2-core machine with one torch thread.")
     write_table(os.path.join(RES, "gmm_b_mcgdiff.md"), "GMM benchmark (b) — mcgdiff (N = 32, 128)", CMD,
                 format_table(rows) + "\n\n" + "\n".join(cmp), notes)
 
@@ -147,6 +152,8 @@ def main():
     p.add_argument("--particles", type=int, default=256)
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="solver precision (setting_b)")
+    p.add_argument("--options", default="{}", help="JSON dict of extra MCGDiff options (setting_b)")
     a = p.parse_args()
     torch.set_num_threads(1)
     methods = tuple(a.methods.split(","))
@@ -156,7 +163,7 @@ def main():
     elif a.what == "calibration":
         bench_calibration(a.problems, a.steps, methods, a.particles)
     elif a.what == "setting_b":
-        bench_setting_b(a.problems, Ns)
+        bench_setting_b(a.problems, Ns, getattr(torch, a.dtype), json.loads(a.options))
     else:
         bench_pg(a.chains, a.draws, a.particles, a.steps)
 

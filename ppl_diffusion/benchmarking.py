@@ -159,8 +159,11 @@ def _score(metric: str, x, ref, generator):
 def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Optional[float] = None,
             n_problems: int = 5, n_samples: int = 1000, n_ref: int = 10000, metric: str = "max_sw",
             schedule: str = "mcgdiff", seed: int = 0, options: Optional[dict] = None,
-            dtype=torch.float64) -> BenchRow:
-    """Run ``solver`` on ``n_problems`` seeded GMM problems (BENCHMARKS.md §1)."""
+            dtype=torch.float64, solver_dtype=None) -> BenchRow:
+    """Run ``solver`` on ``n_problems`` seeded GMM problems (BENCHMARKS.md §1).
+
+    Problems are drawn in ``dtype`` (float64: the same problems whatever the solver precision); the
+    solver runs in ``solver_dtype`` (default: ``dtype``); scores are computed in float64."""
     solvers = available_solvers()
     if solver.lower() not in solvers:
         raise ValueError(f"unknown solver {solver!r}; available: {sorted(solvers)}")
@@ -170,6 +173,8 @@ def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Option
     values, floors, nfes, secs, extras = [], [], [], [], []
     for k in range(n_problems):
         pb = gmm_benchmark_problem(d, d_y, seed=seed + k, dtype=dtype)
+        if solver_dtype is not None and solver_dtype != dtype:
+            pb = pb.to(solver_dtype)
         model = pb.model(sched)
         g = torch.Generator().manual_seed(10_000 + seed + k)
         t0 = time.perf_counter()
@@ -178,7 +183,8 @@ def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Option
         target = pb.posterior if spec.target == "posterior" else pb.prior
         ref = target.sample(n_ref, generator=g)
         ref2 = target.sample(n_samples, generator=g)
-        x = out.samples.to(dtype).reshape(n_samples, d)
+        x = out.samples.to(torch.float64).reshape(n_samples, d)
+        ref, ref2 = ref.to(torch.float64), ref2.to(torch.float64)
         if not torch.isfinite(x).all():
             raise RuntimeError(f"{solver} produced non-finite samples on problem seed {seed + k}")
         values.append(_score(metric, x, ref, g))
@@ -192,10 +198,10 @@ def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Option
 
 def run_setting_b(solver: str, d_ys: Sequence[int] = (1, 2, 4), n_problems: int = 20, steps: int = 100,
                   eta: Optional[float] = None, options: Optional[dict] = None, schedule: str = "mcgdiff",
-                  n_samples: int = 1000, n_ref: int = 10000) -> list:
+                  n_samples: int = 1000, n_ref: int = 10000, solver_dtype=None) -> list:
     """Setting B: d = 8, 100 steps, 1,000 samples, 10,000 reference samples, POT max-sliced W (100 projections)."""
-    return [run_gmm(solver, 8, dy, steps, eta, n_problems, n_samples, n_ref, "max_sw", schedule, 0, options)
-            for dy in d_ys]
+    return [run_gmm(solver, 8, dy, steps, eta, n_problems, n_samples, n_ref, "max_sw", schedule, 0, options,
+                    solver_dtype=solver_dtype) for dy in d_ys]
 
 
 def run_gaussian_check(solver: str, steps: int = 300, eta: Optional[float] = None, n_samples: int = 2000,

@@ -20,6 +20,8 @@ __all__ = [
     "EDMSchedule",
     "time_grid",
     "mcgdiff_grid",
+    "resolve_grid",
+    "GRID_KINDS",
 ]
 
 
@@ -295,6 +297,18 @@ class EDMSchedule(Schedule):
         return (_as_tensor(rho) / self.sigma_max).clamp(0, 1)
 
 
+GRID_KINDS = ("auto", "uniform", "quadratic", "edm", "alpha")
+
+
+def resolve_grid(schedule: Schedule, kind: str) -> str:
+    """``"auto"`` -> ``"alpha"`` on schedules whose ``alpha(t)`` decreases (VP), ``"uniform"`` otherwise."""
+    if kind != "auto":
+        return kind
+    a0 = float(schedule.alpha(torch.tensor(0.0, dtype=torch.float64)))
+    a1 = float(schedule.alpha(torch.tensor(1.0, dtype=torch.float64)))
+    return "alpha" if a0 > a1 else "uniform"
+
+
 def time_grid(
     schedule: Schedule,
     n_steps: int,
@@ -307,12 +321,15 @@ def time_grid(
 
     ``uniform``: evenly spaced in t. ``quadratic``: ``t = t_max * u^2`` (dense near 0, DiffPIR's
     "quad"). ``edm``: Karras et al. rho=7 spacing of the noise level ``rho(t)``, mapped back to t.
+    ``alpha``: evenly spaced in ``alpha(t)`` down to ``alpha = 1e-2``, then one step to ``t_max``
+    (the official MCGDiff grid; VP schedules only). ``auto``: ``alpha`` on VP schedules, else ``uniform``.
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not 0 <= t_min < t_max <= 1:
         raise ValueError("need 0 <= t_min < t_max <= 1")
     u = torch.linspace(1.0, 0.0, n_steps + 1, dtype=torch.float64)
+    kind = resolve_grid(schedule, kind)
     if kind == "uniform":
         t = t_min + (t_max - t_min) * u
     elif kind == "quadratic":
@@ -324,8 +341,25 @@ def time_grid(
         r = (r_min ** (1 / p) + u * (r_max ** (1 / p) - r_min ** (1 / p))) ** p
         t = schedule.t_of_rho(r)
         t[0], t[-1] = t_max, t_min
+    elif kind == "alpha":
+        # Uniform in the signal scale alpha(t) = sqrt(alpha_bar) down to alpha = 1e-2 (rho ~ 100), then
+        # one step to t_max: the grid of the official MCGDiff code. On schedules whose alpha falls fast
+        # (the decreasing-beta GMM benchmark schedule) it puts the steps where the posterior is decided.
+        a_hi = float(schedule.alpha(torch.tensor(t_min, dtype=torch.float64)))
+        a_lo = float(schedule.alpha(torch.tensor(t_max, dtype=torch.float64)))
+        if not a_hi > a_lo:
+            raise ValueError("grid kind 'alpha' needs a schedule whose alpha(t) decreases (VP); "
+                             "use 'edm' or 'uniform' for VE / EDM schedules")
+        a_end = max(a_lo, 1e-2)
+        n_main = n_steps if a_end == a_lo or n_steps == 1 else n_steps - 1
+        a = a_end + (a_hi - a_end) * torch.linspace(0.0, 1.0, n_main + 1, dtype=torch.float64)
+        a = a.clamp(max=1.0)
+        t = schedule.t_of_rho(torch.sqrt((1.0 / a**2 - 1.0).clamp(min=0.0))).to(torch.float64)
+        if n_main < n_steps:
+            t = torch.cat([torch.tensor([t_max], dtype=torch.float64), t])
+        t[0], t[-1] = t_max, t_min
     else:
-        raise ValueError(f"unknown grid kind {kind!r}; use 'uniform', 'quadratic' or 'edm'")
+        raise ValueError(f"unknown grid kind {kind!r}; use 'uniform', 'quadratic', 'edm' or 'alpha'")
     return t.to(dtype)
 
 
@@ -335,15 +369,17 @@ def mcgdiff_grid(
     singular_values: torch.Tensor,
     noise_std: float,
     dtype: torch.dtype = torch.float64,
+    kind: str = "auto",
 ) -> torch.Tensor:
-    """Uniform grid with the MCGDiff matching times inserted.
+    """A :func:`time_grid` of ``kind`` (default ``"auto"``: ``"alpha"``, the official code's grid, on VP
+    schedules; ``"uniform"`` on schedules whose alpha is constant) with the MCGDiff matching times inserted.
 
     For every singular value ``s_i > 0`` the matching time ``tau_i`` solves ``rho(tau_i) = sigma_y / s_i``
     (the step where the noised prior coordinate is as noisy as the observation, Cardoso et al. 2023).
     Inserting the ``tau_i`` into the grid makes each observed coordinate become "active" exactly at
     a grid point. Noiseless problems give ``tau_i = 0``.
     """
-    base = time_grid(schedule, n_steps, "uniform", dtype=torch.float64)
+    base = time_grid(schedule, n_steps, kind, dtype=torch.float64)
     s = torch.as_tensor(singular_values, dtype=torch.float64).flatten()
     s = s[s > 0]
     if noise_std < 0:

@@ -120,7 +120,8 @@ def test_invariance_from_exact_reference(method, ancestor_sampling):
     model = pb.model(VPSchedule.gmm_benchmark())
     g = torch.Generator().manual_seed(1)
     cls = MCGDiff if method == "mcgdiff" else TDS
-    pg = ParticleGibbs(cls(model, particles=N, steps=steps), chains=C, generator=g,
+    # uniform grid: its coarse late steps make plain SMC with N = 4 visibly biased (the control)
+    pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform"), chains=C, generator=g,
                        ancestor_sampling=ancestor_sampling)
     pg.setup(0, y=pb.y)
     m, Sg, Vt = _fk_target(pg, pb, mu, cov, method)
@@ -134,8 +135,10 @@ def test_invariance_from_exact_reference(method, ancestor_sampling):
     z = (stats.mean(0) - exact) / (stats.std(0) / math.sqrt(C))
     # measured max |z| 1.7 (mcgdiff, AS), 1.2 (no AS), 1.1 (tds) over 14 statistics; 4.0 ~ p < 1e-3 overall
     assert float(z.abs().max()) < 4.0, (method, z)
-    # negative control: independent SMC runs of the same size miss the target by > 10 standard errors
-    xi = cls(model, particles=N, steps=steps).sample(C, y=pb.y, generator=g)
+    # negative control: independent SMC runs of the same size (resampling at every step, like the
+    # kernel's inner SMC) miss the target by > 8 standard errors
+    xi = cls(model, particles=N, steps=steps, resampling="multinomial", ess_threshold=1.0, grid="uniform").sample(
+        C, y=pb.y, generator=g)
     zi = (xi.mean(0) - mK) / (xi.std(0) / math.sqrt(C))
     assert float(zi.abs().max()) > 8.0, zi
 

@@ -54,7 +54,7 @@ def test_pf_ode_coefficients_vp():
 
 def test_time_grids():
     s = VPSchedule.linear()
-    for kind in ["uniform", "quadratic", "edm"]:
+    for kind in ["uniform", "quadratic", "edm", "alpha"]:
         g = time_grid(s, 20, kind)
         assert g.shape == (21,) and float(g[0]) == 1.0 and float(g[-1]) == 0.0
         assert torch.all(g[1:] < g[:-1])
@@ -64,6 +64,12 @@ def test_time_grids():
         time_grid(s, 0)
     with pytest.raises(ValueError):
         time_grid(s, 10, "bogus")
+    # "alpha": uniform in alpha(t) down to alpha = 1e-2, then one step to t = 1
+    a = s.alpha(time_grid(s, 20, "alpha"))
+    assert float(a[1]) == pytest.approx(1e-2) and float(a[0]) < 1e-2
+    assert torch.allclose(torch.diff(a[1:]), torch.full((19,), (1.0 - 1e-2) / 19, dtype=torch.float64))
+    with pytest.raises(ValueError, match="alpha"):
+        time_grid(VESchedule(), 10, "alpha")
 
 
 def test_mcgdiff_grid_contains_matching_times():
@@ -74,6 +80,8 @@ def test_mcgdiff_grid_contains_matching_times():
     for tau in taus:
         assert torch.min((g - tau).abs()) < 1e-12
     assert torch.allclose(s.rho(taus), 0.2 / sv, rtol=1e-8)
-    assert torch.equal(mcgdiff_grid(s, 100, sv, 0.0), time_grid(s, 100))
+    assert g.numel() == 101 + 3
+    assert torch.equal(mcgdiff_grid(s, 100, sv, 0.0), time_grid(s, 100, "alpha"))
+    assert torch.equal(mcgdiff_grid(s, 100, sv, 0.0, kind="uniform"), time_grid(s, 100))
     with pytest.raises(ValueError):
         mcgdiff_grid(s, 10, sv, -1.0)

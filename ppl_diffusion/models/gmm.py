@@ -269,6 +269,12 @@ class GMMProblem:
 
         return Matrix(self.A)
 
+    def to(self, dtype: torch.dtype) -> "GMMProblem":
+        """The same problem with prior, ``A`` and ``y`` cast to ``dtype`` (the exact posterior keeps its
+        precision: it is the reference, not the solver's input)."""
+        return GMMProblem(self.prior.to(dtype=dtype), self.A.to(dtype), self.y.to(dtype), self.noise_std,
+                          self.x_true.to(dtype), self.posterior, self.seed)
+
     def model(self, schedule: Schedule | None = None, **prior_kwargs):
         """The Pyro model ``x ~ DiffusionPrior(exact GMM denoiser)``, ``y ~ GaussianMeasurement(A x, sigma_y)``."""
         import pyro

@@ -28,7 +28,7 @@ __all__ = ["FPS", "FPSSMC"]
 class _FPSFK(FeynmanKac):
     name = "fps_smc"
 
-    def __init__(self, problem, steps, c_rate, weighted, max_batch):
+    def __init__(self, problem, steps, c_rate, weighted, max_batch, grid="auto"):
         lg = problem.require_svd("FPS")
         self.op, self.noise = lg.operator, max(float(lg.noise_std), 1e-4)
         self.den = problem.denoiser
@@ -42,7 +42,7 @@ class _FPSFK(FeynmanKac):
         self.obs_idx = torch.nonzero(obs).flatten()
         self.s = s[self.obs_idx].to(self.dtype)
         self.u_obs = self.op.Ut(lg.y.to(self.dtype)).reshape(-1)[: s.numel()][self.obs_idx]
-        self.times = time_grid(self.sched, steps, "uniform")
+        self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.ab = self.sched.alpha_bar(self.times).to(self.dtype).to(self.device)
         self.particle_nfe = steps
@@ -132,7 +132,7 @@ class FPSSMC(SMCSampler):
         self.c_rate = float(c_rate)
 
     def fk_model(self, problem):
-        fk = _FPSFK(problem, self.steps, self.c_rate, self.weighted, self.max_batch)
+        fk = _FPSFK(problem, self.steps, self.c_rate, self.weighted, self.max_batch, self.grid)
         fk.name = self.name
         return fk
 

@@ -2,7 +2,7 @@
 
 Fully-adapted auxiliary particle filter in the SVD basis ``x_bar = V^T x`` of a linear-Gaussian
 problem ``y = A x + sigma_y n`` (METHODS_SPEC §2.1). Each observed coordinate ``i`` (``s_i > 0``)
-has a matching time ``tau_i`` with ``rho(tau_i) = sigma_y / s_i`` (inserted into the uniform grid;
+has a matching time ``tau_i`` with ``rho(tau_i) = sigma_y / s_i`` (inserted into the time grid;
 ``tau_i = 0`` when noiseless) and a rescaled observation ``y~_i = alpha(tau_i) (U^T y)_i / s_i``.
 For ``t >= tau_i`` the coordinate is *active* with potential
 ``g_{t,i}(x) = N(x; (alpha_t/alpha_tau) y~_i, 1 - (1 - kappa) alpha_t^2/alpha_tau^2)``.
@@ -42,7 +42,7 @@ __all__ = ["MCGDiff"]
 class _MCGDiffFK(FeynmanKac):
     name = "mcgdiff"
 
-    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction):
+    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto"):
         lg = problem.require_svd("MCGDiff")
         self.op, self.noise = lg.operator, float(lg.noise_std)
         self.den = problem.denoiser
@@ -60,7 +60,7 @@ class _MCGDiffFK(FeynmanKac):
         self.s_obs = s[self.obs_idx]
         self.uty = uty[self.obs_idx]
         self.ybar = self.uty / self.s_obs
-        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise).to(torch.float64)
+        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid).to(torch.float64)
         self.times = times
         self.n_steps = times.numel() - 1
         ab = self.sched.alpha_bar(times).to(torch.float64)
@@ -208,7 +208,9 @@ class _MCGDiffFK(FeynmanKac):
 class MCGDiff(SMCSampler):
     """MCGDiff (Cardoso et al., ICLR 2024): see the module docstring.
 
-    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4)``; needs an SVD operator."""
+    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4)``; needs an SVD operator. The
+    matching times are inserted into the sampler's ``grid`` (default ``"auto"``: uniform in ``alpha(t)``
+    on VP schedules, the official code's grid)."""
 
     name = "mcgdiff"
     requires = ("svd",)
@@ -220,7 +222,8 @@ class MCGDiff(SMCSampler):
         self.kappa, self.final_correction = float(kappa), bool(final_correction)
 
     def fk_model(self, problem):
-        return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction)
+        return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
+                          self.grid)
 
     def network_steps(self) -> int:
         return getattr(getattr(self, "last_fk", None), "n_steps", self.steps)

@@ -24,7 +24,7 @@ __all__ = ["SMCDiff"]
 class _SMCDiffFK(FeynmanKac):
     name = "smcdiff"
 
-    def __init__(self, problem, steps, max_batch):
+    def __init__(self, problem, steps, max_batch, grid="auto"):
         lg = problem.linear_gaussian("SMCDiff")
         self.op = lg.operator
         self.den = problem.denoiser
@@ -34,7 +34,7 @@ class _SMCDiffFK(FeynmanKac):
         self.max_batch = max_batch
         self.mask = self.op.mask.reshape(-1).to(self.device)
         self.y = lg.y.to(self.dtype).reshape(-1)[self.mask]
-        self.times = time_grid(self.sched, steps, "uniform")
+        self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.particle_nfe = steps
 
@@ -105,4 +105,4 @@ class SMCDiff(SMCSampler):
     requires = ("mask",)
 
     def fk_model(self, problem):
-        return _SMCDiffFK(problem, self.steps, self.max_batch)
+        return _SMCDiffFK(problem, self.steps, self.max_batch, self.grid)

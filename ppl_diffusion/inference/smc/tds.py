@@ -28,7 +28,7 @@ __all__ = ["TDS"]
 class _TDSFK(FeynmanKac):
     name = "tds"
 
-    def __init__(self, problem, steps, twist_var, tau2, max_batch):
+    def __init__(self, problem, steps, twist_var, tau2, max_batch, grid="auto"):
         lg = problem.gaussian("TDS")
         self.op, self.y, self.noise = lg.operator, lg.y, float(lg.noise_std)
         self.den = problem.denoiser
@@ -36,7 +36,7 @@ class _TDSFK(FeynmanKac):
         self.event_shape = tuple(problem.event_shape)
         self.dtype, self.device = problem.dtype, problem.device
         self.twist_var, self.tau2, self.max_batch = twist_var, tau2, max_batch
-        self.times = time_grid(self.sched, steps, "uniform")
+        self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.particle_nfe = steps  # + one backprop per particle and step
         self.ne = len(self.event_shape)
@@ -149,4 +149,4 @@ class TDS(SMCSampler):
             raise ValueError("tds: needs a noisy measurement (noise_std > 0)")
 
     def fk_model(self, problem):
-        return _TDSFK(problem, self.steps, self.twist_var, self.tau2, self.max_batch)
+        return _TDSFK(problem, self.steps, self.twist_var, self.tau2, self.max_batch, self.grid)
