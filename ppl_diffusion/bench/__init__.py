@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SCHEDULER_CONFIG", "image_denoiser", "heldout", "median_time", "results_path"]
+__all__ = ["SCHEDULER_CONFIG", "PRIORS", "image_denoiser", "heldout", "median_time", "results_path"]
 
-#: scheduler of the fallback tiny UNet (DDPM linear betas, epsilon prediction)
+#: scheduler of the tiny random UNet (DDPM linear betas, epsilon prediction)
 SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
                     "beta_end": 0.02, "prediction_type": "epsilon"}
 
 
 def tiny_unet(size: int = 16, channels: int = 1, seed: int = 0):
-    """A tiny random diffusers ``UNet2DModel`` at a fixed seed (used when no shipped prior exists)."""
+    """A tiny random diffusers ``UNet2DModel`` at a fixed seed (``--prior tiny``: smoke tests)."""
     from diffusers import UNet2DModel
 
     g = torch.random.get_rng_state()
@@ -39,36 +39,41 @@ def tiny_unet(size: int = 16, channels: int = 1, seed: int = 0):
         torch.random.set_rng_state(g)
 
 
-def image_denoiser(prefer_shipped: bool = True, seed: int = 0):
-    """``(denoiser, label)``: the shipped ``digits`` prior's denoiser when its weights are present,
-    else a tiny random UNet (16x16, 1 channel) saved at a fixed seed."""
+#: ``--prior`` choices of the image benchmarks: the shipped prior, or the tiny random UNet (smoke tests)
+PRIORS = ("digits", "tiny")
+
+
+def image_denoiser(prior: str = "digits", seed: int = 0):
+    """``(denoiser, label)`` for the image benchmarks.
+
+    ``prior="digits"`` (default): the shipped ``digits`` prior (``zoo.load_unet('digits')``, its own
+    scheduler config and ``clip_x0`` setting); a ``ValueError`` when its weights are missing (no silent
+    fallback: the tables must say which network they measured). ``prior="tiny"``: a tiny random
+    ``UNet2DModel`` (16x16, 1 channel) at ``seed``, for seconds-scale smoke tests."""
     from ..denoisers import UNetDenoiser
 
-    if prefer_shipped:
-        try:
-            from ..models.zoo import load_unet
+    if prior == "tiny":
+        return UNetDenoiser(tiny_unet(16, 1, seed), SCHEDULER_CONFIG), f"tiny random UNet (seed {seed}; untrained)"
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    from ..models.zoo import load_prior, prior_info
 
-            unet, cfg = load_unet("digits")
-            return UNetDenoiser(unet, cfg), "shipped prior 'digits'"
-        except Exception:  # weights not shipped yet
-            pass
-    return UNetDenoiser(tiny_unet(16, 1, seed), SCHEDULER_CONFIG), f"tiny random UNet (seed {seed}; no shipped prior)"
+    den = load_prior(prior).denoiser  # ValueError naming the missing file when not shipped
+    info = prior_info(prior)
+    params = info.get("unet", {}).get("parameters")
+    extra = f", {params} parameters, {info.get('steps')} training steps" if params else ""
+    return den, f"shipped prior {prior!r} (`zoo.load_prior({prior!r})`{extra})"
 
 
-def heldout(n: int, size: int = 16):
-    """``(images (n, 1, size, size) in [-1, 1], label)``: ``zoo.heldout_images('digits')`` when present,
-    else scikit-learn's 8x8 digits (bundled, last ``n``), bilinearly upsampled."""
-    try:
-        from ..models.zoo import heldout_images
+def heldout(n: int, name: str = "digits"):
+    """``(images (n, 1, 16, 16) in [-1, 1], label)``: the first ``n`` of ``zoo.heldout_images(name)``
+    (never seen in training)."""
+    from ..models.zoo import heldout_images
 
-        x = heldout_images("digits")
-        return x[:n], "zoo.heldout_images('digits')"
-    except Exception:
-        from sklearn.datasets import load_digits
-
-        d = torch.as_tensor(load_digits().images[-n:], dtype=torch.float32)[:, None] / 16.0
-        d = torch.nn.functional.interpolate(d, size=(size, size), mode="bilinear", align_corners=False)
-        return (2 * d - 1).clamp(-1, 1), "scikit-learn digits (last n, upsampled; no held-out set shipped)"
+    x = heldout_images(name)
+    if n > x.shape[0]:
+        raise ValueError(f"n must be <= {x.shape[0]} (held-out images of {name!r}), got {n}")
+    return x[:n], f"`zoo.heldout_images({name!r})[:{n}]` (held out from training)"
 
 
 def median_time(fn, repeats: int = 3, warmup: int = 1):
