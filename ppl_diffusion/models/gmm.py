@@ -153,7 +153,11 @@ class GaussianMixture:
         if self.isotropic:
             return self.means[k] + torch.sqrt(self.variances[k])[:, None] * z
         root = self.evecs * torch.sqrt(self.evals)[:, None, :]  # Q diag(sqrt(l))
-        return self.means[k] + torch.einsum("nij,nj->ni", root[k], z)
+        out = self.means[k].clone()
+        for c in torch.unique(k).tolist():  # one (n_c, d) x (d, d) product per component drawn
+            sel = k == c
+            out[sel] += z[sel] @ root[c].T
+        return out
 
     def marginal_quantiles(self, levels: torch.Tensor, iters: int = 80) -> torch.Tensor:
         """Quantiles of every 1-D marginal, shape (len(levels), d), by bisection on the mixture CDF."""
