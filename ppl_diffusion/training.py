@@ -396,7 +396,8 @@ def build_unet(sample_size: int, channels: Sequence[int], attention: Sequence[bo
         raise ValueError(f"attention needs one flag per level ({len(channels)}), got {len(attention)}")
     if sample_size % (2 ** (len(channels) - 1)):
         raise ValueError(f"sample_size {sample_size} is not divisible by 2^{len(channels) - 1}")
-    att_ch = [c for c, a in zip(channels, attention) if a]
+    # the mid block always has self-attention on channels[-1]: it needs at least one head too
+    att_ch = [c for c, a in zip(channels, attention) if a] + [channels[-1]]
     attention_head_dim = min([attention_head_dim] + att_ch)  # at least one head per attention level
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
