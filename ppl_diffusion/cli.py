@@ -278,17 +278,19 @@ def _cmd_priors(args):
 # ---------------------------------------------------------------------------------------------
 # benchmark
 # ---------------------------------------------------------------------------------------------
-_BENCH_MODULES = {"images": "ppl_diffusion.bench_images", "speed": "ppl_diffusion.bench_speed",
-                  "peers": "ppl_diffusion.bench_peers"}
+_BENCH_MODULES = {"images": "ppl_diffusion.bench.images", "speed": "ppl_diffusion.bench.overhead",
+                  "scaling": "ppl_diffusion.bench.scaling", "peers": "ppl_diffusion.bench.peers"}
 
 
 def _add_benchmark(sub):
     p = sub.add_parser(
-        "benchmark", help="run a benchmark: gmm, gaussian, images, speed, peers",
+        "benchmark", help="run a benchmark: gmm, gaussian, images, speed, scaling, peers",
         description="gmm: GMM posterior benchmark (exact posteriors; settings b / grid / quick), gaussian: the "
                     "Gaussian closed-form check, both via ppl_diffusion.benchmarking (same as benchmarks/gmm.py); "
-                    "images / speed / peers: the image, speed and peer-library benchmarks when installed.")
-    p.add_argument("suite", choices=["gmm", "gaussian", "images", "speed", "peers"], help="which benchmark")
+                    "images / speed (cost of the Pyro layer) / scaling (SMC particles, guide batch) / peers "
+                    "(DeepInverse side by side): ppl_diffusion.bench.*, options passed with --extra, e.g. "
+                    "--extra='--help'. Each writes its table under benchmarks/results/.")
+    p.add_argument("suite", choices=["gmm", "gaussian", "images", "speed", "scaling", "peers"], help="which benchmark")
     p.add_argument("--solver", default=None, help="registered solver name (gmm / gaussian); default: all registered")
     p.add_argument("--setting", default="quick", choices=["b", "quick"],
                    help="gmm: 'quick' (d=8, 3 problems per d_y, 500 draws; default) or 'b' (published setting B: "
