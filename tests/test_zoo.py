@@ -36,16 +36,12 @@ def _fixed_input(shape, n=3):
 # ---------------------------------------------------------------------------------------------
 # shipped priors
 # ---------------------------------------------------------------------------------------------
-_PATCHES = pytest.param("patches", marks=pytest.mark.skipif(
-    "patches" not in list_priors(), reason="patches prior weights not shipped in this checkout"))
-
-
 def test_list_priors_has_the_shipped_priors():
-    assert "digits" in list_priors() and set(list_priors()) <= {"digits", "patches"}
+    assert set(list_priors()) == {"digits", "patches"}
     assert zoo.DEFAULT_PRIOR == "digits"
 
 
-@pytest.mark.parametrize("name", ["digits", _PATCHES])
+@pytest.mark.parametrize("name", ["digits", "patches"])
 def test_shipped_prior_loads_and_runs(name):
     unet, cfg = load_unet(name)
     assert cfg["prediction_type"] == "epsilon" and cfg["num_train_timesteps"] == 1000
@@ -67,7 +63,7 @@ def test_shipped_prior_loads_and_runs(name):
     assert info["command"].startswith("python -m ppl_diffusion.training --dataset " + name)
 
 
-@pytest.mark.parametrize("name", ["digits", _PATCHES])
+@pytest.mark.parametrize("name", ["digits", "patches"])
 def test_save_reload_round_trip_is_bit_identical(name, tmp_path):
     unet, cfg = load_unet(name)
     save_unet(unet, cfg, tmp_path / name)
@@ -88,9 +84,8 @@ def test_load_prior_builds_a_diffusion_prior():
     assert isinstance(prior, DiffusionPrior)
     assert tuple(prior.event_shape) == (1, 16, 16)
     assert prior.denoiser.clip_x0 is False  # digits: clip_sample false in its scheduler config
-    if "patches" in list_priors():
-        assert load_prior("patches").denoiser.clip_x0 is True
-        assert load_prior("patches", clip_x0=False).denoiser.clip_x0 is False
+    assert load_prior("patches").denoiser.clip_x0 is True
+    assert load_prior("patches", clip_x0=False).denoiser.clip_x0 is False
 
 
 def test_load_unet_device_and_dtype():
@@ -232,8 +227,7 @@ def test_datasets_shapes_and_splits():
     assert torch.equal(heldout_images("digits"), te)
     p = training.patches_dataset("test")
     assert p.shape == (256, 1, 32, 32) and float(p.min()) >= -1 and float(p.max()) <= 1
-    if "patches" in list_priors():
-        assert torch.equal(heldout_images("patches"), p)
+    assert torch.equal(heldout_images("patches"), p)
     assert training.patches_dataset("train", num=16).shape == (16, 1, 32, 32)
     with pytest.raises(ValueError, match="split"):
         training.digits_dataset("valid")
@@ -272,3 +266,50 @@ def test_train_prior_rejects_bad_arguments(tmp_path):
         train_prior("digits", tmp_path, steps=0)
     with pytest.raises(ValueError, match="sample_steps"):
         train_prior("digits", tmp_path, steps=1, sample_steps=5000)
+
+
+@pytest.mark.parametrize("channels,attention", [((16, 16), None), ((8, 16), (False, False)), ((16, 32), (False, True))])
+def test_build_unet_without_or_with_small_attention_levels(channels, attention):
+    """The mid block always attends on channels[-1]: narrow nets without attention levels must build."""
+    from ppl_diffusion import training
+
+    unet = training.build_unet(8, channels, attention)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([10, 500])).sample
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def _nn_rms(a, b):
+    """Mean over ``a`` of the RMS-per-pixel distance to the nearest image of ``b``."""
+    return float(torch.cdist(a.flatten(1).double(), b.flatten(1).double()).min(1).values.mean()) / a[0].numel() ** 0.5
+
+
+def _lag1(a):
+    """Horizontal neighbour correlation of the pixels, each image centred (0 for white noise)."""
+    a = a.double()
+    a = a - a.mean(dim=(-2, -1), keepdim=True)
+    l, r = a[..., :, :-1], a[..., :, 1:]
+    return float((l * r).sum() / torch.sqrt((l**2).sum() * (r**2).sum()))
+
+
+@pytest.mark.parametrize("name", ["digits", "patches"])
+def test_shipped_prior_samples_resemble_the_data(name):
+    """32 ancestral samples (50 steps) against the training data. Measured (seed 0): nearest-neighbour
+    RMS distance samples / held-out / Gaussian noise = digits 0.232 / 0.181 / 0.788, patches 0.136 /
+    0.208 / 0.391; mean -0.404 vs -0.389 (digits), -0.226 vs -0.186 (patches); std ratio 1.00 / 0.83;
+    centred neighbour correlation 0.862 vs 0.865, 0.924 vs 0.860 (pixel-shuffled images: ~0.0)."""
+    from ppl_diffusion import training
+
+    x = load_prior(name, steps=50).with_options(eta=1.0).sample((32,), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    held = heldout_images(name)
+    train = training.digits_dataset("train") if name == "digits" else training.patches_dataset("train", num=2048)
+    g = torch.Generator().manual_seed(1)
+    noise = train.mean() + train.std() * torch.randn(x.shape, generator=g)
+    shuffled = held[:32].flatten(1)[:, torch.randperm(x[0].numel(), generator=g)].reshape(held[:32].shape)
+    d_s, d_h, d_n = _nn_rms(x, train), _nn_rms(held, train), _nn_rms(noise, train)
+    assert d_s <= 1.5 * d_h and d_s <= 0.5 * d_n, (d_s, d_h, d_n)
+    assert abs(float(x.mean() - train.mean())) < 0.1
+    assert 0.75 < float(x.std() / train.std()) < 1.25
+    assert abs(_lag1(x) - _lag1(train)) < 0.1 and abs(_lag1(shuffled)) < 0.1 and abs(_lag1(noise)) < 0.1
