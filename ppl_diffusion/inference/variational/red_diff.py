@@ -37,6 +37,20 @@ import torch
 
 from ..problem import Problem
 
+
+def regularised_pinv(lg) -> torch.Tensor:
+    """``(A^T A + sigma_y^2 I)^{-1} A^T y`` (the MAP under a unit Gaussian prior) of a linear-Gaussian
+    likelihood ``lg``; ``A^+ y`` when noiseless or when the operator has no proximal step. Unlike the
+    plain pseudo-inverse it does not amplify noise along tiny singular values (Gaussian deblurring:
+    ``A^+ y`` is off by ~20 dB there)."""
+    op, y, s = lg.operator, lg.y, float(lg.noise_std)
+    if s > 0:
+        try:
+            return op.prox(torch.zeros(op.in_shape, dtype=y.dtype, device=y.device), y, s**2)
+        except (NotImplementedError, AttributeError):
+            pass
+    return op.pinv(y)
+
 __all__ = ["REDDiff", "NonFiniteLossError", "WEIGHTINGS"]
 
 
@@ -141,7 +155,8 @@ class REDDiff:
         t_start, t_end: sweep ends (paper 1 -> 0; descending).
         learn_scale: learn a diagonal scale (mean-field Gaussian guide, adds the entropy term).
         init_scale: initial scale when ``learn_scale``.
-        init: "pinv" (``A^+ y`` when the likelihood is linear-Gaussian, else zeros), "zeros", or a tensor.
+        init: "pinv" (the regularised pseudo-inverse ``(A^T A + sigma_y^2 I)^{-1} A^T y`` when the
+            likelihood is linear-Gaussian, else zeros), "zeros", or a tensor.
         antithetic: evaluate ``eps`` and ``-eps`` in one batched call (2 NFE/step, lower variance).
         paper_balance: rescale ``lam`` by ``m / (d sigma_y^2 obs_weight)`` (paper's mean-normalised loss).
         betas, lr_decay, clip_norm: Adam settings (pyro ClippedAdam; ``lr_decay`` per step).
@@ -199,7 +214,7 @@ class REDDiff:
         if self.init == "pinv":
             try:
                 lg = problem.linear_gaussian("RED-Diff init='pinv'")
-                return lg.operator.pinv(lg.y).to(dtype).reshape(problem.event_shape).clone()
+                return regularised_pinv(lg).to(dtype).reshape(problem.event_shape).clone()
             except ValueError:
                 pass
         return torch.zeros(problem.event_shape, dtype=dtype, device=device)

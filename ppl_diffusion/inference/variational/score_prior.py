@@ -37,7 +37,7 @@ from pyro.poutine.messenger import Messenger
 
 from ...models.prior import DiffusionPrior
 from ..problem import Problem, unwrap_distribution
-from .red_diff import NonFiniteLossError
+from .red_diff import NonFiniteLossError, regularised_pinv
 
 __all__ = ["ScorePrior", "EfficientScorePrior", "ess"]
 
@@ -100,7 +100,8 @@ class ScorePrior:
             step); paper lr 1e-5 for images, larger is fine for small problems.
         ode_steps, hutchinson_probes, exact_divergence_max_dim: PF-ODE settings of the training prior
             term (``None`` keeps the model's prior settings).
-        init: "pinv" (flow location at ``A^+ y`` for a linear-Gaussian likelihood, else zeros), "zeros",
+        init: "pinv" (flow location at the regularised pseudo-inverse ``(A^T A + sigma_y^2 I)^{-1} A^T y``
+            for a linear-Gaussian likelihood, else zeros), "zeros",
             "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor;
             ``init_scale``: initial flow scale (a factor of the prior std with ``init="prior"``).
         name: param-store prefix (the same name reloads saved parameters).
@@ -190,7 +191,7 @@ class ScorePrior:
             try:
                 problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
                 lg = problem.linear_gaussian(self.method)
-                return lg.operator.pinv(lg.y).to(self.dtype).reshape(-1).clone()
+                return regularised_pinv(lg).to(self.dtype).reshape(-1).clone()
             except ValueError:
                 pass
         return torch.zeros(self.d, dtype=self.dtype, device=self.device)
