@@ -353,7 +353,7 @@ def demo_config(fast: bool = False) -> dict:
 
     Linear tasks: DDRM (guide), RED-Diff (variational), MCGDiff (SMC); phase retrieval (nonlinear):
     DPS (guide), RED-Diff, PnP-DM (MCMC with Langevin likelihood steps). The budgets are set so the
-    full demo (2 images x 5 tasks x 3 methods, 16 draws each) finishes in < 10 minutes on 2 CPU cores."""
+    full demo (3 images x 5 tasks x 3 methods, 16 draws each) finishes in < 10 minutes on 2 CPU cores."""
     if fast:
         lin = {"ddrm": {"steps": 4}, "red_diff": {"steps": 10, "lr": 0.1},
                "mcgdiff": {"steps": 4, "particles": 4}}
@@ -369,7 +369,7 @@ def demo_config(fast: bool = False) -> dict:
              "red_diff": {"steps": 200, "lr": 0.02},
              "pnpdm": {"rho0": 2.0, "decay": 0.8, "rho_min": 0.3, "num_grid": 40, "langevin_steps": 50,
                        "langevin_step": 1e-4, "warmup": 9, "chains": 8, "thin": 1}}
-    return {"samples": 16, "images": 2, "lin": lin, "phase": phase}
+    return {"samples": 16, "images": 3, "lin": lin, "phase": phase}
 
 
 def _fmt(v, nd=2):
