@@ -28,19 +28,22 @@ CMD = "OMP_NUM_THREADS=1 python benchmarks/smc.py " + " ".join(sys.argv[1:])
 METHODS = ("mcgdiff", "tds", "fps_smc")
 
 
-def bench_particles(n_problems, steps, methods, Ns, n_big):
+def bench_particles(n_problems, steps, methods, Ns, n_big, d=8, n_samples=500):
     rows = []
     for m in methods:
         for N in Ns:
-            n = n_big if N >= 1024 else 500
-            rows.append(run_gmm(m, 8, 2, steps, None, n_problems, n, 10000, "sw", options={"particles": N}))
+            n = n_big if N >= 1024 else n_samples
+            rows.append(run_gmm(m, d, 2, steps, None, n_problems, n, 10000, "sw", options={"particles": N},
+                                solver_dtype=torch.float32 if d > 8 else None))
             print(format_table(rows[-1:]), flush=True)
     notes = (f"SW = sliced Wasserstein-2 (mean over 500 random directions) to 10,000 exact posterior draws; "
-             f"noise floor = the same metric for as many exact posterior draws as method samples. d = 8, d_y = 2, "
-             f"{steps} steps, {n_problems} problems (seeds 0..{n_problems - 1}); 500 samples per problem "
+             f"noise floor = the same metric for as many exact posterior draws as method samples. d = {d}, d_y = 2, "
+             f"{steps} steps, {n_problems} problems (seeds 0..{n_problems - 1}); {n_samples} samples per problem "
              f"({n_big} at N = 1024, so its floor is larger). NFE/sample = particles x network steps "
-             f"(one independent run per sample); TDS also backpropagates once per particle and step.")
-    write_table(os.path.join(RES, "smc_particles.md"), "SMC: sliced W vs particles (GMM d = 8, d_y = 2)", CMD,
+             f"(one independent run per sample); TDS also backpropagates once per particle and step."
+             + (" Solvers in float32 (problems drawn in float64)." if d > 8 else ""))
+    name = "smc_particles.md" if d == 8 else f"smc_particles_d{d}.md"
+    write_table(os.path.join(RES, name), f"SMC: sliced W vs particles (GMM d = {d}, d_y = 2)", CMD,
                 format_table(rows), notes)
 
 
@@ -152,6 +155,8 @@ def main():
     p.add_argument("--particles", type=int, default=256)
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--d", type=int, default=8, help="dimension (particles)")
+    p.add_argument("--samples", type=int, default=500, help="samples per problem (particles)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="solver precision (setting_b)")
     p.add_argument("--options", default="{}", help="JSON dict of extra MCGDiff options (setting_b)")
     a = p.parse_args()
@@ -159,7 +164,7 @@ def main():
     methods = tuple(a.methods.split(","))
     Ns = tuple(int(v) for v in a.Ns.split(","))
     if a.what == "particles":
-        bench_particles(a.problems, a.steps, methods, Ns, a.n_big)
+        bench_particles(a.problems, a.steps, methods, Ns, a.n_big, a.d, a.samples)
     elif a.what == "calibration":
         bench_calibration(a.problems, a.steps, methods, a.particles)
     elif a.what == "setting_b":

@@ -22,7 +22,8 @@ sum_i log g_{tau_i,i}(x_bar_{tau_i,i})`` (noisy problems), which retargets the e
 discretised prior but has heavy-tailed weights (see benchmarks/results/smc_*.md).
 
 Needs: a linear operator with an SVD (``has_svd``), ``sigma_y >= 0``. Cost: N network calls per
-step per run, no backprop.
+step per run, no backprop; every distinct matching time adds a step, so operators with many distinct
+singular values (a 32x32 Gaussian blur: ~1,000) run many more steps than ``steps``.
 """
 from __future__ import annotations
 
