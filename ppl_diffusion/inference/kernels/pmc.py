@@ -18,6 +18,10 @@ linear operator both chains are linear (AR(1)) and their stationary law is known
 
 Needs: a differentiable likelihood (closed-form gradient for GaussianMeasurement with a linear
 operator). Cost: 1 NFE per iteration, no backprop through the network.
+
+Limit (measured, benchmarks/results/kernels_*.md): Langevin does not cross between well-separated
+posterior modes (GMM setting B: 90 % coverage 0.15-0.41 on multimodal posteriors, 0.89 on unimodal
+ones). Use ParticleGibbs(MCGDiff) for multimodal targets.
 """
 from __future__ import annotations
 
