@@ -87,33 +87,12 @@ PATCH_SCALES = (1, 2)  # full resolution and 2x2 average-pooled
 PATCH_HELDOUT_COUNT = 256
 
 #: Default network / optimisation settings of the shipped priors (CLI options override them).
+_PRESET_COMMON = dict(layers_per_block=1, batch_size=64, lr=2e-3, warmup=200, ema_decay=0.999, augment=True)
 PRESETS = {
-    "digits": dict(
-        sample_size=16,
-        channels=(16, 32, 64),
-        attention=(False, False, True),
-        layers_per_block=1,
-        steps=5000,
-        batch_size=64,
-        lr=2e-3,
-        warmup=200,
-        ema_decay=0.999,
-        augment=True,
-        clip_sample=False,
-    ),
-    "patches": dict(
-        sample_size=32,
-        channels=(16, 32, 64, 64),
-        attention=(False, False, False, True),
-        layers_per_block=1,
-        steps=4000,
-        batch_size=64,
-        lr=2e-3,
-        warmup=200,
-        ema_decay=0.999,
-        augment=True,
-        clip_sample=True,
-    ),
+    "digits": dict(_PRESET_COMMON, sample_size=16, channels=(16, 32, 64), attention=(False, False, True),
+                   steps=5000, clip_sample=False),
+    "patches": dict(_PRESET_COMMON, sample_size=32, channels=(16, 32, 64, 64),
+                    attention=(False, False, False, True), steps=4000, clip_sample=True),
 }
 # The presets are sized for CPU training (the shipped priors were trained on a shared 2-core CPU):
 # 0.69M / 1.09M parameters, 2.8 / 4.4 MB of float32 safetensors. ``clip_sample`` is written to the

@@ -111,6 +111,16 @@ class FeynmanKac:
     n_steps: int = 0
     event_shape: torch.Size = torch.Size()
 
+    def bind(self, problem, max_batch) -> None:
+        """The attributes every sampler reads from the problem: ``den``, ``sched``, ``event_shape``,
+        ``D``, ``dtype``, ``device`` and the network batch cap ``max_batch``."""
+        self.den = problem.denoiser
+        self.sched = self.den.schedule
+        self.event_shape = tuple(problem.event_shape)
+        self.D = int(math.prod(self.event_shape))
+        self.dtype, self.device = problem.dtype, problem.device
+        self.max_batch = max_batch
+
     def sample_initial(self, R: int, N: int, generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -14,8 +14,6 @@ potentials do not telescope), so its ``log_evidence`` is not ``log p(y)``.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ...schedules import time_grid
@@ -31,12 +29,8 @@ class _FPSFK(FeynmanKac):
     def __init__(self, problem, steps, c_rate, weighted, max_batch, grid="auto"):
         lg = problem.require_svd("FPS")
         self.op, self.noise = lg.operator, max(float(lg.noise_std), 1e-4)
-        self.den = problem.denoiser
-        self.sched = self.den.schedule
-        self.event_shape = tuple(problem.event_shape)
-        self.dtype, self.device = problem.dtype, problem.device
-        self.c, self.weighted, self.max_batch = c_rate, weighted, max_batch
-        self.D = int(math.prod(self.event_shape))
+        self.bind(problem, max_batch)
+        self.c, self.weighted = c_rate, weighted
         s = torch.as_tensor(self.op.singular_values, dtype=torch.float64).flatten().to(self.device)
         obs = s > 1e-10 * float(s.max())
         self.obs_idx = torch.nonzero(obs).flatten()

@@ -27,14 +27,11 @@ singular values (a 32x32 Gaussian blur: ~1,000) run many more steps than ``steps
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import torch
 
 from ...schedules import mcgdiff_grid
 from ..sampler import ddim_coefficients
-from ._common import LOG2PI, denoise_flat, normal_logpdf
+from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
 
 __all__ = ["MCGDiff"]
@@ -46,12 +43,8 @@ class _MCGDiffFK(FeynmanKac):
     def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto"):
         lg = problem.require_svd("MCGDiff")
         self.op, self.noise = lg.operator, float(lg.noise_std)
-        self.den = problem.denoiser
-        self.sched = self.den.schedule
-        self.event_shape = tuple(problem.event_shape)
-        self.dtype, self.device = problem.dtype, problem.device
-        self.eta, self.kappa, self.max_batch = eta, kappa, max_batch
-        self.D = int(math.prod(self.event_shape))
+        self.bind(problem, max_batch)
+        self.eta, self.kappa = eta, kappa
         s = torch.as_tensor(self.op.singular_values, dtype=torch.float64).flatten().to(self.device)
         r = s.numel()
         y = lg.y.to(self.dtype)

@@ -76,7 +76,6 @@ class SMCResult:
         """``arviz.InferenceData``: ``posterior`` holds resampled draws (one chain), ``sample_stats``
         the ESS history, log-evidence and resampling steps of each run (dim ``run``)."""
         import arviz as az
-        import numpy as np
 
         x = self.resample(n, generator).detach().cpu().numpy()[None]
         R = self.num_runs

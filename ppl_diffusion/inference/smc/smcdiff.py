@@ -27,11 +27,7 @@ class _SMCDiffFK(FeynmanKac):
     def __init__(self, problem, steps, max_batch, grid="auto"):
         lg = problem.linear_gaussian("SMCDiff")
         self.op = lg.operator
-        self.den = problem.denoiser
-        self.sched = self.den.schedule
-        self.event_shape = tuple(problem.event_shape)
-        self.dtype, self.device = problem.dtype, problem.device
-        self.max_batch = max_batch
+        self.bind(problem, max_batch)
         self.mask = self.op.mask.reshape(-1).to(self.device)
         self.y = lg.y.to(self.dtype).reshape(-1)[self.mask]
         self.times = time_grid(self.sched, steps, grid)

@@ -13,8 +13,6 @@ operator); ``sigma_y > 0``.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ...schedules import time_grid
@@ -31,11 +29,8 @@ class _TDSFK(FeynmanKac):
     def __init__(self, problem, steps, twist_var, tau2, max_batch, grid="auto"):
         lg = problem.gaussian("TDS")
         self.op, self.y, self.noise = lg.operator, lg.y, float(lg.noise_std)
-        self.den = problem.denoiser
-        self.sched = self.den.schedule
-        self.event_shape = tuple(problem.event_shape)
-        self.dtype, self.device = problem.dtype, problem.device
-        self.twist_var, self.tau2, self.max_batch = twist_var, tau2, max_batch
+        self.bind(problem, max_batch)
+        self.twist_var, self.tau2 = twist_var, tau2
         self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.particle_nfe = steps  # + one backprop per particle and step
@@ -58,7 +53,6 @@ class _TDSFK(FeynmanKac):
         a_t, _ = self._ac(k)
         var = self.noise ** 2 + self._r2(k)
         t = self.times[k].to(self.dtype)
-        outs = []
         flat = x.reshape((R * N,) + self.event_shape)
         mb = self.max_batch or flat.shape[0]
         lps, grads, x0s = [], [], []

@@ -27,7 +27,6 @@ exactly for Gaussian priors.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional
 
 import pyro
@@ -36,6 +35,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..problem import Problem
+from ._svi import NonFiniteLossError, svi_steps
 
 
 def regularised_pinv(lg) -> torch.Tensor:
@@ -52,11 +52,6 @@ def regularised_pinv(lg) -> torch.Tensor:
     return op.pinv(y)
 
 __all__ = ["REDDiff", "NonFiniteLossError", "WEIGHTINGS"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised by a variational loss before its backward pass when the loss is NaN/Inf, so that the
-    optimiser never applies a non-finite gradient (the parameters stay at their last good values)."""
 
 
 #: weighting functions of ``r = sigma/alpha = 1/sqrt(SNR)`` (RED-Diff code options + "score")
@@ -111,7 +106,6 @@ class _REDDiffLoss:
         gtr = poutine.trace(guide).get_trace(*args, **kwargs)
         site = gtr.nodes[problem.prior_site]
         x = site["value"]
-        ne = len(problem.event_shape)
         den = problem.denoiser
         sched = den.schedule
         t = self.current_time()
@@ -256,8 +250,6 @@ class REDDiff:
         ``reset=True`` clears this solver's parameters and restarts the sweep. A non-finite loss or
         parameter stops training with a warning; the last finite parameters are kept
         (``self.stopped_reason`` says why)."""
-        from tqdm.auto import tqdm
-
         if steps is not None:
             if int(steps) < 1:
                 raise ValueError(f"steps must be >= 1, got {steps}")
@@ -275,33 +267,27 @@ class REDDiff:
         optim = pyro.optim.ClippedAdam({"lr": self.lr, "betas": self.betas, "lrd": self.lr_decay,
                                         "clip_norm": self.clip_norm})
         svi = pyro.infer.SVI(self.model, self.guide, optim, loss=self.loss)
-        trace = []
-        self.stopped_reason = None
         self.guide(*args, **kwargs)  # create the parameters
         names = [n for n in (self.mean_name, self.scale_name) if n in store]
-        it = range(self.steps)
-        bar = tqdm(it, desc="RED-Diff", disable=not self.progress, leave=False)
-        for _ in bar:
-            good = {n: store.get_param(n).detach().clone() for n in names}
-            try:
-                val = svi.step(*args, **kwargs)
-            except NonFiniteLossError as exc:
-                self.stopped_reason = str(exc)
-                warnings.warn(self.stopped_reason, RuntimeWarning)
-                break
+        good = {}
+
+        def snapshot():
+            good.update({n: store.get_param(n).detach().clone() for n in names})
+
+        def check(val):
             bad = [n for n in names if not torch.isfinite(store.get_param(n)).all()]
-            if bad or not math.isfinite(val):
-                for n in names:
-                    with torch.no_grad():
-                        store.get_param(n).unconstrained().copy_(_unconstrained(store, n, good[n]))
-                self.stopped_reason = (f"RED-Diff stopped at step {self.loss.step}: non-finite "
-                                       f"{'parameters ' + str(bad) if bad else 'loss'}; kept the last finite parameters")
-                warnings.warn(self.stopped_reason, RuntimeWarning)
-                break
-            trace.append(val)
-            if len(trace) % 50 == 0:
-                bar.set_postfix(loss=f"{val:.4g}", t=f"{self.loss.current_time():.3f}")
-        return self.estimate(), torch.tensor(trace, dtype=torch.float64)
+            if not bad and math.isfinite(val):
+                return None
+            for n in names:  # roll back to the last finite parameters
+                with torch.no_grad():
+                    store.get_param(n).unconstrained().copy_(_unconstrained(store, n, good[n]))
+            return (f"RED-Diff stopped at step {self.loss.step}: non-finite "
+                    f"{'parameters ' + str(bad) if bad else 'loss'}; kept the last finite parameters")
+
+        trace, self.stopped_reason = svi_steps(
+            svi, self.steps, args, kwargs, "RED-Diff", self.progress, before=snapshot, check=check, every=50,
+            postfix=lambda val: {"loss": f"{val:.4g}", "t": f"{self.loss.current_time():.3f}"})
+        return self.estimate(), trace
 
 
 def _unconstrained(store, name, constrained_value):

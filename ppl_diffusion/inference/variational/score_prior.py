@@ -26,7 +26,6 @@ which also keep the optimiser state so that training resumes).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional
 
 import pyro
@@ -37,7 +36,8 @@ from pyro.poutine.messenger import Messenger
 
 from ...models.prior import DiffusionPrior
 from ..problem import Problem, unwrap_distribution
-from .red_diff import NonFiniteLossError, regularised_pinv
+from ._svi import NonFiniteLossError, svi_steps
+from .red_diff import regularised_pinv
 
 __all__ = ["ScorePrior", "EfficientScorePrior", "ess"]
 
@@ -225,8 +225,6 @@ class ScorePrior:
         """Train the flow for ``steps`` SVI steps (continuing from the param store); returns the
         loss trace (negative ELBO estimates). A non-finite loss stops training with a warning and
         leaves the parameters at their last finite values."""
-        from tqdm.auto import tqdm
-
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if lr is not None and lr != self.lr:
@@ -255,22 +253,12 @@ class ScorePrior:
                              loss_and_grads=loss_and_grads)
         den = self._denoiser()
         start = den.nfe
-        trace = []
-        self.stopped_reason = None
-        bar = tqdm(range(int(steps)), desc=self.method, disable=not self.progress, leave=False)
-        for _ in bar:
-            try:
-                val = svi.step(*args, **kwargs)
-            except NonFiniteLossError as exc:
-                self.stopped_reason = str(exc)
-                warnings.warn(self.stopped_reason, RuntimeWarning)
-                break
+        def count(val):  # completed steps (the loss message above names the failing one)
             self.steps_done += 1
-            trace.append(val)
-            if len(trace) % 20 == 0:
-                bar.set_postfix(loss=f"{val:.4g}")
+
+        trace, self.stopped_reason = svi_steps(svi, steps, args, kwargs, self.method, self.progress, check=count)
         self.train_nfe += den.nfe - start
-        return torch.tensor(trace, dtype=torch.float64)
+        return trace
 
     # ------------------------------------------------------------------------------------
     @torch.no_grad()

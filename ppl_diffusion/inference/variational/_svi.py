@@ -1,0 +1,44 @@
+"""The SVI loop shared by the variational solvers: progress bar, loss trace, non-finite stop."""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by a variational loss before its backward pass when the loss is NaN/Inf, so that the
+    optimiser never applies a non-finite gradient (the parameters stay at their last good values)."""
+
+
+def svi_steps(svi, steps: int, args, kwargs, desc: str, progress: bool,
+              before: Optional[Callable[[], None]] = None,
+              check: Optional[Callable[[float], Optional[str]]] = None,
+              postfix: Optional[Callable[[float], dict]] = None, every: int = 20):
+    """Run ``svi.step(*args, **kwargs)`` ``steps`` times.
+
+    ``before()`` runs before each step (e.g. a snapshot of the parameters); ``check(loss)`` after
+    it returns a stop reason (the step is then not recorded) or None. A :class:`NonFiniteLossError`
+    raised by the loss also stops the loop. Each stop warns (RuntimeWarning). Returns
+    ``(trace, stopped_reason)``: the float64 losses of the completed steps and the reason or None.
+    """
+    trace, reason = [], None
+    bar = tqdm(range(int(steps)), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        if before is not None:
+            before()
+        try:
+            val = svi.step(*args, **kwargs)
+        except NonFiniteLossError as exc:
+            reason = str(exc)
+        else:
+            reason = check(val) if check is not None else None
+        if reason is not None:
+            warnings.warn(reason, RuntimeWarning)
+            break
+        trace.append(val)
+        if len(trace) % every == 0:
+            bar.set_postfix(**(postfix(val) if postfix is not None else {"loss": f"{val:.4g}"}))
+    return torch.tensor(trace, dtype=torch.float64), reason
