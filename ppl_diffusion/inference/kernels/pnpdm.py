@@ -69,8 +69,8 @@ class PnPDM(DiffusionKernel):
     def __init__(self, model, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
                  prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
-                 langevin_step: float = 1e-4, prior_site: Optional[str] = None, init="randn",
-                 init_scale: float = 1.0):
+                 langevin_step: float = 1e-4, replicas: int = 1, rho_max: Optional[float] = None,
+                 prior_site: Optional[str] = None, init="randn", init_scale: float = 1.0):
         n = self.name
         self.rho0 = positive("rho0", rho0, n)
         self.rho_min = positive("rho_min", rho_min, n)
@@ -96,14 +96,32 @@ class PnPDM(DiffusionKernel):
             raise ValueError(f"{n}: langevin_steps must be a positive integer, got {langevin_steps!r}")
         self.langevin_steps = int(langevin_steps)
         self.langevin_step = positive("langevin_step", langevin_step, n)
+        if isinstance(replicas, bool) or int(replicas) != replicas or replicas < 1:
+            raise ValueError(f"{n}: replicas must be a positive integer, got {replicas!r}")
+        self.replicas = int(replicas)
+        self.rho_max = self.rho0 if rho_max is None else positive("rho_max", rho_max, n)
+        if self.replicas > 1 and self.rho_max <= self.rho_min:
+            raise ValueError(f"{n}: rho_max ({self.rho_max}) must exceed rho_min ({self.rho_min}) for replicas > 1")
+        K = self.replicas
+        self.ladder = [self.rho_min * (self.rho_max / self.rho_min) ** (j / max(K - 1, 1)) for j in range(K)]
+        self._hot = None
         super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale)
 
     # ------------------------------------------------------------------------------------
     def rho(self, k: int) -> float:
         return max(self.rho0 * self.decay**k, self.rho_min)
 
+    def levels(self, k: int) -> list:
+        """The couplings of the ``replicas`` chains at iteration ``k``, coldest (the target) first:
+        ``max(ladder_j, rho_k)`` on the geometric ladder from rho_min to rho_max."""
+        rho = self.rho(k)
+        return [max(level, rho) for level in self.ladder]
+
     def schedule_info(self, k: int) -> dict:
-        return {"rho": self.rho(k)}
+        info = {"rho": self.rho(k)}
+        if self.replicas > 1:
+            info["swap_rate"] = float(self.swap_acceptance.mean())
+        return info
 
     def _mode(self, problem: Problem) -> str:
         lg = None
@@ -134,6 +152,9 @@ class PnPDM(DiffusionKernel):
 
     def prepare(self, problem: Problem) -> None:
         self.mode = self._mode(problem)
+        self._hot = None  # hot replicas (C, replicas - 1, *event), created by the first step
+        self._swaps_tried = torch.zeros(max(self.replicas - 1, 0), dtype=torch.float64)
+        self._swaps_accepted = torch.zeros(max(self.replicas - 1, 0), dtype=torch.float64)
         self._ne = len(problem.event_shape)
         if self.mode in ("svd", "prox"):
             lg = problem.linear_gaussian(self.name)
@@ -147,7 +168,8 @@ class PnPDM(DiffusionKernel):
     def _likelihood_svd(self, x, rho, generator):
         op, s, sy = self.op, self.s, self.noise_std
         r = s.numel()
-        xb = op.Vt(x)                                    # (C, D)
+        xb = op.Vt(x)                                    # (B, D)
+        rho = rho.to(xb.dtype).reshape(-1, 1)            # (B, 1): one coupling per sample
         noise = torch.randn(xb.shape, generator=generator, dtype=x.dtype, device=x.device)
         zb = xb + rho * noise                            # unobserved coordinates: N(x, rho^2)
         xo, no = xb[:, :r], noise[:, :r]
@@ -164,52 +186,123 @@ class PnPDM(DiffusionKernel):
 
     def _likelihood_prox(self, x, rho, generator):
         sy = self.noise_std
-        xp = x + rho * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        rho = rho.to(x.dtype)
+        xp = x + _per_sample(rho, x) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         y = self.y.expand((x.shape[0],) + tuple(self.y.shape))
         yp = y + sy * torch.randn(y.shape, generator=generator, dtype=x.dtype, device=x.device)
         return self.op.prox(xp, yp, sy**2 / rho**2)
 
     def _likelihood_langevin(self, x, rho, generator):
         gamma = self.langevin_step
+        c = gamma / _per_sample(rho.to(x.dtype), x) ** 2
         z = x.clone()
         for _ in range(self.langevin_steps):
             _, g = self.problem.grad_log_likelihood(z)
-            z = z + gamma * g - (gamma / rho**2) * (z - x) + math.sqrt(2 * gamma) * torch.randn(
+            z = z + gamma * g - c * (z - x) + math.sqrt(2 * gamma) * torch.randn(
                 z.shape, generator=generator, dtype=z.dtype, device=z.device)
         return z
 
-    def _prior(self, z, rho, generator):
+    def _sigma_table(self, rho: torch.Tensor) -> torch.Tensor:
+        """Noise levels of the prior step for each coupling in ``rho`` (R,): row i is ``rho_i``
+        followed by the EDM grid points below it, front-padded with ``rho_i`` (idle steps) so that
+        every row has the same length and all rows end on the same grid point."""
+        g = self.grid.to(rho.device)
+        rows = [torch.cat([r.reshape(1), g[g < r]]) for r in rho]
+        L = max(len(row) for row in rows)
+        return torch.stack([torch.cat([row[:1].expand(L - len(row)), row]) for row in rows])
+
+    def _reverse_step(self, x, D, s, s_next, generator):
+        """One step of the prior-step reverse process from level ``s`` to ``s_next`` (floats or
+        per-sample tensors broadcastable to ``x``) given the denoiser output ``D``."""
+        if self.prior_solver == "ode":
+            return x + (s_next - s) * (x - D) / s
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if self.prior_solver == "sde":
+            return x + (s_next - s) * 2.0 * (x - D) / s + (2 * s * (s - s_next)) ** 0.5 * noise
+        r = (s_next / s) ** 2  # DDPM bridge: x_s | x_t, x0 = D
+        return D + r * (x - D) + s_next * (1 - r) ** 0.5 * noise
+
+    def _prior(self, z, rho, level, generator):
+        """``x ~ p(x | z)`` for ``z = x + rho eps``: the reverse process from each sample's own
+        coupling ``rho[level[b]]`` to 0. One network call per grid point, on the samples that are
+        not idle at that point."""
         den = self.problem.denoiser
-        g = self.grid.to(z.device)
-        sig = torch.cat([torch.tensor([rho], dtype=torch.float64, device=z.device), g[g < rho]])
-        sig = sig.tolist()
-        x = z
-        for i, s in enumerate(sig):
-            D = den.denoise_ve(x, s)
-            if i == len(sig) - 1:
-                return D
-            s_next = sig[i + 1]
-            if self.prior_solver == "sde":
-                x = x + (s_next - s) * 2.0 * (x - D) / s + math.sqrt(2 * s * (s - s_next)) * torch.randn(
-                    x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            elif self.prior_solver == "ode":
-                x = x + (s_next - s) * (x - D) / s
-            else:  # DDPM bridge: x_s | x_t, x0 = D
-                r = (s_next / s) ** 2
-                x = D + r * (x - D) + s_next * math.sqrt(1 - r) * torch.randn(
-                    x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x
+        S = self._sigma_table(rho)
+        x, L = z, S.shape[1]
+        if S.shape[0] == 1:  # one coupling: plain float levels
+            sig = S[0].tolist()
+            for j in range(L - 1):
+                x = self._reverse_step(x, den.denoise_ve(x, sig[j]), sig[j], sig[j + 1], generator)
+            return den.denoise_ve(x, sig[-1])
+        S = S[level]                                    # (B, L) per-sample levels
+        for j in range(L - 1):
+            s, s_next = S[:, j], S[:, j + 1]
+            act = torch.nonzero(s_next < s).flatten()
+            if act.numel() == 0:
+                continue
+            xa = x[act]
+            sa, sn = _per_sample(s[act], xa), _per_sample(s_next[act], xa)
+            D = den.denoise_ve(xa, s[act].to(x.dtype))
+            x = x.index_copy(0, act, self._reverse_step(xa, D, sa.to(x.dtype), sn.to(x.dtype), generator))
+        return den.denoise_ve(x, S[:, -1].to(x.dtype))
+
+    def _sweep(self, x, rho, level, generator):
+        """One Gibbs sweep (likelihood step, then prior step); returns ``(x', z)``."""
+        r = rho[level]
+        if self.mode == "svd":
+            z = self._likelihood_svd(x, r, generator)
+        elif self.mode == "prox":
+            z = self._likelihood_prox(x, r, generator)
+        else:
+            z = self._likelihood_langevin(x, r, generator)
+        return self._prior(z, rho, level, generator), z
 
     def step(self, x, k, generator=None):
-        rho = self.rho(k)
-        if self.mode == "svd":
-            z = self._likelihood_svd(x, rho, generator)
-        elif self.mode == "prox":
-            z = self._likelihood_prox(x, rho, generator)
-        else:
-            z = self._likelihood_langevin(x, rho, generator)
-        return self._prior(z, rho, generator)
+        rho = torch.tensor(self.levels(k), dtype=torch.float64, device=x.device)
+        K, C = self.replicas, x.shape[0]
+        if K == 1:
+            return self._sweep(x, rho, torch.zeros(C, dtype=torch.long, device=x.device), generator)[0]
+        if self._hot is None or self._hot.shape[0] != C:
+            self._hot = x[:, None].expand((C, K - 1) + tuple(x.shape[1:])).clone()
+        X = torch.cat([x[:, None], self._hot], 1)                     # (C, K, *event), coldest first
+        level = torch.arange(K, device=x.device).repeat(C)
+        new, z = self._sweep(X.reshape((C * K,) + tuple(x.shape[1:])), rho, level, generator)
+        ok = torch.isfinite(new.reshape(C * K, -1)).all(-1).reshape(C, K)
+        ok[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
+        new = new.reshape(X.shape)
+        new = torch.where(ok.reshape((C, K) + (1,) * (x.dim() - 1)), new, X)  # hot replicas keep their state
+        delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
+        self._swap(new, delta, rho, k, generator)
+        self._hot = new[:, 1:].clone()
+        return new[:, 0]
+
+    def _swap(self, X, delta, rho, k, generator):
+        """Replica exchange between adjacent couplings (even pairs on even iterations, odd pairs on
+        odd ones), in place. The pair ``(x, z)`` at coupling ``rho_j`` has joint density
+        ``p(x) exp(-f(z)) N(z; x, rho_j^2 I)``; prior and likelihood cancel in the swap ratio:
+        ``log r = (Delta_j - Delta_{j+1}) (1/rho_j^2 - 1/rho_{j+1}^2) / 2``, ``Delta = ||x - z||^2``."""
+        j = torch.arange(k % 2, self.replicas - 1, 2, device=X.device)
+        if j.numel() == 0:
+            return
+        log_r = 0.5 * (delta[:, j] - delta[:, j + 1]) * (rho[j] ** -2 - rho[j + 1] ** -2)
+        u = torch.rand(log_r.shape, generator=generator, dtype=torch.float64, device=X.device)
+        acc = (u.log() < log_r) & torch.isfinite(log_r)              # (C, pairs)
+        a = acc.reshape(acc.shape + (1,) * (X.dim() - 2))
+        lo, hi = X[:, j], X[:, j + 1]
+        X[:, j], X[:, j + 1] = torch.where(a, hi, lo), torch.where(a, lo, hi)
+        self._swaps_tried[j.cpu()] += acc.shape[0]
+        self._swaps_accepted[j.cpu()] += acc.sum(0).cpu().to(torch.float64)
+
+    @property
+    def swap_acceptance(self) -> torch.Tensor:
+        """Acceptance rate of swaps between couplings j and j+1 so far, shape (replicas - 1,)."""
+        return self._swaps_accepted / self._swaps_tried.clamp(min=1)
 
     def nfe_per_iteration(self, k: int) -> int:
-        rho = self.rho(k)
-        return 1 + int((self.grid < rho).sum())
+        """Network evaluations per chain and iteration (all replicas)."""
+        return sum(1 + int((self.grid < r).sum()) for r in self.levels(k))
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector ``v`` (B,) shaped to broadcast against ``x`` (B, *event)."""
+    return v.reshape((-1,) + (1,) * (x.dim() - 1))
