@@ -5,12 +5,38 @@ Step 1: a backward DDIM trajectory of the measurement (no network), in the spect
 alpha_t u) + sqrt(c (1-ab_{t'})) s eps'`` (one trajectory per run, shared by its particles).
 Step 2: a Bayesian filter on x in the SVD basis: prior kernel ``N(mu, c(1-ab_{t'}))`` with
 ``mu = alpha_{t'} x0_hat + sqrt((1-c)(1-ab_{t'})) eps_hat`` (one network call), conditioned per
-coordinate on the pseudo-observation ``u_{t'} ~ N(s x_{t'}, ab_{t'} sigma_y^2)`` (we condition the step
-producing ``x_{t'}`` on ``u_{t'}``, the "math" convention of §2.4). FPS-SMC weights each particle by
-``N(u_{t'}; s x, ab' sigma_y^2) N(x; mu, var) / N(x; m, Sigma)`` and resamples multinomially every step;
-FPS is one particle without weights. ``sigma_y`` is floored at 1e-4. Needs an SVD operator.
-Cost: M network calls per step, no backprop. Not an exact Feynman–Kac model of the posterior (its
-potentials do not telescope), so its ``log_evidence`` is not ``log p(y)``.
+coordinate on the pseudo-observation ``u_{t'} ~ N(s x_{t'}, ab_{t'} sigma_y^2)``. FPS-SMC weights each
+particle by ``N(u_{t'}; s x, ab' sigma_y^2) N(x; mu, var) / N(x; m, Sigma)`` (the predictive
+``p(u_{t'} | x_t)``) and resamples with the engine default (systematic when ESS < N/2; the official code:
+multinomial every step, ``resampling="multinomial", ess_threshold=1.0``). FPS is one particle without
+weights. ``sigma_y`` is floored at 1e-4. Needs an SVD operator. Cost: M network calls per step, no backprop.
+
+Checked against the official code (ZehaoDou-official/FPS-SMC-2023, ``gaussian_diffusion.py`` and the
+``epsilon`` mean processor): same y-recursion coefficients, kernel mean/variance and weight. Differences
+(conventions, not errors): we condition the step producing ``x_{t'}`` on ``u_{t'}`` with variance
+``ab_{t'} sigma_y^2`` (the official code and InverseBench use the y of the input step, and the official
+weight uses ``ab_{t-1}`` where its proposal uses ``ab_t``); the last step (``ab = 1``, kernel variance 0)
+is ``x0_hat`` weighted by ``N(y; A x, sigma_y^2)`` (official: unweighted, returns particle 0).
+
+What it targets. The Feynman-Kac model is the kernel chain with potentials ``prod_k N(u_k; s x_k,
+ab_k sigma_y^2)``; more particles converge to its filter law, not to ``p(x | y)``. In the forward
+construction ``y_t - A x_t = sqrt(ab_t) sigma_y n`` with ONE ``n`` for all t, and given ``y`` the
+y-trajectory carries no further information on ``x_0`` (``y_t - sqrt(ab_t) y = A(x_t - sqrt(ab_t) x_0)``).
+So the filter is the posterior only if (i) the kernels are the exact ``p(x_{t'} | x_t)`` and (ii)
+``sigma_y = 0``; at ``sigma_y > 0`` it counts the measurement once per step, as if independent. Neither
+holds in practice: (i) the c-rate kernel with the plug-in ``x0_hat`` puts O(1) fresh noise in every
+step and is not consistent as steps -> infinity (Kalman closed form, prior N(0, 1), c = 0.95: output
+variance 0.55 at 50 steps, 0.60 at 1000), and at ``sigma_y -> 0`` the deterministic last step
+``x0_hat(x_{t_1})`` does not satisfy ``A x = y``. tests/test_fps.py pins the closed-form filter law
+on a Gaussian prior (what IS exact: the sampler matches its Feynman-Kac model; the y-trajectory has
+the marginals ``N(sqrt(ab_t) u, (1 - ab_t) s^2)``).
+
+Measured (benchmarks/results/smc_calibration.md, GMM d = 8, d_y = 2, 50 steps, problems 0-2):
+coverage of exact 90 % marginal intervals 0.976 at 256 particles (samples too concentrated; MCGDiff /
+TDS 0.919), the same at 1024 (0.990 / 0.972 on problems 0 / 1, SW unchanged: 1.02 / 0.21 vs floor
+0.08 / 0.06), and no better at 0.1x / 0.01x sigma_y (coverage 0.65-0.97, SW 0.18-3.2 vs floor <= 0.15).
+Its ``log_evidence`` is
+``log p(u_{0:T})`` of that model, not ``log p(y)``.
 """
 from __future__ import annotations
 
