@@ -27,7 +27,7 @@ from .metrics import empirical_gaussian_fit, gaussian_kl, gaussian_w2, max_slice
 from .models.gmm import GMMProblem, gaussian_check_problem, gmm_benchmark_problem
 from .schedules import VPSchedule
 
-__all__ = ["SolverOutput", "register_solver", "register_guide", "available_solvers", "run_gmm",
+__all__ = ["MarkdownTable", "SolverOutput", "register_solver", "register_guide", "available_solvers", "run_gmm",
            "run_setting_b", "run_gaussian_check", "run_mode_weights", "format_table", "write_table", "BenchRow"]
 
 
@@ -254,6 +254,21 @@ def run_mode_weights(solver: str, d: int = 8, d_y: int = 4, seeds: Sequence[int]
 
 
 # ------------------------------------------------------------------------------------------
+class MarkdownTable:
+    """A markdown table built row by row; each row is printed as it is added (long benchmarks show
+    progress). ``str(table)`` is the table."""
+
+    def __init__(self, *header: str):
+        self.lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def add(self, *cells) -> None:
+        self.lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        print(self.lines[-1], flush=True)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
 def format_table(rows: Sequence[BenchRow]) -> str:
     head = ("| solver | d | d_y | steps | eta | metric | value (mean ± 95% CI) | noise floor | ratio | "
             "NFE/sample | ms/sample | problems | options |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -281,5 +281,9 @@ class DiffusionKernel(MCMCKernel):
         stats = {"diverging": torch.stack(div, 1)}
         for key, v in info.items():
             stats[key] = torch.tensor(v, dtype=torch.float64)
-        nfe = (den.nfe - nfe0) / max(total, 1)
+        per_chain = getattr(self, "nfe_per_iteration", None)  # kernels whose calls batch several levels
+        if per_chain is not None:
+            nfe = sum(per_chain(k) for k in range(total)) / max(total, 1)
+        else:
+            nfe = (den.nfe - nfe0) / max(total, 1)
         return ChainResult(samples, stats, nfe, secs, self.site, problem.observation)
