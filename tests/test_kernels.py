@@ -168,6 +168,7 @@ def test_multichain_diagnostics_gmm_d8():
 
 
 @pytest.mark.parametrize("make", [lambda m: PnPDM(m, rho_min=1.0, num_grid=20),
+                                  lambda m: PnPDM(m, rho_min=1.0, num_grid=20, replicas=3, rho_max=4.0),
                                   lambda m: PMC(m, sigma0=1.0, sigma_min=1.0)])
 def test_pyro_mcmc_and_arviz(make):
     import arviz as az
