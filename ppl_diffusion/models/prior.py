@@ -112,18 +112,14 @@ class DiffusionPrior(TorchDistribution):
     def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None,
                dtype=None, device=None) -> torch.Tensor:
         """Reverse diffusion: one batched run for all ``sample_shape + batch_shape`` draws."""
-        from ..inference.sampler import initial_noise, reverse_diffusion
+        from ..inference.sampler import reverse_diffusion, terminal_noise
 
         ref_dtype, ref_device = self._reference()
         dtype, device = dtype or ref_dtype, device or ref_device
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
         times = time_grid(self.schedule, self.steps, self.grid)
         with torch.no_grad():
-            exact = getattr(self.denoiser, "sample_terminal", None)
-            if self.terminal == "auto" and exact is not None:
-                x = exact(shape, generator, dtype, device)
-            else:
-                x = initial_noise(self.denoiser, shape, generator, dtype, device)
+            x = terminal_noise(self, shape, generator, dtype, device)
             return reverse_diffusion(self.denoiser, x, times, eta=self.eta, generator=generator,
                                      progress=self.progress, desc="prior sample")
 

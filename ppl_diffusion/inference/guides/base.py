@@ -23,7 +23,7 @@ from pyro.poutine.runtime import get_plates
 
 from ...schedules import time_grid
 from ..problem import Problem
-from ..sampler import Hook, initial_noise, reverse_diffusion
+from ..sampler import Hook, reverse_diffusion, terminal_noise
 
 __all__ = ["DiffusionGuide", "REQUIREMENTS"]
 
@@ -85,7 +85,7 @@ class DiffusionGuide:
 
     def initial_state(self, problem: Problem, n: int, generator) -> torch.Tensor:
         shape = (n,) + tuple(problem.event_shape)
-        return initial_noise(problem.denoiser, shape, generator, problem.dtype, problem.device)
+        return terminal_noise(problem.prior, shape, generator, problem.dtype, problem.device)
 
     def run(self, problem: Problem, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Default: the shared reverse-diffusion loop with this method's hook."""

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from ...schedules import GRID_KINDS
+from ..sampler import terminal_noise
 from .result import SMCResult
 
 __all__ = ["FeynmanKac", "run_smc", "multinomial_resample", "systematic_resample", "ess", "chunked",
@@ -112,9 +113,10 @@ class FeynmanKac:
     event_shape: torch.Size = torch.Size()
 
     def bind(self, problem, max_batch) -> None:
-        """The attributes every sampler reads from the problem: ``den``, ``sched``, ``event_shape``,
+        """The attributes every sampler reads from the problem: ``den``, ``prior``, ``sched``, ``event_shape``,
         ``D``, ``dtype``, ``device`` and the network batch cap ``max_batch``."""
         self.den = problem.denoiser
+        self.prior = problem.prior
         self.sched = self.den.schedule
         self.event_shape = tuple(problem.event_shape)
         self.D = int(math.prod(self.event_shape))
@@ -123,6 +125,10 @@ class FeynmanKac:
 
     def sample_initial(self, R: int, N: int, generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def terminal(self, R: int, N: int, generator) -> torch.Tensor:
+        """``(R, N, *event)`` draws of ``x_1`` where the prior starts (``sampler.terminal_noise``)."""
+        return terminal_noise(self.prior, (R, N) + self.event_shape, generator, self.dtype, self.device)
 
     def start(self, x: torch.Tensor):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -9,8 +9,6 @@ the model's forward/backward marginals match.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ...schedules import time_grid
@@ -50,8 +48,7 @@ class _SMCDiffFK(FeynmanKac):
             z = torch.randn(traj[k + 1].shape, generator=generator, dtype=self.dtype, device=self.device)
             traj[k] = r * traj[k + 1] + std * z
         self.y_traj = traj
-        x = self.sched.prior_std() * torch.randn((R, N, int(math.prod(self.event_shape))), generator=generator,
-                                                 dtype=self.dtype, device=self.device)
+        x = self.terminal(R, N, generator).reshape(R, N, -1)
         x[..., self.mask] = traj[0][:, None, :]
         return x
 

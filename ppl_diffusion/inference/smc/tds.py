@@ -83,8 +83,7 @@ class _TDSFK(FeynmanKac):
         return st
 
     def sample_initial(self, R, N, generator):
-        return self.sched.prior_std() * torch.randn((R, N) + self.event_shape, generator=generator,
-                                                    dtype=self.dtype, device=self.device)
+        return self.terminal(R, N, generator)
 
     def start(self, x):
         st = self._caches(0, x)
