@@ -117,6 +117,8 @@ class PnPDM(DiffusionKernel):
         K = self.replicas
         self.ladder = [self.rho_min * (self.rho_max / self.rho_min) ** (j / max(K - 1, 1)) for j in range(K)]
         self._hot = None
+        self._swaps_tried = torch.zeros(max(K - 1, 0), dtype=torch.float64)
+        self._swaps_accepted = torch.zeros(max(K - 1, 0), dtype=torch.float64)
         super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale)
 
     # ------------------------------------------------------------------------------------
@@ -280,10 +282,11 @@ class PnPDM(DiffusionKernel):
         level = torch.arange(K, device=x.device).repeat(C)
         new, z = self._sweep(X.reshape((C * K,) + tuple(x.shape[1:])), rho, level, generator)
         ok = torch.isfinite(new.reshape(C * K, -1)).all(-1).reshape(C, K)
+        delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
+        delta = torch.where(ok, delta, torch.full_like(delta, float("nan")))  # non-finite replicas never swap
         ok[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
         new = new.reshape(X.shape)
         new = torch.where(ok.reshape((C, K) + (1,) * (x.dim() - 1)), new, X)  # hot replicas keep their state
-        delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
         self._swap(new, delta, rho, k, generator)
         self._hot = new[:, 1:].clone()
         return new[:, 0]
