@@ -370,6 +370,7 @@ def mcgdiff_grid(
     noise_std: float,
     dtype: torch.dtype = torch.float64,
     kind: str = "auto",
+    max_match_times: int | None = None,
 ) -> torch.Tensor:
     """A :func:`time_grid` of ``kind`` (default ``"auto"``: ``"alpha"``, the official code's grid, on VP
     schedules; ``"uniform"`` on schedules whose alpha is constant) with the MCGDiff matching times inserted.
@@ -378,7 +379,18 @@ def mcgdiff_grid(
     (the step where the noised prior coordinate is as noisy as the observation, Cardoso et al. 2023).
     Inserting the ``tau_i`` into the grid makes each observed coordinate become "active" exactly at
     a grid point. Noiseless problems give ``tau_i = 0``.
+
+    ``max_match_times`` (``None``: all) caps how many matching times are inserted, so the grid has at
+    most ``n_steps + max_match_times`` steps whatever the number of distinct singular values; the
+    sampler then snaps every ``tau_i`` down to the largest grid time ``<= tau_i`` (see
+    ``ppl_diffusion.inference.smc.mcgdiff``). The inserted times are chosen greedily among the
+    ``tau_i``: each pick is the one that most reduces ``sum_i 1 - rho(tau'_i)^2 / rho_i^2`` (the
+    fraction of each coordinate's observation variance ``rho_i^2 = (sigma_y / s_i)^2`` left unmatched
+    by its snapped time ``tau'_i``), starting from the base grid.
     """
+    if max_match_times is not None and (isinstance(max_match_times, bool) or int(max_match_times) != max_match_times
+                                        or int(max_match_times) < 0):
+        raise ValueError(f"max_match_times must be None or an integer >= 0, got {max_match_times!r}")
     base = time_grid(schedule, n_steps, kind, dtype=torch.float64)
     s = torch.as_tensor(singular_values, dtype=torch.float64).flatten()
     s = s[s > 0]
@@ -387,5 +399,32 @@ def mcgdiff_grid(
     if noise_std == 0 or s.numel() == 0:
         return base.to(dtype)
     taus = schedule.t_of_rho(noise_std / s).clamp(0.0, 1.0)
+    if max_match_times is not None:
+        taus = _greedy_match_times(schedule, base, taus, noise_std / s, int(max_match_times))
     grid = torch.unique(torch.cat([base, taus]))
     return torch.flip(grid, [0]).to(dtype)
+
+
+def _greedy_match_times(schedule: Schedule, base: torch.Tensor, taus: torch.Tensor, rho_obs: torch.Tensor,
+                        k: int) -> torch.Tensor:
+    """At most ``k`` of the matching times ``taus`` to insert into ``base`` (see :func:`mcgdiff_grid`)."""
+    grid = torch.unique(base)  # ascending
+    cand = torch.unique(taus)
+    cand = cand[~torch.isin(cand, grid)]
+    if k >= cand.numel():
+        return cand
+    picked = []
+    inv_r2 = 1.0 / rho_obs.to(torch.float64) ** 2
+    rho2_c = schedule.rho(cand).to(torch.float64) ** 2
+    for _ in range(k):
+        # snapped time of every coordinate: the largest time of the current grid <= tau_i
+        snap = grid[torch.searchsorted(grid, taus, right=True) - 1]
+        rho2_snap = schedule.rho(snap).to(torch.float64) ** 2
+        helps = (cand[:, None] > snap[None, :]) & (cand[:, None] <= taus[None, :])
+        gain = torch.where(helps, (rho2_c[:, None] - rho2_snap[None, :]) * inv_r2[None, :], 0.0).sum(1)
+        best = int(torch.argmax(gain))
+        picked.append(cand[best])
+        grid = torch.sort(torch.cat([grid, cand[best:best + 1]])).values
+        keep = torch.arange(cand.numel()) != best
+        cand, rho2_c = cand[keep], rho2_c[keep]
+    return torch.stack(picked) if picked else cand[:0]

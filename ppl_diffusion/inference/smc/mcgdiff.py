@@ -21,9 +21,31 @@ the law of ``(U^T y)_i / s_i``). Its log-evidence is converted to ``log p(y)`` b
 sum_i log g_{tau_i,i}(x_bar_{tau_i,i})`` (noisy problems), which retargets the exact posterior of the
 discretised prior but has heavy-tailed weights (see benchmarks/results/smc_*.md).
 
+Capped matching times (``max_match_times=K``; ``None``, the default, inserts every ``tau_i``).
+At most ``K`` matching times are inserted (``schedules.mcgdiff_grid``: greedy, each pick the one that
+most reduces ``sum_i 1 - rho(tau'_i)^2 / rho_i^2``), so a run has at most ``steps + K`` network steps;
+every other ``tau_i`` snaps down to the largest grid time ``tau'_i <= tau_i`` and the remainder of its
+noise becomes extra observation noise, which keeps the target exact. Derivation: with
+``rho_i = sigma_y / s_i`` and ``delta_i^2 = rho_i^2 - rho(tau'_i)^2 >= 0``, the rescaled observation
+``ybar_i = x0_i + rho_i n`` has, given ``x0``, the law of ``x_bar_{tau'_i,i} / alpha(tau'_i) + delta_i n'``
+(``rho^2`` splits into the forward noise up to ``tau'_i`` plus an independent ``delta_i^2``). So
+``y~_i = alpha(tau'_i) ybar_i`` is a noisy observation ``x_bar_{tau'_i,i} + alpha(tau'_i) delta_i n'``
+and the target is the posterior given it: ``g_{tau'_i,i}`` gets variance ``kappa + alpha(tau'_i)^2
+delta_i^2``, and pushing that through the forward kernel to ``t >= tau'_i`` gives
+``v_{t,i} = 1 - (1 - kappa) alpha_t^2/alpha_tau'^2 + alpha_t^2 delta_i^2`` (x_t scale, the scale of
+``y~``), used by every potential, look-ahead weight and Kalman move. Evidence: integrating ``x_bar_{tau'}``
+out, ``E[g_{tau'_i,i} | x0] = N(y~_i; alpha' x0_i, 1 - alpha'^2 + alpha'^2 delta_i^2 + kappa)
+= N(ybar_i; x0_i, rho_i^2 + kappa/alpha'^2) / alpha'`` (as ``1 - alpha'^2 = alpha'^2 rho(tau')^2``), and
+``N(ybar_i; x0_i, rho_i^2) / s_i = N((U^T y)_i; s_i x0_i, sigma_y^2)``: the same Jacobian
+``sum_i log(alpha(tau'_i) / s_i)`` at the snapped times gives ``log p(y)``. The same correction also
+applies uncapped to coordinates with ``rho_i > rho(1)`` (``tau_i`` clamped to 1), which the uncapped
+sampler used to treat as observed with noise ``rho(1)``. ``K = 0`` snaps every ``tau_i`` onto the base
+grid (exactly ``steps`` network steps).
+
 Needs: a linear operator with an SVD (``has_svd``), ``sigma_y >= 0``. Cost: N network calls per
-step per run, no backprop; every distinct matching time adds a step, so operators with many distinct
-singular values (a 32x32 Gaussian blur: ~1,000) run many more steps than ``steps``.
+step per run, no backprop; uncapped, every distinct matching time adds a step, so operators with many
+distinct singular values (a 32x32 Gaussian blur: ~330 distinct matching times) run many more steps
+than ``steps``; ``max_match_times`` bounds them.
 """
 from __future__ import annotations
 
@@ -40,7 +62,7 @@ __all__ = ["MCGDiff"]
 class _MCGDiffFK(FeynmanKac):
     name = "mcgdiff"
 
-    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto"):
+    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto", max_match_times=None):
         lg = problem.require_svd("MCGDiff")
         self.op, self.noise = lg.operator, float(lg.noise_std)
         self.bind(problem, max_batch)
@@ -54,19 +76,26 @@ class _MCGDiffFK(FeynmanKac):
         self.s_obs = s[self.obs_idx]
         self.uty = uty[self.obs_idx]
         self.ybar = self.uty / self.s_obs
-        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid).to(torch.float64)
+        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid,
+                             max_match_times=max_match_times).to(torch.float64)
         self.times = times
         self.n_steps = times.numel() - 1
         ab = self.sched.alpha_bar(times).to(torch.float64)
         self.ab = ab.to(self.device)
+        extra = torch.zeros(self.obs_idx.numel(), dtype=torch.float64)
         if self.noise > 0:
-            tau = self.sched.t_of_rho(self.noise / self.s_obs.cpu()).to(torch.float64)
-            # index of tau_i in the grid (exact match: inserted by mcgdiff_grid)
-            k_tau = torch.argmin((times[None, :] - tau[:, None]).abs(), dim=1)
+            rho_obs = self.noise / self.s_obs.cpu()
+            tau = self.sched.t_of_rho(rho_obs).to(torch.float64)
+            # snapped time tau'_i: the largest grid time <= tau_i (tau_i itself when it was inserted)
+            k_tau = (times > tau[:, None] + 1e-12).sum(1)
+            # delta_i^2 = (sigma_y / s_i)^2 - rho(tau'_i)^2 >= 0; exact matches give 0 (rounding below 1e-9 dropped)
+            extra = (rho_obs ** 2 - self.sched.rho(times[k_tau]).to(torch.float64) ** 2).clamp(min=0.0)
+            extra = torch.where(extra > 1e-9 * rho_obs ** 2, extra, torch.zeros_like(extra))
         else:
             k_tau = torch.full((self.obs_idx.numel(),), self.n_steps, dtype=torch.long)
         self.k_tau = k_tau.to(self.device)
         self.ab_tau = self.ab[self.k_tau]
+        self.extra = extra.to(self.device)  # delta_i^2, extra observation variance in the x0 scale
         self.ytil = torch.sqrt(self.ab_tau) * self.ybar
         self.J = int(self.k_tau.max()) if self.k_tau.numel() else 0  # last filtering grid index
         self.final_correction = bool(final_correction) and self.noise > 0
@@ -82,7 +111,7 @@ class _MCGDiffFK(FeynmanKac):
         ratio = self.ab[j] / self.ab_tau
         mean = torch.sqrt(ratio) * self.ytil
         var = (1.0 - (1.0 - self.kappa) * ratio).clamp(min=self.kappa)  # inactive coords: any positive value
-        return mean, var
+        return mean, var + self.ab[j] * self.extra  # snapped coordinates: + alpha_t^2 delta_i^2
 
     def log_g(self, j, xo, which):
         mean, var = self.g_params(j)
@@ -202,22 +231,28 @@ class _MCGDiffFK(FeynmanKac):
 class MCGDiff(SMCSampler):
     """MCGDiff (Cardoso et al., ICLR 2024): see the module docstring.
 
-    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4)``; needs an SVD operator. The
-    matching times are inserted into the sampler's ``grid`` (default ``"auto"``: uniform in ``alpha(t)``
-    on VP schedules, the official code's grid)."""
+    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4, max_match_times=None)``; needs an
+    SVD operator. The matching times are inserted into the sampler's ``grid`` (default ``"auto"``:
+    uniform in ``alpha(t)`` on VP schedules, the official code's grid); ``max_match_times=K`` inserts at
+    most ``K`` of them (at most ``steps + K`` network steps) and snaps the others down onto the grid with
+    the exact extra-variance correction of the module docstring (``0``: exactly ``steps``)."""
 
     name = "mcgdiff"
     requires = ("svd",)
     default_particles = 64
 
-    def configure(self, kappa: float = 1e-4, final_correction: bool = False):
+    def configure(self, kappa: float = 1e-4, final_correction: bool = False, max_match_times: int | None = None):
         if not kappa > 0:
             raise ValueError(f"mcgdiff: kappa must be > 0, got {kappa}")
+        if max_match_times is not None and (isinstance(max_match_times, bool) or not isinstance(max_match_times, int)
+                                            or max_match_times < 0):
+            raise ValueError(f"mcgdiff: max_match_times must be None or an integer >= 0, got {max_match_times!r}")
         self.kappa, self.final_correction = float(kappa), bool(final_correction)
+        self.max_match_times = max_match_times
 
     def fk_model(self, problem):
         return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
-                          self.grid)
+                          self.grid, self.max_match_times)
 
     def network_steps(self) -> int:
         return getattr(getattr(self, "last_fk", None), "n_steps", self.steps)
