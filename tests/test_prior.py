@@ -140,7 +140,7 @@ def test_solvers_start_where_the_prior_starts():
     from ppl_diffusion.inference.guides import DDRM
     from ppl_diffusion.inference.problem import Problem
     from ppl_diffusion.inference.sampler import terminal_noise
-    from ppl_diffusion.inference.smc import TDS
+    from ppl_diffusion.inference.smc import TDS, MCGDiff
     from ppl_diffusion.models import GaussianMeasurement, GaussianMixture
     from ppl_diffusion.models.operators import Matrix
 
@@ -168,3 +168,6 @@ def test_solvers_start_where_the_prior_starts():
     assert (x_guide.mean(0) - target).abs().max() < 0.2
     x_smc = TDS(model, particles=2).fk_model(problem).sample_initial(1, 4000, g)[0]
     assert (x_smc.mean(0) - target).abs().max() < 0.2
+    fk = MCGDiff(model, particles=2).fk_model(problem)  # works in the V basis of the operator
+    x_mcg = fk.op.V(fk.sample_initial(1, 4000, g)[0])
+    assert (x_mcg.mean(0) - target).abs().max() < 0.2

@@ -180,11 +180,18 @@ def terminal_noise(prior, shape, generator=None, dtype=None, device=None) -> tor
     mixtures), else the reference ``N(0, sigma(1)^2 I)``. Every solver starts here, so solvers and
     ``DiffusionPrior.sample`` share one prior model (at d = 800 the reference start alone moves 30 %
     of a GMM prior's mass between components)."""
-    exact = getattr(prior.denoiser, "sample_terminal", None)
-    if getattr(prior, "terminal", "reference") == "auto" and exact is not None:
+    exact = exact_terminal(prior)
+    if exact is not None:
         return exact(tuple(shape), generator, dtype, device)
     return initial_noise(prior.denoiser, shape, generator, dtype, device)
 
 
-__all__ += ["initial_noise", "terminal_noise"]
+def exact_terminal(prior):
+    """The denoiser's exact sampler of ``x_1`` when ``prior`` starts from it, else ``None`` (the
+    prior starts from the rotation-invariant reference ``N(0, sigma(1)^2 I)``)."""
+    exact = getattr(prior.denoiser, "sample_terminal", None)
+    return exact if getattr(prior, "terminal", "reference") == "auto" else None
+
+
+__all__ += ["initial_noise", "terminal_noise", "exact_terminal"]
 _ = broadcast_time  # re-exported helper for hooks

@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 
 from ...schedules import mcgdiff_grid
-from ..sampler import ddim_coefficients
+from ..sampler import ddim_coefficients, exact_terminal
 from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
 
@@ -154,8 +154,12 @@ class _MCGDiffFK(FeynmanKac):
 
     # FK interface -----------------------------------------------------------------------
     def sample_initial(self, R, N, generator):
-        std = self.sched.prior_std()
-        return std * torch.randn((R, N, self.D), generator=generator, dtype=self.dtype, device=self.device)
+        exact = exact_terminal(self.prior)  # where the prior starts, in the V basis
+        if exact is None:  # N(0, s^2 I) is the same in every orthonormal basis
+            std = self.sched.prior_std()
+            return std * torch.randn((R, N, self.D), generator=generator, dtype=self.dtype, device=self.device)
+        x = exact((R * N,) + self.event_shape, generator, self.dtype, self.device)
+        return self.op.Vt(x).reshape(R, N, self.D).to(self.dtype)
 
     def start(self, xb):
         st = self.caches(0, xb)
