@@ -118,7 +118,8 @@ def bench_calibration(n_problems, steps, methods, N, fps_checks=False):
              f"{steps} steps, one independent SMC run per sample. Coverage above 0.90 means samples too "
              "concentrated. FPS-SMC's over-coverage is its target, not Monte Carlo error: it does not move "
              "with 4x the particles, and sigma_y -> 0 does not make it exact (see the fps.py docstring).")
-    write_table(os.path.join(RES, "smc_calibration.md"), "SMC: 90 % marginal coverage vs exact posterior (GMM d = 8, d_y = 2)",
+    name = "smc_calibration.md" if steps == 50 else f"smc_calibration_steps{steps}.md"
+    write_table(os.path.join(RES, name), "SMC: 90 % marginal coverage vs exact posterior (GMM d = 8, d_y = 2)",
                 CMD, "\n".join(lines), notes)
 
 
