@@ -122,7 +122,7 @@ def bench_replicas(n_problems: int, long_draws: int = 1600):
         t0 = time.perf_counter()
         k, r, sw, floor, cov, acc = _replica_run(pb, opts, 16, long_draws, 1000, 5, q)
         rh, ess = rhat_ess(r.samples)
-        long.add(name, f"16 x {long_draws}", f"{float(rh.max()):.3f}", f"{float(ess.min()):.0f} / {float(ess.median()):.0f}",
+        long.add(name, f"16 x {long_draws}", f"{float(rh.max()):.4f}", f"{float(ess.min()):.0f} / {float(ess.median()):.0f}",
                  f"{sw:.3g} ({floor:.3g})", f"{cov:.3f}", acc, f"{time.perf_counter() - t0:.0f}")
     notes = ("GMM d = 8, d_y = 2 (setting B problems, seeds 0..), posteriors with several separated modes. Vectorised "
              "chains from N(0, I), `burn-in` iterations dropped (rho annealed from rho0 by 0.9 per iteration to 0.1), then "
