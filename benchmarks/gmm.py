@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import torch
@@ -71,7 +72,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     opts = json.loads(a.options)
-    command = "python benchmarks/gmm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/gmm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if a.setting == "floor":
         print(floor_spread(a.dys, a.problems or 200, command, a.out or "benchmarks/results/gmm_b_floor.md"))
         return

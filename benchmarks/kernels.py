@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ from ppl_diffusion.schedules import VPSchedule
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RES = os.path.join(HERE, "results")
-CMD = "OMP_NUM_THREADS=1 python benchmarks/kernels.py " + " ".join(sys.argv[1:])
+CMD = "OMP_NUM_THREADS=1 python benchmarks/kernels.py " + shlex.join(sys.argv[1:])
 
 PNPDM_OPTS = dict(rho_min=0.1, num_grid=50, chains=100, thin=5)
 PMC_OPTS = dict(sigma0=20.0, decay=0.98, sigma_min=0.1, step_fraction=0.5, chains=100, thin=20)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -22,7 +23,7 @@ import torch
 from ppl_diffusion.benchmarking import write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CMD = "OMP_NUM_THREADS=1 python benchmarks/mcgdiff_match_times.py " + " ".join(sys.argv[1:])
+CMD = "OMP_NUM_THREADS=1 python benchmarks/mcgdiff_match_times.py " + shlex.join(sys.argv[1:])
 
 
 def run(prior, op, x_true, steps, cap, particles, draws, noise_std, seed):
