@@ -87,6 +87,30 @@ def test_pnpdm_replica_exchange_keeps_the_cold_target():
     assert k.nfe_per_iteration(0) == sum(1 + int((k.grid < rho).sum()) for rho in k.ladder)
 
 
+def test_pnpdm_swap_acceptance_probability():
+    """The swap move alone, on 200,000 copies of fixed (Delta, rho): pair (j, j+1) swaps with
+    probability min(1, exp((Delta_j - Delta_{j+1}) (1/rho_j^2 - 1/rho_{j+1}^2) / 2)) (0.472 and 0.269
+    here; s.e. 0.0011), even pairs on even iterations and odd pairs on odd ones. A ratio off by a factor
+    (e.g. r^2) or a flipped sign moves these by > 0.1."""
+    model, *_ = gaussian_setup()
+    k = PnPDM(model, rho0=0.5, rho_min=0.5, replicas=3, rho_max=2.0)
+    rho = torch.tensor(k.levels(0), dtype=F64)  # 0.5, 1, 2
+    C = 200_000
+    delta = torch.tensor([1.0, 1.5, 5.0], dtype=F64).expand(C, 3)
+    g = torch.Generator().manual_seed(0)
+    for it, (lo, hi) in ((0, (0, 1)), (1, (1, 2))):
+        X = torch.arange(3, dtype=F64).reshape(1, 3, 1).expand(C, 3, 1).clone()  # replica labels as states
+        k._swap(X, delta, rho, it, g)
+        log_r = 0.5 * (delta[0, lo] - delta[0, hi]) * (rho[lo] ** -2 - rho[hi] ** -2)
+        p = float(torch.exp(log_r).clamp(max=1.0))
+        swapped = (X[:, lo, 0] == hi).double().mean()
+        assert abs(float(swapped) - p) < 0.005, (it, float(swapped), p)
+        assert torch.equal(X[:, hi, 0] == lo, X[:, lo, 0] == hi)  # a swap exchanges the pair
+        other = 3 - lo - hi  # the replica outside the pair does not move
+        assert (X[:, other, 0] == other).all()
+    assert torch.allclose(k.swap_acceptance, torch.tensor([0.472, 0.269], dtype=F64), atol=0.005)
+
+
 def test_pnpdm_replica_exchange_moves_between_modes():
     """Two separated modes (prior weights 0.25 / 0.75 at x1 = -/+4, only x2 observed, so the posterior
     keeps those weights). Every chain starts in the minority mode. Plain PnP-DM at rho = 0.2 never
@@ -206,6 +230,11 @@ def test_pyro_mcmc_and_arviz(make):
         mcmc = MCMC(make(model), num_samples=15, warmup_steps=5, num_chains=2, disable_progbar=True)
         mcmc.run(y=pb.y)
     assert mcmc.get_samples(group_by_chain=True)["x"].shape == (2, 15, 8)
+    kernel = mcmc.kernel
+    # the replicas ran and swapped inside Pyro's loop (visible here when Pyro ran the chains in this
+    # process, as it does on machines with fewer than num_chains + 1 cores)
+    if getattr(kernel, "replicas", 1) > 1 and kernel._hot is not None:
+        assert float(kernel._swaps_tried.sum()) > 0 and kernel._hot.shape[:2] == (1, kernel.replicas - 1)
     idata = az.from_pyro(mcmc)
     assert idata.posterior["x"].shape == (2, 15, 8)
     assert idata.sample_stats["diverging"].shape == (2, 15)

@@ -133,11 +133,11 @@ def test_unet_denoiser_parameterisations():
 
 
 def test_solvers_start_where_the_prior_starts():
-    """Guides, SMC samplers and DiffusionPrior.sample draw x_1 from the same place: the exact noised
+    """Guides (default run), SMC samplers and DiffusionPrior.sample draw x_1 from the same place: the exact noised
     marginal of a Gaussian-mixture prior (terminal="auto"), the reference N(0, sigma_1^2) otherwise.
     A Gaussian prior with mean 1000 (alpha_1 * 1000 ~ 6 on this schedule): 4,000 draws, mean within
     0.2 (s.e. ~0.02) of alpha_1 mu, against ~6 for the reference start."""
-    from ppl_diffusion.inference.guides import DDRM
+    from ppl_diffusion.inference.guides import DPS
     from ppl_diffusion.inference.problem import Problem
     from ppl_diffusion.inference.sampler import terminal_noise
     from ppl_diffusion.inference.smc import TDS, MCGDiff
@@ -164,7 +164,7 @@ def test_solvers_start_where_the_prior_starts():
         return pyro.sample("y", GaussianMeasurement(Matrix(torch.eye(2, dtype=f64)), x, 1.0), obs=y)
 
     problem = Problem.from_model(model, y=torch.zeros(2, dtype=f64))
-    x_guide = DDRM(model).initial_state(problem, 4000, g)
+    x_guide = DPS(model).initial_state(problem, 4000, g)  # what DiffusionGuide.run starts from
     assert (x_guide.mean(0) - target).abs().max() < 0.2
     x_smc = TDS(model, particles=2).fk_model(problem).sample_initial(1, 4000, g)[0]
     assert (x_smc.mean(0) - target).abs().max() < 0.2

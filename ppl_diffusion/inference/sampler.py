@@ -177,9 +177,11 @@ def initial_noise(denoiser: Denoiser, shape, generator=None, dtype=None, device=
 def terminal_noise(prior, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
     """Draw ``x_1`` where ``prior`` (a DiffusionPrior) starts its own reverse diffusion: the
     denoiser's exact noised marginal when it has one and ``prior.terminal == "auto"`` (Gaussian
-    mixtures), else the reference ``N(0, sigma(1)^2 I)``. Every solver starts here, so solvers and
+    mixtures), else the reference ``N(0, sigma(1)^2 I)``. Solvers start here, so they and
     ``DiffusionPrior.sample`` share one prior model (at d = 800 the reference start alone moves 30 %
-    of a GMM prior's mass between components)."""
+    of a GMM prior's mass between components); the exceptions are methods whose start is part of
+    their definition: DDRM / DDNM+ (spectral start conditioned on y), FPS (x_T conditioned on the
+    y-trajectory) and Kadkhodaie-Simoncelli (adaptive noise level)."""
     exact = exact_terminal(prior)
     if exact is not None:
         return exact(tuple(shape), generator, dtype, device)

@@ -24,9 +24,10 @@ One Gibbs sweep at iteration k, with ``rho_k = max(rho_0 decay^k, rho_min)`` (ME
 Replica exchange (``replicas=K``, ``rho_max``; our addition, not in the paper): K chains at the couplings
 ``rho_min = r_0 < ... < r_{K-1} = rho_max`` (geometric), each a PnP-DM chain of its own relaxed target
 ``pi_j(x, z)``, all advanced in one batch; after each sweep adjacent pairs (even pairs on even iterations,
-odd on odd: the non-reversible DEO scheme) swap their ``(x, z)`` with probability
-``min(1, exp((D_j - D_{j+1}) (1/r_j^2 - 1/r_{j+1}^2) / 2))``, ``D = ||x - z||^2`` — the joint ratio, in which
-the prior and the likelihood cancel, so no density of the network is needed. The coldest chain (the one
+odd on odd: the non-reversible DEO scheme) swap their states with probability
+``min(1, exp((D_j - D_{j+1}) (1/r_j^2 - 1/r_{j+1}^2) / 2))``, ``D = ||x - z||^2`` — the ratio of the joint
+targets of ``(x, z)``, in which the prior and the likelihood cancel, so no density of the network is
+needed (only x is kept: the next sweep redraws z from ``z | x``). The coldest chain (the one
 returned) keeps the rho_min target; hot chains cross between modes and hand the crossings down. Its
 hot states live on the kernel between calls (reset by ``setup`` / ``run_chains``).
 
@@ -221,7 +222,8 @@ class PnPDM(DiffusionKernel):
     def _sigma_table(self, rho: torch.Tensor) -> torch.Tensor:
         """Noise levels of the prior step for each coupling in ``rho`` (R,): row i is ``rho_i``
         followed by the EDM grid points below it, front-padded with ``rho_i`` (idle steps) so that
-        every row has the same length and all rows end on the same grid point."""
+        every row has the same length and ends at the same step (on the smallest grid point, or at
+        ``rho_i`` itself when it lies below the grid)."""
         g = self.grid.to(rho.device)
         rows = [torch.cat([r.reshape(1), g[g < r]]) for r in rho]
         L = max(len(row) for row in rows)
@@ -243,6 +245,8 @@ class PnPDM(DiffusionKernel):
         coupling ``rho[level[b]]`` to 0. One network call per grid point, on the samples that are
         not idle at that point."""
         den = self.problem.denoiser
+        if bool((rho == rho[0]).all()):  # every coupling equal (e.g. during annealing): one row
+            rho = rho[:1]
         S = self._sigma_table(rho)
         x, L = z, S.shape[1]
         if S.shape[0] == 1:  # one coupling: plain float levels
@@ -307,12 +311,15 @@ class PnPDM(DiffusionKernel):
         a = acc.reshape(acc.shape + (1,) * (X.dim() - 2))
         lo, hi = X[:, j], X[:, j + 1]
         X[:, j], X[:, j + 1] = torch.where(a, hi, lo), torch.where(a, lo, hi)
-        self._swaps_tried[j.cpu()] += acc.shape[0]
-        self._swaps_accepted[j.cpu()] += acc.sum(0).cpu().to(torch.float64)
+        counted = (rho[j] != rho[j + 1]).cpu()  # pairs at equal couplings (annealing) always swap: not counted
+        jc = j.cpu()[counted]
+        self._swaps_tried[jc] += acc.shape[0]
+        self._swaps_accepted[jc] += acc.sum(0).cpu().to(torch.float64)[counted]
 
     @property
     def swap_acceptance(self) -> torch.Tensor:
-        """Acceptance rate of swaps between couplings j and j+1 so far, shape (replicas - 1,)."""
+        """Acceptance rate of swaps between couplings j and j+1, cumulative since the run started and
+        counting only iterations where the two couplings differ, shape (replicas - 1,)."""
         return self._swaps_accepted / self._swaps_tried.clamp(min=1)
 
     def nfe_per_iteration(self, k: int) -> int:
