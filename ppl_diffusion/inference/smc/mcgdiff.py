@@ -8,7 +8,7 @@ For ``t >= tau_i`` the coordinate is *active* with potential
 ``g_{t,i}(x) = N(x; (alpha_t/alpha_tau) y~_i, 1 - (1 - kappa) alpha_t^2/alpha_tau^2)``.
 A step ``t -> t'`` predicts ``m = alpha_t' x0_hat + c_eps eps_hat`` (DDIM-eta, one network call per
 particle), weights each particle by ``prod_{i active at t'} N(m_i; mean_{t',i}, c^2 + v_{t',i}) /
-g_{t,i}(x_i)`` (a function of ``x_t`` only), resamples multinomially, and draws the active
+g_{t,i}(x_i)`` (a function of ``x_t`` only), resamples (engine default: systematic when ESS < N/2), and draws the active
 coordinates from the Kalman update of ``N(m, c^2) g_{t'}`` and the free ones from ``N(m, c^2)``.
 After the last matching time plain DDIM steps run to 0 without weights.
 
@@ -35,7 +35,8 @@ delta_i^2``, and pushing that through the forward kernel to ``t >= tau'_i`` give
 ``v_{t,i} = 1 - (1 - kappa) alpha_t^2/alpha_tau'^2 + alpha_t^2 delta_i^2`` (x_t scale, the scale of
 ``y~``), used by every potential, look-ahead weight and Kalman move. Evidence: integrating ``x_bar_{tau'}``
 out, ``E[g_{tau'_i,i} | x0] = N(y~_i; alpha' x0_i, 1 - alpha'^2 + alpha'^2 delta_i^2 + kappa)
-= N(ybar_i; x0_i, rho_i^2 + kappa/alpha'^2) / alpha'`` (as ``1 - alpha'^2 = alpha'^2 rho(tau')^2``), and
+= N(ybar_i; x0_i, rho_i^2 + kappa/alpha'^2) / alpha'`` (as ``sigma'^2 = alpha'^2 rho(tau')^2``, with
+``sigma'^2 = 1 - alpha'^2`` on the VP schedules this sampler's potentials assume), and
 ``N(ybar_i; x0_i, rho_i^2) / s_i = N((U^T y)_i; s_i x0_i, sigma_y^2)``: the same Jacobian
 ``sum_i log(alpha(tau'_i) / s_i)`` at the snapped times gives ``log p(y)``. The same correction also
 applies uncapped to coordinates with ``rho_i > rho(1)`` (``tau_i`` clamped to 1), which the uncapped
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import torch
 
-from ...schedules import mcgdiff_grid
+from ...schedules import check_max_match_times, mcgdiff_grid
 from ..sampler import ddim_coefficients, exact_terminal
 from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
@@ -254,11 +255,8 @@ class MCGDiff(SMCSampler):
     def configure(self, kappa: float = 1e-4, final_correction: bool = False, max_match_times: int | None = None):
         if not kappa > 0:
             raise ValueError(f"mcgdiff: kappa must be > 0, got {kappa}")
-        if max_match_times is not None and (isinstance(max_match_times, bool) or not isinstance(max_match_times, int)
-                                            or max_match_times < 0):
-            raise ValueError(f"mcgdiff: max_match_times must be None or an integer >= 0, got {max_match_times!r}")
         self.kappa, self.final_correction = float(kappa), bool(final_correction)
-        self.max_match_times = max_match_times
+        self.max_match_times = check_max_match_times(max_match_times, "mcgdiff")
 
     def fk_model(self, problem):
         return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
