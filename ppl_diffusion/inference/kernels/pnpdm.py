@@ -39,7 +39,7 @@ Limit (measured, benchmarks/results/kernels_*.md): a single chain is local; it d
 well-separated posterior modes once rho is small (GMM setting B, d_y = 2: 90 % coverage 0.37-0.60 on
 multimodal posteriors, 0.88-0.89 on unimodal ones). With 12 replicas up to rho = 20 (1,000 burn-in
 iterations) the multimodal coverage is 0.90-0.92, max-SW 0.7-2.3x the noise floor, and 16 chains of
-1,600 draws reach R-hat 1.010 / bulk ESS 1,812 (without replicas: R-hat 2.7, ESS 19) at ~25x the
+2,400 draws reach R-hat 1.006 / bulk ESS 2,598 (without replicas: R-hat 2.7, ESS 19) at ~25x the
 network calls per iteration (kernels_replicas.md).
 """
 from __future__ import annotations
