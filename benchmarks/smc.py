@@ -40,7 +40,7 @@ def bench_particles(n_problems, steps, methods, Ns, n_big, d=8, n_samples=500):
             rows.append(run_gmm(m, d, 2, steps, None, n_problems, n, 10000, "sw", options={"particles": N},
                                 solver_dtype=torch.float32 if d > 8 else None))
             print(format_table(rows[-1:]), flush=True)
-    notes = (f"SW = sliced Wasserstein-2 (mean over 500 random directions) to 10,000 exact posterior draws; "
+    notes = (f"SW = sliced Wasserstein-1 (mean of W_1 over 500 random directions) to 10,000 exact posterior draws; "
              f"noise floor = the same metric for as many exact posterior draws as method samples. d = {d}, d_y = 2, "
              f"{steps} steps, {n_problems} problems (seeds 0..{n_problems - 1}); {n_samples} samples per problem "
              f"({n_big} at N = 1024, so its floor is larger). NFE/sample = particles x network steps "
@@ -163,8 +163,9 @@ def bench_pg(chains, draws, N, steps, seed=0):
     pb = gmm_benchmark_problem(8, 2, seed=seed)
     model = pb.model(VPSchedule.gmm_benchmark())
     g = torch.Generator().manual_seed(7)
-    lines = ["| kernel | chains x draws | particles | steps | max R-hat | min / median bulk ESS | SW (floor) | s total | moved |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | chains x draws | particles | steps | max R-hat | min / median bulk ESS | SW (floor) | "
+             "90 % coverage (floor) | s total | moved |", "|---|---|---|---|---|---|---|---|---|---|"]
+    q = pb.posterior.marginal_quantiles(torch.tensor([0.05, 0.95], dtype=torch.float64))
     for AS in (False, True):
         pg = ParticleGibbs(MCGDiff(model, particles=N, steps=steps), chains=chains, generator=g,
                            ancestor_sampling=AS)
@@ -175,18 +176,22 @@ def bench_pg(chains, draws, N, steps, seed=0):
         ref = pb.posterior.sample(10000, generator=g)
         flat = res.flat()
         sw = float(sliced_wasserstein(flat, ref, n_projections=500, generator=g))
-        fl = float(sliced_wasserstein(pb.posterior.sample(flat.shape[0], generator=g), ref, n_projections=500, generator=g))
+        exact = pb.posterior.sample(flat.shape[0], generator=g)
+        fl = float(sliced_wasserstein(exact, ref, n_projections=500, generator=g))
+        cov, cov_fl = (float(((v >= q[0]) & (v <= q[1])).double().mean()) for v in (flat.double(), exact))
         name = "ParticleGibbs(MCGDiff)" + (" + ancestor sampling" if AS else "")
         lines.append(f"| {name} | {chains} x {draws} | {N} | {steps} | {float(r.max()):.4f} | "
-                     f"{float(e.min()):.0f} / {float(e.median()):.0f} | {sw:.3g} ({fl:.3g}) | {res.seconds:.1f} | "
+                     f"{float(e.min()):.0f} / {float(e.median()):.0f} | {sw:.3g} ({fl:.3g}) | {cov:.3f} ({cov_fl:.3f}) | "
+                     f"{res.seconds:.1f} | "
                      f"{float(res.stats['moved'].double().mean()):.2f} |")
         print(lines[-1], flush=True)
     notes = ("GMM d = 8, d_y = 2, seed 0. Chains run as one batch; 20 warm-up iterations after an unconditional "
              "SMC start, dropped. R-hat = rank-normalised split R-hat, ESS = bulk ESS (ppl_diffusion.diagnostics), "
-             "per coordinate. SW: sliced W-2 (500 directions) of the pooled draws to 10,000 exact draws; the "
+             "per coordinate. SW: sliced W-1 (500 directions) of the pooled draws to 10,000 exact draws; the "
              "floor is the same for as many exact draws. InferenceData from ChainResult.to_inference_data() has "
              "chain/draw dims. `moved`: fraction of iterations whose draw differs from the previous one.")
-    write_table(os.path.join(RES, "smc_particle_gibbs.md"), "ParticleGibbs(MCGDiff): multi-chain diagnostics (GMM d = 8)",
+    name = "smc_particle_gibbs.md" if steps == 20 else f"smc_particle_gibbs_steps{steps}.md"
+    write_table(os.path.join(RES, name), "ParticleGibbs(MCGDiff): multi-chain diagnostics (GMM d = 8)",
                 CMD, "\n".join(lines), notes)
 
 

@@ -192,7 +192,7 @@ def test_multichain_diagnostics_gmm_d8():
 
 
 def test_kernels_near_noise_floor_gmm_d8():
-    """d = 8 GMM (d_y = 8, seed 1; unimodal posterior), 16 vectorised chains x 100 draws: sliced W-2
+    """d = 8 GMM (d_y = 8, seed 1; unimodal posterior), 16 vectorised chains x 100 draws: sliced W-1
     (200 directions) to 10,000 exact draws within 6x the noise floor of 1,600 exact draws (floor
     ~0.011). Measured: PnP-DM (rho_min 0.1) 4.0x, PMC (sigma_min 0.1) 2.4x — the chains' draws are
     autocorrelated, so part of the gap is their smaller effective sample size. A fixed rho = 1
