@@ -190,7 +190,7 @@ def bench_pg(chains, draws, N, steps, seed=0):
              "per coordinate. SW: sliced W-1 (500 directions) of the pooled draws to 10,000 exact draws; the "
              "floor is the same for as many exact draws. InferenceData from ChainResult.to_inference_data() has "
              "chain/draw dims. `moved`: fraction of iterations whose draw differs from the previous one.")
-    name = "smc_particle_gibbs.md" if steps == 20 else f"smc_particle_gibbs_steps{steps}.md"
+    name = "smc_particle_gibbs.md" if (steps, N) == (20, 64) else f"smc_particle_gibbs_steps{steps}_N{N}.md"
     write_table(os.path.join(RES, name), "ParticleGibbs(MCGDiff): multi-chain diagnostics (GMM d = 8)",
                 CMD, "\n".join(lines), notes)
 
