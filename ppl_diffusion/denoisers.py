@@ -38,7 +38,8 @@ class Denoiser(torch.nn.Module):
 
     Subclasses implement :meth:`denoise` (``E[x0 | x_t]`` for ``x_t`` of shape ``(*batch, *event_shape)``
     and ``t`` broadcastable to ``batch``). :meth:`forward` counts network evaluations in ``.nfe``
-    (one per batched call; per-sample NFE is what solvers report).
+    (one per batched call; per-sample NFE is what solvers report) and the samples it evaluated in
+    ``.sample_evals`` (the batch size summed over calls).
     """
 
     def __init__(self, schedule: Schedule, event_shape: Sequence[int]):
@@ -46,6 +47,7 @@ class Denoiser(torch.nn.Module):
         self.schedule = schedule
         self.event_shape = torch.Size(event_shape)
         self.nfe = 0
+        self.sample_evals = 0
 
     # --- protocol ------------------------------------------------------------------------
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -54,10 +56,12 @@ class Denoiser(torch.nn.Module):
     def forward(self, x_t: torch.Tensor, t) -> torch.Tensor:
         self._check(x_t)
         self.nfe += 1
+        self.sample_evals += x_t.numel() // max(self.event_shape.numel(), 1)
         return self.denoise(x_t, torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device))
 
     def reset_nfe(self) -> None:
         self.nfe = 0
+        self.sample_evals = 0
 
     @property
     def n_event(self) -> int:

@@ -83,8 +83,9 @@ def test_pnpdm_replica_exchange_keeps_the_cold_target():
     acc = k.swap_acceptance
     assert acc.shape == (3,) and (acc > 0.2).all() and (acc < 1).all(), acc
     assert r.stats["swap_rate"].shape == (100,)
-    # network evaluations per chain: every replica's reverse process
+    # measured network evaluations per chain: every replica's reverse process, idle steps skipped
     assert k.nfe_per_iteration(0) == sum(1 + int((k.grid < rho).sum()) for rho in k.ladder)
+    assert r.nfe_per_iteration == k.nfe_per_iteration(0)
 
 
 def test_pnpdm_swap_acceptance_probability():

@@ -258,7 +258,7 @@ class DiffusionKernel(MCMCKernel):
         else:
             x = self.initial_state(problem, C, generator)
         den = problem.denoiser
-        nfe0 = den.nfe
+        evals0 = den.sample_evals
         keep, div = [], []
         info = {}
         total = int(warmup_steps) + int(num_samples) * int(thin)
@@ -281,9 +281,6 @@ class DiffusionKernel(MCMCKernel):
         stats = {"diverging": torch.stack(div, 1)}
         for key, v in info.items():
             stats[key] = torch.tensor(v, dtype=torch.float64)
-        per_chain = getattr(self, "nfe_per_iteration", None)  # kernels whose calls batch several levels
-        if per_chain is not None:
-            nfe = sum(per_chain(k) for k in range(total)) / max(total, 1)
-        else:
-            nfe = (den.nfe - nfe0) / max(total, 1)
+        # per chain: evaluated samples / chains (a call may batch several replicas or skip idle ones)
+        nfe = (den.sample_evals - evals0) / (C * max(total, 1))
         return ChainResult(samples, stats, nfe, secs, self.site, problem.observation)

@@ -35,8 +35,7 @@ Measured (benchmarks/results/smc_calibration.md, GMM d = 8, d_y = 2, 50 steps, p
 coverage of exact 90 % marginal intervals 0.976 at 256 particles (samples too concentrated; MCGDiff /
 TDS 0.919), the same at 1024 (0.990 / 0.972 on problems 0 / 1, SW unchanged: 1.02 / 0.21 vs floor
 0.08 / 0.06), and no better at 0.1x / 0.01x sigma_y (coverage 0.65-0.97, SW 0.18-3.2 vs floor <= 0.15).
-Its ``log_evidence`` is
-``log p(u_{0:T})`` of that model, not ``log p(y)``.
+Its ``log_evidence`` is ``log p(u_{0:T})`` of that model, not ``log p(y)``.
 """
 from __future__ import annotations
 
