@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -115,7 +115,7 @@ class BenchRow:
     d: int
     d_y: int
     steps: int
-    eta: Optional[float]
+    eta: float | None
     metric: str
     values: list
     floors: list
@@ -156,9 +156,9 @@ def _score(metric: str, x, ref, generator):
     raise ValueError(f"unknown metric {metric!r}; use 'sw' or 'max_sw'")
 
 
-def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Optional[float] = None,
+def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: float | None = None,
             n_problems: int = 5, n_samples: int = 1000, n_ref: int = 10000, metric: str = "max_sw",
-            schedule: str = "mcgdiff", seed: int = 0, options: Optional[dict] = None,
+            schedule: str = "mcgdiff", seed: int = 0, options: dict | None = None,
             dtype=torch.float64, solver_dtype=None) -> BenchRow:
     """Run ``solver`` on ``n_problems`` seeded GMM problems (BENCHMARKS.md §1).
 
@@ -197,15 +197,15 @@ def run_gmm(solver: str, d: int = 8, d_y: int = 2, steps: int = 100, eta: Option
 
 
 def run_setting_b(solver: str, d_ys: Sequence[int] = (1, 2, 4), n_problems: int = 20, steps: int = 100,
-                  eta: Optional[float] = None, options: Optional[dict] = None, schedule: str = "mcgdiff",
+                  eta: float | None = None, options: dict | None = None, schedule: str = "mcgdiff",
                   n_samples: int = 1000, n_ref: int = 10000, solver_dtype=None) -> list:
     """Setting B: d = 8, 100 steps, 1,000 samples, 10,000 reference samples, POT max-sliced W (100 projections)."""
     return [run_gmm(solver, 8, dy, steps, eta, n_problems, n_samples, n_ref, "max_sw", schedule, 0, options,
                     solver_dtype=solver_dtype) for dy in d_ys]
 
 
-def run_gaussian_check(solver: str, steps: int = 300, eta: Optional[float] = None, n_samples: int = 2000,
-                       options: Optional[dict] = None, seed: int = 0) -> dict:
+def run_gaussian_check(solver: str, steps: int = 300, eta: float | None = None, n_samples: int = 2000,
+                       options: dict | None = None, seed: int = 0) -> dict:
     """BENCHMARKS.md §2: KL(fit || exact) and W2(fit, exact) of a Gaussian fit of the samples, with
     the same numbers for exact posterior samples of the same size beside them (the noise floor)."""
     solvers = available_solvers()
@@ -226,7 +226,7 @@ def run_gaussian_check(solver: str, steps: int = 300, eta: Optional[float] = Non
 
 
 def run_mode_weights(solver: str, d: int = 8, d_y: int = 4, seeds: Sequence[int] = range(10), steps: int = 100,
-                     n_samples: int = 2000, schedule: str = "mcgdiff", options: Optional[dict] = None) -> list:
+                     n_samples: int = 2000, schedule: str = "mcgdiff", options: dict | None = None) -> list:
     """Where a solver puts its mass among the mixture components, against the exact posterior weights.
 
     Each sample is assigned to the nearest posterior component mean; returns one dict per problem with

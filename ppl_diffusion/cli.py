@@ -247,7 +247,7 @@ def _add_train(sub):
 
         add_train_arguments(p)
         p.set_defaults(func=_cmd_train)
-    except ImportError as e:  # pragma: no cover
+    except ImportError:  # pragma: no cover
         p.set_defaults(func=lambda a: _unavailable(f"the training module is not available ({e})"))
 
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -232,8 +231,8 @@ class MethodResult:
         return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
 
 
-def run_method(name: str, model, y: torch.Tensor, num_samples: int = 8, generator: Optional[torch.Generator] = None,
-               options: Optional[dict] = None, progress: bool = False) -> MethodResult:
+def run_method(name: str, model, y: torch.Tensor, num_samples: int = 8, generator: torch.Generator | None = None,
+               options: dict | None = None, progress: bool = False) -> MethodResult:
     """Run the solver ``name`` on ``model`` conditioned on ``y``; ``options`` go to its constructor,
     except these run-level keys: kernels ``chains`` (default: ``num_samples // 2``), ``warmup``
     (burn-in iterations, 20), ``thin`` (1); SMC ``independent`` (True: one run per sample); RED-Diff
@@ -380,9 +379,9 @@ def _fmt(v, nd=2):
     return str(v)
 
 
-def run_demo(out="report", prior="digits", fast: bool = False, images: Optional[int] = None, seed: int = 0,
-             samples: Optional[int] = None, noise_std: float = 0.05, tasks=None, methods_override: Optional[dict] = None,
-             progress: bool = True, threads: Optional[int] = None, log=print) -> dict:
+def run_demo(out="report", prior="digits", fast: bool = False, images: int | None = None, seed: int = 0,
+             samples: int | None = None, noise_std: float = 0.05, tasks=None, methods_override: dict | None = None,
+             progress: bool = True, threads: int | None = None, log=print) -> dict:
     """Run the demo and write the report folder ``out``; returns ``{"rows": [...], "seconds": ...}``."""
     from tqdm.auto import tqdm
 

@@ -13,7 +13,7 @@ exact Gaussian-mixture denoiser. All are batched over any leading dimensions and
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

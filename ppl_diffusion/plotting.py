@@ -13,7 +13,7 @@ the ``Figure``; pass ``path=`` to also save a PNG (the figure is then closed).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -51,7 +51,7 @@ def to_display(img) -> np.ndarray:
     raise ValueError(f"img: expected (C, H, W), (H, W) or a flat vector, got shape {a.shape}")
 
 
-def measurement_image(y, operator=None, image_shape: Optional[Sequence[int]] = None) -> tuple[np.ndarray, str]:
+def measurement_image(y, operator=None, image_shape: Sequence[int] | None = None) -> tuple[np.ndarray, str]:
     """A displayable version of a measurement and a short label.
 
     * inpainting: the observed pixels with the missing ones as NaN (drawn in the 'bad' colour);
@@ -110,7 +110,7 @@ def posterior_row_images(samples, truth=None, y=None, operator=None, n_samples_s
     return panels
 
 
-def posterior_grid(rows: Sequence[dict], path=None, title: Optional[str] = None, vmin: float = -1.0,
+def posterior_grid(rows: Sequence[dict], path=None, title: str | None = None, vmin: float = -1.0,
                    vmax: float = 1.0, cell: float = 1.35):
     """One figure row per posterior. Each ``row`` is a dict with ``samples`` and optionally
     ``truth``, ``y``, ``operator``, ``label`` (row title, e.g. ``"image 0 / DDRM"``) and
@@ -158,7 +158,7 @@ def posterior_grid(rows: Sequence[dict], path=None, title: Optional[str] = None,
     return save_figure(fig, path)
 
 
-def uncertainty_map(samples, truth, path=None, title: Optional[str] = None):
+def uncertainty_map(samples, truth, path=None, title: str | None = None):
     """Posterior std and ``|mean - truth|`` side by side (same colour scale), with their Pearson
     correlation in the title."""
     from .metrics import std_error_correlation
@@ -179,7 +179,7 @@ def uncertainty_map(samples, truth, path=None, title: Optional[str] = None):
     return save_figure(fig, path)
 
 
-def plot_scalar_traces(idata, var_names: Optional[Sequence[str]] = None, group: str = "log_likelihood",
+def plot_scalar_traces(idata, var_names: Sequence[str] | None = None, group: str = "log_likelihood",
                        path=None, compact: bool = True):
     """ArviZ ``plot_trace`` of scalar quantities, by default the per-image log-likelihood of each
     draw stored in ``idata.log_likelihood`` (dims ``chain, draw[, image]``). Works on any group

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -137,12 +137,12 @@ class VPSchedule(Schedule):
 
     # constructors -------------------------------------------------------------------------
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "VPSchedule":
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> VPSchedule:
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         return cls(torch.cumprod(1 - betas, 0))
 
     @classmethod
-    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "VPSchedule":
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> VPSchedule:
         """Nichol & Dhariwal (2021) cosine schedule."""
         steps = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
@@ -150,12 +150,12 @@ class VPSchedule(Schedule):
         return cls(torch.cumprod(1 - betas, 0))
 
     @classmethod
-    def from_betas(cls, betas) -> "VPSchedule":
+    def from_betas(cls, betas) -> VPSchedule:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         return cls(torch.cumprod(1 - betas, 0))
 
     @classmethod
-    def gmm_benchmark(cls, variant: str = "mcgdiff") -> "VPSchedule":
+    def gmm_benchmark(cls, variant: str = "mcgdiff") -> VPSchedule:
         """Schedules of the GMM benchmark (BENCHMARKS.md §1).
 
         ``"mcgdiff"``: the published code's decreasing betas ``linspace(0.02, 1e-4, 999)`` with
@@ -170,7 +170,7 @@ class VPSchedule(Schedule):
         raise ValueError(f"unknown GMM benchmark schedule {variant!r}; use 'mcgdiff' or 'increasing'")
 
     @classmethod
-    def from_scheduler_config(cls, config: dict) -> "VPSchedule":
+    def from_scheduler_config(cls, config: dict) -> VPSchedule:
         """Build from a diffusers ``DDPMScheduler``/``DDIMScheduler`` config dict."""
         T = int(config.get("num_train_timesteps", 1000))
         kind = config.get("beta_schedule", "linear")

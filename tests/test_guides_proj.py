@@ -14,7 +14,7 @@ from ppl_diffusion.inference.guides import (DDNM, DDRM, DDS, ILVR, DDNMPlus, Dif
 from ppl_diffusion.metrics import empirical_gaussian_fit, gaussian_w2, sliced_wasserstein
 from ppl_diffusion.models import DiffusionPrior, GaussianMeasurement
 from ppl_diffusion.models.gmm import gaussian_check_problem, gmm_benchmark_problem
-from ppl_diffusion.models.operators import Blur, CallableOperator, Inpainting, Matrix, SuperResolution
+from ppl_diffusion.models.operators import Blur, CallableOperator, Inpainting, SuperResolution
 from ppl_diffusion.schedules import VPSchedule
 
 # (guide, options, SW-ratio bound, residual kind)

@@ -71,7 +71,6 @@ def test_adaptive_resampling_skips_steps():
 
 
 def test_bad_inputs():
-    from ppl_diffusion.models.operators import Inpainting
 
     pb, model = _gmm(2, 0)
     for bad in (0, -3):

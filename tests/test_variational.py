@@ -3,7 +3,6 @@
 Thresholds were set from measured values (seeded) with the margin stated next to each assert."""
 import math
 import os
-import warnings
 
 import pyro
 import pytest

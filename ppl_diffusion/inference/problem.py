@@ -15,9 +15,9 @@ need more than the model offers get a ``ValueError`` naming the missing piece.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
@@ -41,7 +41,7 @@ class _StubPrior(Messenger):
     """Give named latent sites the values in ``values`` and every other DiffusionPrior site zeros, so
     that tracing never runs the reverse diffusion."""
 
-    def __init__(self, values: Optional[dict] = None):
+    def __init__(self, values: dict | None = None):
         super().__init__()
         self.values = values or {}
 
@@ -114,8 +114,8 @@ class Problem:
 
     # ------------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: Callable, *args, prior_site: Optional[str] = None,
-                   latent_values: Optional[dict] = None, allow_unobserved: bool = False, **kwargs) -> "Problem":
+    def from_model(cls, model: Callable, *args, prior_site: str | None = None,
+                   latent_values: dict | None = None, allow_unobserved: bool = False, **kwargs) -> Problem:
         """Read the problem from ``model(*args, **kwargs)``.
 
         ``allow_unobserved=True`` gives a structure-only view when no observation is passed (used by
@@ -156,7 +156,7 @@ class Problem:
     def device(self):
         return self.prior._reference()[1]
 
-    def _find_gaussian(self) -> Optional[GaussianMeasurement]:
+    def _find_gaussian(self) -> GaussianMeasurement | None:
         if len(self.observed) != 1:
             return None
         (site,) = self.observed.values()

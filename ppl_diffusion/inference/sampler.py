@@ -24,7 +24,7 @@ cause and carrying the last finite state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -59,7 +59,7 @@ class StepState:
     alpha_s: torch.Tensor
     sigma_s: torch.Tensor
     eta: float
-    generator: Optional[torch.Generator] = None
+    generator: torch.Generator | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -103,8 +103,8 @@ def reverse_diffusion(
     x_T: torch.Tensor,
     times: torch.Tensor,
     eta: float = 1.0,
-    hook: Optional[Hook] = None,
-    generator: Optional[torch.Generator] = None,
+    hook: Hook | None = None,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     desc: str = "reverse diffusion",
 ) -> torch.Tensor:

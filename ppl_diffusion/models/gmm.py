@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -68,7 +67,7 @@ class GaussianMixture:
     def dtype(self):
         return self.means.dtype
 
-    def to(self, device=None, dtype=None) -> "GaussianMixture":
+    def to(self, device=None, dtype=None) -> GaussianMixture:
         dtype = dtype or self.dtype
         covs = self.variances if self.isotropic else self.covs
         return GaussianMixture(self.weights.to(device, dtype), self.means.to(device, dtype), covs.to(device, dtype))
@@ -145,7 +144,7 @@ class GaussianMixture:
         if x.dim() < 1 or x.shape[-1] != self.d:
             raise ValueError(f"expected (*batch, {self.d}), got {tuple(x.shape)}")
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact draws, shape (n, d)."""
         dev = self.means.device
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -176,7 +175,7 @@ class GaussianMixture:
         return 0.5 * (lo + hi)
 
     # ------------------------------------------------------------------------------------
-    def posterior(self, A, y: torch.Tensor, noise_std: float) -> "GaussianMixture":
+    def posterior(self, A, y: torch.Tensor, noise_std: float) -> GaussianMixture:
         """Exact posterior ``p(x | y)`` for ``y = A x + noise_std * n``.
 
         ``A`` is an (m, d) tensor or a linear operator with ``matrix()``. Noiseless (``noise_std=0``)
@@ -206,7 +205,7 @@ class GaussianMixture:
         post.log_evidence = torch.logsumexp(logw, 0)
         return post
 
-    def denoiser(self, schedule: Schedule | None = None) -> "GMMDenoiser":
+    def denoiser(self, schedule: Schedule | None = None) -> GMMDenoiser:
         return GMMDenoiser(self, schedule or VPSchedule.linear())
 
     def diffusion_prior(self, schedule: Schedule | None = None, **kwargs):
@@ -273,7 +272,7 @@ class GMMProblem:
 
         return Matrix(self.A)
 
-    def to(self, dtype: torch.dtype) -> "GMMProblem":
+    def to(self, dtype: torch.dtype) -> GMMProblem:
         """The same problem with prior, ``A`` and ``y`` cast to ``dtype`` (the exact posterior keeps its
         precision: it is the reference, not the solver's input)."""
         return GMMProblem(self.prior.to(dtype=dtype), self.A.to(dtype), self.y.to(dtype), self.noise_std,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -277,7 +277,7 @@ class Operator:
         if not bool(torch.isfinite(y).all()):
             raise ValueError("y contains NaN or Inf values")
 
-    def to(self, device=None, dtype=None) -> "Operator":
+    def to(self, device=None, dtype=None) -> Operator:
         """A shallow copy with every tensor attribute moved (floating ones cast to ``dtype``)."""
         new = copy.copy(self)
         for key, val in vars(self).items():
@@ -573,7 +573,7 @@ class Inpainting(LinearOperator):
 
     @classmethod
     def random(cls, shape, missing_fraction: float, generator: torch.Generator | None = None,
-               per_pixel: bool = True, dtype=None, device=None) -> "Inpainting":
+               per_pixel: bool = True, dtype=None, device=None) -> Inpainting:
         """Drop exactly ``round(missing_fraction * n)`` entries uniformly at random.
 
         For a shape with 3 or more dims and ``per_pixel=True`` (default) pixels are dropped in all
@@ -592,7 +592,7 @@ class Inpainting(LinearOperator):
         return cls(flat.reshape(draw), shape=shape, dtype=dtype)
 
     @classmethod
-    def box(cls, shape, top: int, left: int, height: int, width: int, dtype=None, device=None) -> "Inpainting":
+    def box(cls, shape, top: int, left: int, height: int, width: int, dtype=None, device=None) -> Inpainting:
         """Missing rectangle ``[top:top+height, left:left+width]`` over the last two dims, all channels."""
         shape = _as_shape(shape, "shape")
         if len(shape) < 2:
@@ -976,7 +976,7 @@ class Blur(_FourierMixin, LinearOperator):
         self.singular_values = s_sorted.to(device=dev)
 
     @classmethod
-    def gaussian(cls, in_shape, sigma: float, size: int | None = None, dtype=None, device=None, **kw) -> "Blur":
+    def gaussian(cls, in_shape, sigma: float, size: int | None = None, dtype=None, device=None, **kw) -> Blur:
         """Normalised Gaussian kernel of std ``sigma`` (pixels); default size ``2 ceil(3 sigma) + 1``
         (capped at the largest odd size that fits in the image)."""
         if not (float(sigma) > 0 and math.isfinite(float(sigma))):
@@ -992,7 +992,7 @@ class Blur(_FourierMixin, LinearOperator):
         return cls(k, in_shape, **kw)
 
     @classmethod
-    def uniform(cls, in_shape, size: int, dtype=None, device=None, **kw) -> "Blur":
+    def uniform(cls, in_shape, size: int, dtype=None, device=None, **kw) -> Blur:
         """Box kernel ``ones(size, size) / size^2``."""
         if int(size) != size or size < 1:
             raise ValueError(f"size must be a positive int, got {size}")
@@ -1081,7 +1081,7 @@ class MRI(_FourierMixin, LinearOperator):
 
     @classmethod
     def cartesian(cls, in_shape, acceleration: float = 4.0, center_fraction: float = 0.08,
-                  generator: torch.Generator | None = None, dtype=None) -> "MRI":
+                  generator: torch.Generator | None = None, dtype=None) -> MRI:
         """Random Cartesian line sampling: full k-space columns, the ``center_fraction`` lowest
         frequencies always kept, ``W / acceleration`` columns in total."""
         in_shape = _as_shape(in_shape, "in_shape")

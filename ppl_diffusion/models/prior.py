@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -83,7 +82,7 @@ class DiffusionPrior(TorchDistribution):
                     hutchinson_probes=self.hutchinson_probes, progress=self.progress,
                     terminal=self.terminal)
 
-    def with_options(self, **kwargs) -> "DiffusionPrior":
+    def with_options(self, **kwargs) -> DiffusionPrior:
         opts = self._options()
         opts.update(kwargs)
         return DiffusionPrior(self.denoiser, batch_shape=self.batch_shape, **opts)
@@ -109,7 +108,7 @@ class DiffusionPrior(TorchDistribution):
             raise ValueError("DiffusionPrior.log_prob got NaN/Inf values")
 
     # ---------------------------------------------------------------------------------------
-    def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None,
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
                dtype=None, device=None) -> torch.Tensor:
         """Reverse diffusion: one batched run for all ``sample_shape + batch_shape`` draws."""
         from ..inference.sampler import reverse_diffusion, terminal_noise
@@ -155,8 +154,8 @@ class DiffusionPrior(TorchDistribution):
             v = xt - D.mean(0) if create_graph else (xt - D[0]).detach()
             return v, d - tr, var
 
-    def log_prob_with_error(self, x: torch.Tensor, exact: Optional[bool] = None, probes: Optional[int] = None,
-                            steps: Optional[int] = None, generator: Optional[torch.Generator] = None):
+    def log_prob_with_error(self, x: torch.Tensor, exact: bool | None = None, probes: int | None = None,
+                            steps: int | None = None, generator: torch.Generator | None = None):
         """``(log p(x), standard error)`` by the probability-flow ODE (see module docstring).
 
         The standard error is 0 with the exact divergence; with Hutchinson it is the propagated
@@ -205,7 +204,7 @@ class DiffusionPrior(TorchDistribution):
         return self.log_prob_with_error(x)[0]
 
     # ---------------------------------------------------------------------------------------
-    def elbo(self, x: torch.Tensor, n_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def elbo(self, x: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoising lower bound ``b(x) <= log p(x)`` (one network call per draw), shape ``(*batch,)``.
 
         ``b = -KL(q(x_1|x) || N(0, I)) - 1/2 (lam_max - lam_min) E_lam ||eps - eps_hat(x_lam)||^2

@@ -14,7 +14,7 @@ it (Predictive runs guides under ``torch.no_grad``).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -48,8 +48,8 @@ class DiffusionGuide:
     default_eta = 1.0
     default_grid = "uniform"
 
-    def __init__(self, model, steps: Optional[int] = None, eta: Optional[float] = None,
-                 grid: Optional[str] = None, prior_site: Optional[str] = None, progress: bool = False,
+    def __init__(self, model, steps: int | None = None, eta: float | None = None,
+                 grid: str | None = None, prior_site: str | None = None, progress: bool = False,
                  **options):
         self.model = model
         self.steps = int(steps if steps is not None else self.default_steps)
@@ -87,7 +87,7 @@ class DiffusionGuide:
         shape = (n,) + tuple(problem.event_shape)
         return terminal_noise(problem.prior, shape, generator, problem.dtype, problem.device)
 
-    def run(self, problem: Problem, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def run(self, problem: Problem, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Default: the shared reverse-diffusion loop with this method's hook."""
         hook = self.make_hook(problem, n)
         x = self.initial_state(problem, n, generator)
@@ -98,7 +98,7 @@ class DiffusionGuide:
     def problem(self, *args, **kwargs) -> Problem:
         return Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
 
-    def sample(self, num_samples: int, *args, generator: Optional[torch.Generator] = None, **kwargs) -> torch.Tensor:
+    def sample(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         """``num_samples`` posterior draws ``(num_samples, *event_shape)`` from one batched run."""
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")

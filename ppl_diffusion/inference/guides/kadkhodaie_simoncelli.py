@@ -25,7 +25,6 @@ with an SVD (a mask or any SVD operator). 1 network call per iteration, no backp
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class KadkhodaieSimoncelli(DiffusionGuide):
         if not (0 < self.h0 <= 1 and 0 < self.beta <= 1 and self.sigma_0 > self.sigma_L > 0 and self.max_iters >= 1):
             raise ValueError(f"{self.name}: need 0 < h0 <= 1, 0 < beta <= 1, sigma_0 > sigma_L > 0, max_iters >= 1")
 
-    def run(self, problem, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def run(self, problem, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         lg = problem.require_svd(self.name)
         dtype, device = problem.dtype, problem.device
         view = SpectralView(lg.operator, lg.y, lg.noise_std, dtype, device)

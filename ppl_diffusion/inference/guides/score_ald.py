@@ -18,7 +18,6 @@ takes over the whole update (``Hook.correct_x0`` returns ``x_next``).
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -54,7 +53,7 @@ class LangevinGuide(DiffusionGuide):
 
 
 class _ScoreALDHook(Hook):
-    def __init__(self, problem: Problem, step_size: float, gamma: float, weight: Optional[float]):
+    def __init__(self, problem: Problem, step_size: float, gamma: float, weight: float | None):
         self.problem, self.step_size, self.gamma, self.weight = problem, step_size, gamma, weight
         self.ne = len(problem.event_shape)
         self.g = problem._gaussian
@@ -97,7 +96,7 @@ class ScoreALD(LangevinGuide):
     default_steps = 100
 
     def configure(self, step_size: float = 0.5, steps_each: int = 1, gamma: float = 1.0,
-                  weight: Optional[float] = None, **unknown) -> None:
+                  weight: float | None = None, **unknown) -> None:
         reject_unknown(self.name, unknown)
         self.configure_langevin(step_size, steps_each)
         if not gamma >= 0:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
@@ -83,7 +82,7 @@ class ChainResult:
     nfe_per_iteration: float = 0.0  # network evaluations per chain per iteration (averaged)
     seconds: float = 0.0
     site: str = "x"
-    observation: Optional[torch.Tensor] = None
+    observation: torch.Tensor | None = None
 
     @property
     def num_chains(self) -> int:
@@ -120,7 +119,7 @@ class DiffusionKernel(MCMCKernel):
 
     name = "kernel"
 
-    def __init__(self, model, prior_site: Optional[str] = None, init="randn", init_scale: float = 1.0):
+    def __init__(self, model, prior_site: str | None = None, init="randn", init_scale: float = 1.0):
         if not callable(model):
             raise ValueError(f"{self.name}: model must be a callable Pyro model")
         self.user_model = model
@@ -137,7 +136,7 @@ class DiffusionKernel(MCMCKernel):
         self._t = 0
         self._warmup_steps = 0
         self._last = {}
-        self.problem: Optional[Problem] = None
+        self.problem: Problem | None = None
         structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
         self.site = structure.prior_site
         self.check(structure)
@@ -149,7 +148,7 @@ class DiffusionKernel(MCMCKernel):
     def prepare(self, problem: Problem) -> None:
         """Per-problem constants (called once ``y`` is known)."""
 
-    def step(self, x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def schedule_info(self, k: int) -> dict:
@@ -235,7 +234,7 @@ class DiffusionKernel(MCMCKernel):
 
     # -- vectorised chains ------------------------------------------------------------------
     def run_chains(self, *args, num_chains: int = 4, num_samples: int = 100, warmup_steps: int = 0,
-                   thin: int = 1, generator: Optional[torch.Generator] = None, init=None,
+                   thin: int = 1, generator: torch.Generator | None = None, init=None,
                    progress: bool = False, **kwargs) -> ChainResult:
         """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations, then
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns samples

@@ -21,7 +21,6 @@ Usable with ``pyro.infer.MCMC(ParticleGibbs(MCGDiff(model, particles=32)), num_s
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
@@ -32,7 +31,7 @@ __all__ = ["ParticleGibbs"]
 
 
 class ParticleGibbs(MCMCKernel):
-    def __init__(self, sampler, chains: int = 1, generator: Optional[torch.Generator] = None,
+    def __init__(self, sampler, chains: int = 1, generator: torch.Generator | None = None,
                  ancestor_sampling: bool = True):
         from ..smc.fps import FPSSMC
         from ..smc.smcdiff import SMCDiff

@@ -26,7 +26,6 @@ ones). Use ParticleGibbs(MCGDiff) for multimodal targets.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class PMC(DiffusionKernel):
 
     def __init__(self, model, variant: str = "pnp", step_size="auto", step_fraction: float = 0.1,
                  sigma0: float = 1.0, decay: float = 0.99, sigma_min: float = 0.05,
-                 alpha: Optional[float] = None, prior_site: Optional[str] = None, init="randn",
+                 alpha: float | None = None, prior_site: str | None = None, init="randn",
                  init_scale: float = 1.0):
         n = self.name
         if variant not in ("pnp", "red"):

@@ -45,7 +45,6 @@ network calls per iteration (kernels_replicas.md).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -84,8 +83,8 @@ class PnPDM(DiffusionKernel):
     def __init__(self, model, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
                  prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
-                 langevin_step: float = 1e-4, replicas: int = 1, rho_max: Optional[float] = None,
-                 prior_site: Optional[str] = None, init="randn", init_scale: float = 1.0):
+                 langevin_step: float = 1e-4, replicas: int = 1, rho_max: float | None = None,
+                 prior_site: str | None = None, init="randn", init_scale: float = 1.0):
         n = self.name
         self.rho0 = positive("rho0", rho0, n)
         self.rho_min = positive("rho_min", rho_min, n)

@@ -26,7 +26,7 @@ large particle counts fit a memory budget.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -49,8 +49,8 @@ def ess(logw: torch.Tensor) -> torch.Tensor:
     return 1.0 / (w ** 2).sum(-1)
 
 
-def multinomial_resample(logw: torch.Tensor, n: Optional[int] = None,
-                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def multinomial_resample(logw: torch.Tensor, n: int | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
     """Ancestor indices ``(R, n)``: i.i.d. categorical draws from the normalised weights of each row."""
     R, N = logw.shape
     n = N if n is None else int(n)
@@ -60,8 +60,8 @@ def multinomial_resample(logw: torch.Tensor, n: Optional[int] = None,
     return idx.to(logw.device)
 
 
-def systematic_resample(logw: torch.Tensor, n: Optional[int] = None,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def systematic_resample(logw: torch.Tensor, n: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Systematic resampling: one ``u ~ U[0, 1/n)`` per row; the ancestor of offspring ``k`` is the
     smallest ``j`` with ``cumsum(w)_j > u + k/n``. Unbiased offspring counts, lower variance."""
     R, N = logw.shape
@@ -91,7 +91,7 @@ def gather_state(state: dict, idx: torch.Tensor) -> dict:
     return out
 
 
-def chunked(fn: Callable, x: torch.Tensor, *args, max_batch: Optional[int] = None):
+def chunked(fn: Callable, x: torch.Tensor, *args, max_batch: int | None = None):
     """Apply ``fn(x_chunk, *args_chunk)`` over chunks of the leading dim of ``x`` (``args`` tensors
     with the same leading size are chunked alike); returns the concatenation (tuples too)."""
     n = x.shape[0]
@@ -152,7 +152,7 @@ class FeynmanKac:
 
 
 def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", ess_threshold: float = 1.0,
-            generator: Optional[torch.Generator] = None, reference: Optional[list] = None,
+            generator: torch.Generator | None = None, reference: list | None = None,
             keep_history: bool = False, final_resample: bool = False,
             ancestor_sampling: bool = False) -> SMCResult:
     """Run the SMC engine; see the module docstring. ``reference``: list of ``n_steps + 1`` tensors
@@ -273,9 +273,9 @@ class SMCSampler:
     default_ess_threshold = 0.5
     default_particles = 64
 
-    def __init__(self, model, particles: Optional[int] = None, steps: Optional[int] = None,
-                 eta: Optional[float] = None, resampling: Optional[str] = None, ess_threshold: Optional[float] = None,
-                 max_batch: Optional[int] = None, prior_site: Optional[str] = None, progress: bool = False,
+    def __init__(self, model, particles: int | None = None, steps: int | None = None,
+                 eta: float | None = None, resampling: str | None = None, ess_threshold: float | None = None,
+                 max_batch: int | None = None, prior_site: str | None = None, progress: bool = False,
                  grid: str = "auto", **options):
         from ..problem import Problem
 
@@ -325,8 +325,8 @@ class SMCSampler:
 
         return Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
 
-    def run(self, *args, runs: int = 1, generator: Optional[torch.Generator] = None,
-            reference: Optional[list] = None, keep_history: bool = False, **kwargs) -> SMCResult:
+    def run(self, *args, runs: int = 1, generator: torch.Generator | None = None,
+            reference: list | None = None, keep_history: bool = False, **kwargs) -> SMCResult:
         """``runs`` independent SMC runs of ``self.particles`` particles, batched."""
         if int(runs) < 1:
             raise ValueError(f"{self.name}: runs must be >= 1, got {runs}")
@@ -345,7 +345,7 @@ class SMCSampler:
         self.last_fk = fk
         return res
 
-    def sample(self, num_samples: int, *args, generator: Optional[torch.Generator] = None,
+    def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
                independent: bool = True, **kwargs) -> torch.Tensor:
         """``num_samples`` draws ``(num_samples, *event_shape)``: one per independent run (default)
         or all from a single run (``independent=False``)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class SMCResult:
         """Indices of the steps that resampled (of run 0)."""
         return torch.nonzero(self.resampled[0]).flatten().tolist()
 
-    def resample(self, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def resample(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Plain samples ``(n, *event_shape)``: sample ``i`` is drawn from run ``i mod R`` by its weights.
 
         With ``n = R`` (the default when ``R > 1``) every sample comes from its own independent run
@@ -72,7 +71,7 @@ class SMCResult:
         out = self.particles[runs.T.reshape(-1), idx.T.reshape(-1)]
         return out[:n]
 
-    def to_inference_data(self, n: Optional[int] = None, generator: Optional[torch.Generator] = None):
+    def to_inference_data(self, n: int | None = None, generator: torch.Generator | None = None):
         """``arviz.InferenceData``: ``posterior`` holds resampled draws (one chain), ``sample_stats``
         the ESS history, log-evidence and resampling steps of each run (dim ``run``)."""
         import arviz as az

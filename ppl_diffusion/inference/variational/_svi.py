@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -14,9 +14,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def svi_steps(svi, steps: int, args, kwargs, desc: str, progress: bool,
-              before: Optional[Callable[[], None]] = None,
-              check: Optional[Callable[[float], Optional[str]]] = None,
-              postfix: Optional[Callable[[float], dict]] = None, every: int = 20):
+              before: Callable[[], None] | None = None,
+              check: Callable[[float], str | None] | None = None,
+              postfix: Callable[[float], dict] | None = None, every: int = 20):
     """Run ``svi.step(*args, **kwargs)`` ``steps`` times.
 
     ``before()`` runs before each step (e.g. a snapshot of the parameters); ``check(loss)`` after

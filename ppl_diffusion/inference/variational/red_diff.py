@@ -27,7 +27,7 @@ exactly for Gaussian priors.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -73,14 +73,14 @@ class _REDDiffLoss:
     Keeps its own step counter: call ``k`` uses the ``k``-th time of the descending sweep (the last
     time is reused once the sweep is exhausted). :meth:`reset` restarts the sweep."""
 
-    def __init__(self, owner: "REDDiff"):
+    def __init__(self, owner: REDDiff):
         self.owner = owner
         self.step = 0
         self.nfe = 0
         self._problem_key = None
         self._problem = None
 
-    def reset(self, steps: Optional[int] = None) -> None:
+    def reset(self, steps: int | None = None) -> None:
         self.step = 0
         if steps is not None:
             self.owner.steps = int(steps)
@@ -160,8 +160,8 @@ class REDDiff:
     def __init__(self, model, steps: int = 1000, lr: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0,
                  weighting: str = "linear", t_start: float = 1.0, t_end: float = 0.0, learn_scale: bool = False,
                  init_scale: float = 1e-2, init="pinv", antithetic: bool = False, paper_balance: bool = False,
-                 betas=(0.9, 0.99), lr_decay: float = 1.0, clip_norm: float = 1e12, prior_site: Optional[str] = None,
-                 name: str = "red_diff", generator: Optional[torch.Generator] = None, progress: bool = True):
+                 betas=(0.9, 0.99), lr_decay: float = 1.0, clip_norm: float = 1e12, prior_site: str | None = None,
+                 name: str = "red_diff", generator: torch.Generator | None = None, progress: bool = True):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
         if int(steps) < 1:
@@ -187,7 +187,7 @@ class REDDiff:
         self.t_floor = float(structure.prior.schedule.t_of_rho(
             torch.tensor(structure.prior.rho_min / 10, dtype=torch.float64)))
         self.loss = _REDDiffLoss(self)
-        self.stopped_reason: Optional[str] = None
+        self.stopped_reason: str | None = None
 
     # ------------------------------------------------------------------------------------
     def lam_effective(self, problem: Problem) -> float:
@@ -243,7 +243,7 @@ class REDDiff:
         return pyro.param(self.mean_name).detach().clone()
 
     # ------------------------------------------------------------------------------------
-    def run(self, *args, steps: Optional[int] = None, lr: Optional[float] = None, reset: bool = True,
+    def run(self, *args, steps: int | None = None, lr: float | None = None, reset: bool = True,
             **kwargs):
         """Drive ``pyro.infer.SVI`` over the descending sweep; returns ``(mu, loss_trace)``.
 

@@ -26,7 +26,6 @@ which also keep the optimiser state so that training resumes).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pyro
 import pyro.distributions as dist
@@ -114,9 +113,9 @@ class ScorePrior:
     def __init__(self, model, flow: str = "realnvp", n_layers: int = 8, hidden=(64, 64), count_bins: int = 8,
                  bound: float = 4.0, num_particles: int = 16, lr: float = 1e-3, clip_norm: float = 10.0,
                  lr_decay: float = 1.0,
-                 ode_steps: Optional[int] = 12, hutchinson_probes: Optional[int] = None,
-                 exact_divergence_max_dim: Optional[int] = None, init="pinv", init_scale: float = 1.0,
-                 prior_site: Optional[str] = None, name: Optional[str] = None, seed: int = 0,
+                 ode_steps: int | None = 12, hutchinson_probes: int | None = None,
+                 exact_divergence_max_dim: int | None = None, init="pinv", init_scale: float = 1.0,
+                 prior_site: str | None = None, name: str | None = None, seed: int = 0,
                  progress: bool = True, dtype=None):
         if flow not in ("realnvp", "spline"):
             raise ValueError(f"flow must be 'realnvp' or 'spline', got {flow!r}")
@@ -144,7 +143,7 @@ class ScorePrior:
         self.init, self.init_scale = init, float(init_scale)
         self.name = name or self.default_name
         self.progress = progress
-        self.stopped_reason: Optional[str] = None
+        self.stopped_reason: str | None = None
         self.train_nfe = 0
         self.steps_done = 0
         gen = torch.Generator().manual_seed(seed)
@@ -220,7 +219,7 @@ class ScorePrior:
     def _denoiser(self):
         return Problem.from_model(self.model, prior_site=self.prior_site, allow_unobserved=True).denoiser
 
-    def run(self, *args, steps: int = 1000, lr: Optional[float] = None, num_particles: Optional[int] = None,
+    def run(self, *args, steps: int = 1000, lr: float | None = None, num_particles: int | None = None,
             **kwargs) -> torch.Tensor:
         """Train the flow for ``steps`` SVI steps (continuing from the param store); returns the
         loss trace (negative ELBO estimates). A non-finite loss stops training with a warning and
@@ -266,8 +265,8 @@ class ScorePrior:
         """``num_samples`` draws from the trained flow, shape ``(num_samples, *event_shape)``."""
         return self.distribution(*args, **kwargs).sample((int(num_samples),))
 
-    def importance_sample(self, num_samples: int, *args, ode_steps: Optional[int] = None,
-                          generator: Optional[torch.Generator] = None, **kwargs):
+    def importance_sample(self, num_samples: int, *args, ode_steps: int | None = None,
+                          generator: torch.Generator | None = None, **kwargs):
         """``(x, log_w)`` with ``log_w = log p(y|x) + log p(x) - log q(x)`` in float64, where
         ``log p(x)`` is the exact PF-ODE density (``ode_steps`` RK4 steps, default the training ones)."""
         problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
@@ -291,8 +290,8 @@ class ScorePrior:
         return ess(log_weights)
 
     @staticmethod
-    def resample(x: torch.Tensor, log_weights: torch.Tensor, num_samples: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def resample(x: torch.Tensor, log_weights: torch.Tensor, num_samples: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Self-normalised importance resampling (multinomial) of the flow draws."""
         lw = log_weights.to(torch.float64)
         lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
