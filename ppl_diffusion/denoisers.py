@@ -13,6 +13,8 @@ exact Gaussian-mixture denoiser. All are batched over any leading dimensions and
 """
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 
 import torch
@@ -132,6 +134,18 @@ class CallableDenoiser(Denoiser):
         return (x_t + sigma**2 * out) / alpha
 
 
+def _attention_backend(x: torch.Tensor):
+    """The attention backend for a network call on ``x``: the math kernel whenever autograd
+    tracks ``x`` (its backward is differentiable again, so the second derivatives that Score Prior
+    and ``Trace_ELBO`` on ``log_prob`` need exist; the fused CPU kernels have no double backward),
+    the default fused kernels otherwise."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 class UNetDenoiser(Denoiser):
     """Adapter for a diffusers ``UNet2DModel`` trained with a DDPM-type scheduler.
 
@@ -183,7 +197,8 @@ class UNetDenoiser(Denoiser):
             steps = self.schedule.model_timestep(tt.expand(batch).reshape(-1)).to(torch.float32)
         else:
             steps = self.schedule.model_timestep(tt).to(torch.float32).expand(n)
-        out = self.unet(flat.to(net_dtype), steps).sample.to(x_t.dtype)
+        with _attention_backend(flat):
+            out = self.unet(flat.to(net_dtype), steps).sample.to(x_t.dtype)
         out = out[:, : self.event_shape[0]]
         out = out.reshape(x_t.shape)
         alpha, sigma = self.coefficients(t, x_t)

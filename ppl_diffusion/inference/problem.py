@@ -3,9 +3,15 @@
 ``Problem.from_model(model, *args, **kwargs)`` traces the model once with the diffusion-prior site
 stubbed (no reverse diffusion runs), and finds
 
-* the :class:`~ppl_diffusion.models.prior.DiffusionPrior` site (or the one named by ``prior_site``);
-* the observed sites (``obs=`` given, or passed through the model's arguments);
-* any other latent sites (kept at the values of the trace unless given in ``latent_values``).
+* the :class:`~ppl_diffusion.models.prior.DiffusionPrior` site (or the one named by ``prior_site``)
+  and the plates around it (several measurements at once: ``with pyro.plate("images", B)``);
+* the likelihood sites: observed sites whose distribution depends on ``x`` (``obs=`` given, or
+  passed through the model's arguments; in a structure-only view, the sampled sites that depend
+  on ``x``);
+* the other latent sites ``theta`` (an unknown noise level, an operator parameter, ...): *fixed*
+  when the model conditions them (``pyro.condition(model, data={"sigma": 0.05})``, or
+  ``latent_values=``), else *free*. A solver that does not infer free latents refuses the model
+  (:meth:`Problem.latent_error`); plate sites are not latents.
 
 It then offers the batched log-likelihood ``log p(y | x)`` and its gradient for ANY Pyro
 likelihood (``x`` of shape ``(N, *event_shape)``), and the linear-Gaussian view
@@ -14,13 +20,16 @@ need more than the model offers get a ``ValueError`` naming the missing piece.
 """
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from ..models.measurement import GaussianMeasurement
 from ..models.prior import DiffusionPrior
@@ -41,9 +50,10 @@ class _StubPrior(Messenger):
     """Give named latent sites the values in ``values`` and every other DiffusionPrior site zeros, so
     that tracing never runs the reverse diffusion."""
 
-    def __init__(self, values: dict | None = None):
+    def __init__(self, values: dict | None = None, track: bool = False):
         super().__init__()
         self.values = values or {}
+        self.track = track  # stub values require grad (to find which sites depend on x)
 
     def _pyro_sample(self, msg):
         if msg["value"] is not None or msg["is_observed"]:
@@ -54,7 +64,7 @@ class _StubPrior(Messenger):
         base = unwrap_distribution(msg["fn"])
         if isinstance(base, DiffusionPrior):
             dtype, device = base._reference()
-            msg["value"] = torch.zeros(msg["fn"].shape(), dtype=dtype, device=device)
+            msg["value"] = torch.zeros(msg["fn"].shape(), dtype=dtype, device=device, requires_grad=self.track)
             msg["infer"] = dict(msg.get("infer") or {}, _stubbed=True)
 
 
@@ -62,6 +72,21 @@ def find_prior_sites(trace) -> list:
     return [name for name, site in trace.nodes.items()
             if site["type"] == "sample" and isinstance(unwrap_distribution(site["fn"]), DiffusionPrior)
             and not site["is_observed"]]
+
+
+def _depends_on(site, x: torch.Tensor) -> bool:
+    """Whether the site's log-density depends on ``x`` (autograd through its log_prob)."""
+    if isinstance(unwrap_distribution(site["fn"]), GaussianMeasurement):
+        g = unwrap_distribution(site["fn"])
+        return g.x.requires_grad
+    try:
+        lp = site["fn"].log_prob(site["value"].detach() if isinstance(site["value"], torch.Tensor) else site["value"])
+    except (ValueError, RuntimeError, NotImplementedError, TypeError):
+        return True
+    if not isinstance(lp, torch.Tensor) or not lp.requires_grad:
+        return False
+    (g,) = torch.autograd.grad(lp.sum(), x, allow_unused=True, retain_graph=True)
+    return g is not None
 
 
 @dataclass
@@ -83,13 +108,25 @@ class Problem:
         self.prior_site = prior_site
         site = trace.nodes[prior_site]
         self.prior: DiffusionPrior = unwrap_distribution(site["fn"])
-        self.observed = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and s["is_observed"]}
-        self.latent = {n: s for n, s in trace.nodes.items()
-                       if s["type"] == "sample" and not s["is_observed"] and n != prior_site}
-        if not self.observed and allow_unobserved:
-            # structure-only view (a solver checking its requirements before it sees y): the sampled
-            # non-prior sites stand in for the observations
-            self.observed, self.latent = self.latent, {}
+        #: plates around the prior site (name, size, dim), outermost first: B measurements at once
+        self.plates = sorted((f for f in site["cond_indep_stack"] if f.size is not None and f.vectorized),
+                             key=lambda f: f.dim)
+        sites = [(n, s) for n, s in trace.nodes.items()
+                 if s["type"] == "sample" and n != prior_site and not site_is_subsample(s)]
+        order = list(trace.nodes)
+        after_x = {n for n in order[order.index(prior_site) + 1:]}
+        x_value = site["value"]
+        depends = {n: n in after_x and _depends_on(s, x_value) for n, s in sites}
+        if not any(depends[n] for n, s in sites if s["is_observed"]):
+            # a likelihood that ignores x (degenerate, allowed): the observed sites after x
+            depends.update({n: True for n, s in sites if s["is_observed"] and n in after_x})
+        structure_only = allow_unobserved and not any(s["is_observed"] and depends[n] for n, s in sites)
+        #: likelihood sites: observed (or, structure-only, to be observed) and depending on x
+        self.observed = {n: s for n, s in sites if depends[n] and (s["is_observed"] or structure_only)}
+        #: every other latent site theta (fixed or free); plates are not latents
+        self.latent = {n: s for n, s in sites if n not in self.observed}
+        #: values of the fixed latents: conditioned in the model or given as ``latent_values``
+        self.fixed = {n: s["value"] for n, s in self.latent.items() if s["is_observed"] or n in latent_values}
         self.latent_values = {n: s["value"] for n, s in self.latent.items()}
         self.latent_values.update(latent_values)
         if not self.observed:
@@ -110,6 +147,15 @@ class Problem:
                         f"observed site {name!r}: y has shape {tuple(v.shape)} but the operator "
                         f"{type(base.operator).__name__} produces {tuple(base.event_shape)}"
                     )
+            if isinstance(v, torch.Tensor) and s["is_observed"]:
+                ne = len(s["fn"].event_shape)
+                extra = tuple(v.shape[: v.dim() - ne])
+                if len(extra) > len(tuple(s["fn"].batch_shape)) and not self.plates:
+                    raise ValueError(
+                        f"observed site {name!r} has shape {tuple(v.shape)}: {extra[0]} measurements of shape "
+                        f"{tuple(v.shape[v.dim() - ne:])}, but the model has no plate. Several measurements need "
+                        f"a plate around the prior and the likelihood: with pyro.plate('images', {extra[0]}): "
+                        f"x = pyro.sample('x', prior); pyro.sample({name!r}, ..., obs=y)")
         self._gaussian = self._find_gaussian()
 
     # ------------------------------------------------------------------------------------
@@ -123,7 +169,7 @@ class Problem:
         if not callable(model):
             raise ValueError("model must be a callable Pyro model")
         latent_values = dict(latent_values or {})
-        with poutine.block(), _StubPrior(latent_values):
+        with poutine.block(), _StubPrior(latent_values, track=True), torch.enable_grad():
             tr = poutine.trace(model).get_trace(*args, **kwargs)
         names = find_prior_sites(tr)
         if not names:
@@ -138,6 +184,64 @@ class Problem:
         elif prior_site not in names:
             raise ValueError(f"prior_site {prior_site!r} is not a DiffusionPrior site of the model; found {names}")
         return cls(model, args, kwargs, tr, prior_site, latent_values, allow_unobserved)
+
+    # -- what the model holds beyond x and y ----------------------------------------------
+    @property
+    def free_latents(self) -> list:
+        """Names of the latent sites other than the prior's that no value fixes (theta to infer)."""
+        return [n for n in self.latent if n not in self.fixed]
+
+    @property
+    def num_measurements(self) -> int:
+        """Measurements in the plates around the prior site (1 without a plate)."""
+        return int(math.prod(f.size for f in self.plates)) if self.plates else 1
+
+    @property
+    def plate_shape(self) -> tuple:
+        return tuple(f.size for f in self.plates)
+
+    def latent_error(self, method: str) -> ValueError:
+        """The error of a solver that cannot infer the free latent sites of the model."""
+        names = self.free_latents
+        example = ", ".join(f"{n!r}: <value>" for n in names)
+        return ValueError(
+            f"{method}: the model has latent site(s) {names} besides the diffusion prior {self.prior_site!r}, "
+            f"and {method} does not infer them (it would condition on one random draw). Either fix them: "
+            f"pyro.condition(model, data={{{example}}}) (or Problem.from_model(..., latent_values=...)), or infer "
+            "them jointly: pyro.infer.MCMC(Gibbs(model, x_kernel=PnPDM or ParticleGibbs(TDS), theta_kernel=NUTS)) "
+            "(ppl_diffusion.inference.kernels.Gibbs).")
+
+    def plate_error(self, method: str) -> ValueError:
+        names = [f.name for f in self.plates]
+        return ValueError(
+            f"{method}: the model puts the prior site {self.prior_site!r} in plate(s) {names} "
+            f"({self.num_measurements} measurements); {method} solves one measurement at a time. Loop over "
+            "the measurements with a model without the plate, or use a solver that batches plates (the guides, "
+            "e.g. DPS, DDRM).")
+
+    def check_model(self, method: str, latents: bool = False, plates: bool = False) -> None:
+        """Refuse free latent sites unless ``latents``, plates unless ``plates`` (see the errors)."""
+        if self.free_latents and not latents:
+            raise self.latent_error(method)
+        if self.plates and not plates:
+            raise self.plate_error(method)
+
+    def expand_measurements(self, n: int) -> Problem:
+        """A one-plate-free view of a plated problem for ``n`` samples per measurement: the
+        observation becomes ``y`` repeated per sample, flattened to ``(n * B, *out)`` with sample
+        ``i`` of measurement ``b`` at index ``i * B + b``, so that any batched solver conditions each
+        element of a batch of ``n * B`` on its own measurement."""
+        view = copy.copy(self)
+        B = self.num_measurements
+        view.plates, view._expanded = [], (int(n), B)
+        view.observed = {}
+        for name, s in self.observed.items():
+            v = s["value"]
+            ne = len(s["fn"].event_shape)
+            one = v.reshape((B,) + tuple(v.shape[v.dim() - ne:]))
+            rep = one.unsqueeze(0).expand((int(n),) + tuple(one.shape)).reshape((int(n) * B,) + tuple(one.shape[1:]))
+            view.observed[name] = dict(s, value=rep)
+        return view
 
     # ------------------------------------------------------------------------------------
     @property
@@ -184,6 +288,9 @@ class Problem:
             )
         if not getattr(g.operator, "is_linear", False):
             raise ValueError(f"{method} needs a linear operator; {type(g.operator).__name__} is nonlinear")
+        if not g.is_scalar_noise:
+            raise ValueError(f"{method} needs one scalar noise level; the model's noise_std has shape "
+                             f"{tuple(g.noise_std.shape)}")
         return LinearGaussian(g.operator, self.observation, g.noise_std)
 
     def gaussian(self, method: str = "this solver"):
@@ -247,7 +354,14 @@ class Problem:
             y = self.observation
             return GaussianMeasurement(g.operator, flat, g.noise_std).log_prob(y).reshape(batch)
         data = dict(self.latent_values)
-        data[self.prior_site] = flat
+        expanded = getattr(self, "_expanded", None)
+        if expanded is not None:  # element i * B + b of the batch belongs to measurement b
+            B = expanded[1]
+            if flat.shape[0] % B:
+                raise ValueError(f"a batch of {flat.shape[0]} is not a whole number of {B} measurements")
+            data[self.prior_site] = flat.reshape((flat.shape[0] // B, B) + tuple(self.event_shape))
+        else:
+            data[self.prior_site] = flat
         with poutine.block(), _StubPrior(data):
             tr = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
         n = flat.shape[0]

@@ -12,8 +12,9 @@ along the forward process, ``x_s = (alpha_s/alpha_t) x_t + sqrt(sigma_s^2 - (alp
 
 Solvers differ only in their :class:`Hook`:
 
-* ``correct_x0(state)`` (Proj / Opt-type methods: DDRM, DDNM, DiffPIR, DDS, ...) returns a corrected
-  ``x0_hat`` (and optionally ``eps_hat``) before the DDIM step, or the full next state;
+* ``correct_x0(state)`` (Proj / Opt-type methods: DDRM, DDNM, DiffPIR, DDS, ...) returns ``None`` or a
+  :class:`Correction`: a corrected ``x0_hat`` (and optionally ``eps_hat``) for the DDIM step, or the
+  full next state ``x_next``;
 * ``correct_step(state, x_next)`` (Grad-type methods: DPS, PiGDM, ...) corrects the next state,
   typically with a gradient taken through the denoiser (set ``needs_grad = True`` and the loop
   evaluates the network under autograd with ``state.x`` requiring grad: one network call per step).
@@ -24,14 +25,13 @@ cause and carrying the last finite state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser, broadcast_time
 
-__all__ = ["StepState", "Hook", "DivergenceError", "reverse_diffusion", "ddim_coefficients"]
+__all__ = ["StepState", "Hook", "Correction", "DivergenceError", "reverse_diffusion", "ddim_coefficients"]
 
 
 class DivergenceError(RuntimeError):
@@ -71,6 +71,19 @@ class StepState:
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
 
 
+@dataclass
+class Correction:
+    """What :meth:`Hook.correct_x0` changes in a step (every field optional).
+
+    * ``x0`` / ``eps``: corrected ``E[x0 | x_t]`` / noise estimate used by the DDIM step;
+    * ``x_next``: the next state itself (the hook takes over the step; ``x0``, if given, is kept
+      as the step's estimate of the clean image)."""
+
+    x0: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+    x_next: torch.Tensor | None = None
+
+
 class Hook:
     """Base hook: does nothing. Override ``correct_x0`` and/or ``correct_step``."""
 
@@ -79,9 +92,8 @@ class Hook:
     def start(self, x_T: torch.Tensor, times: torch.Tensor) -> None:
         """Called once before the loop."""
 
-    def correct_x0(self, state: StepState) -> Any:
-        """Return ``None`` (no change), a corrected ``x0``, a pair ``(x0, eps)``, or a dict with key
-        ``"x_next"`` to take over the whole step."""
+    def correct_x0(self, state: StepState) -> Correction | None:
+        """Return ``None`` (no change) or a :class:`Correction`."""
         return None
 
     def correct_step(self, state: StepState, x_next: torch.Tensor) -> torch.Tensor:
@@ -142,12 +154,15 @@ def reverse_diffusion(
             state = StepState(i, n_steps, t, s, x, x0, eps, a_t, s_t, a_s, s_s, eta, generator)
             out = hook.correct_x0(state)
             x_next = None
-            if isinstance(out, dict):
-                x_next = out["x_next"]
-            elif isinstance(out, tuple):
-                state.x0, state.eps = out
-            elif out is not None:
-                state.x0 = out
+            if out is not None:
+                if not isinstance(out, Correction):
+                    raise TypeError(f"{type(hook).__name__}.correct_x0 must return None or a Correction, "
+                                    f"got {type(out).__name__}")
+                if out.x0 is not None:
+                    state.x0 = out.x0
+                if out.eps is not None:
+                    state.eps = out.eps
+                x_next = out.x_next
             if x_next is None:
                 c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, eta)
                 x_next = a_s * state.x0 + c_eps * state.eps

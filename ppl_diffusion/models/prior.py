@@ -47,8 +47,12 @@ class DiffusionPrior(TorchDistribution):
     """
 
     arg_constraints: dict = {}
-    support = constraints.real_vector
     has_rsample = False
+
+    @property
+    def support(self):
+        """Real values on the whole image event (event_dim = the number of event dims)."""
+        return constraints.independent(constraints.real, len(self.event_shape))
 
     def __init__(self, denoiser: Denoiser, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
                  rho_min: float = 1e-2, ode_steps: int = 100, exact_divergence_max_dim: int = 64,
