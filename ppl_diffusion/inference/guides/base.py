@@ -21,9 +21,10 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.runtime import get_plates
 
-from ...schedules import time_grid
+from ...schedules import GRID_KINDS, time_grid
 from ..problem import Problem
 from ..sampler import Hook, reverse_diffusion, terminal_noise
+from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
 
 __all__ = ["DiffusionGuide", "REQUIREMENTS"]
 
@@ -38,45 +39,26 @@ REQUIREMENTS = {
 }
 
 
-class DiffusionGuide:
-    """Base class. Subclasses set ``requires``, ``default_steps``, ``default_eta`` and implement
-    :meth:`make_hook` (or override :meth:`run`)."""
+class DiffusionGuide(Solver):
+    """Base class. Subclasses declare their options as explicit keyword arguments of ``__init__``
+    (with the shared ``steps``, ``eta``, ``grid``, ``prior_site``, ``progress`` and their own
+    defaults), store them, call ``super().__init__`` and implement :meth:`make_hook` (or
+    :meth:`run`)."""
 
     name = "guide"
+    family = "guide"
+    supports_plates = True
     requires: Sequence[str] = ("likelihood",)
-    default_steps = 100
-    default_eta = 1.0
-    default_grid = "uniform"
 
-    def __init__(self, model, steps: int | None = None, eta: float | None = None,
-                 grid: str | None = None, prior_site: str | None = None, progress: bool = False,
-                 **options):
-        self.model = model
-        self.steps = int(steps if steps is not None else self.default_steps)
-        self.eta = float(eta if eta is not None else self.default_eta)
-        self.grid = grid or self.default_grid
-        self.prior_site = prior_site
-        self.progress = progress
-        if self.steps < 1:
-            raise ValueError(f"{self.name}: steps must be >= 1, got {self.steps}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"{self.name}: eta must lie in [0, 1], got {self.eta}")
-        self.options = options
-        self.configure(**options)
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
-        self.check(structure)
+    def __init__(self, model, *, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
+                 prior_site: str | None = None, progress: bool = False):
+        self.steps = check_int("steps", steps, self.name)
+        self.eta = check_number("eta", eta, self.name, 0.0, 1.0)
+        self.grid = check_choice("grid", grid, GRID_KINDS, self.name)
+        self.setup_solver(model, prior_site, progress)
         self.last_nfe = 0
 
     # -- subclass API --------------------------------------------------------------------
-    def configure(self, **options) -> None:
-        """Store method options; unknown ones are an error."""
-        if options:
-            raise ValueError(f"{self.name}: unknown options {sorted(options)}")
-
-    def check(self, problem: Problem) -> None:
-        """Raise ValueError naming the missing piece if the problem lacks a requirement."""
-        problem.require(self.requires, self.name)
-
     def make_hook(self, problem: Problem, n: int) -> Hook:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -95,32 +77,43 @@ class DiffusionGuide:
                                  generator=generator, progress=self.progress, desc=self.name)
 
     # -- user API ------------------------------------------------------------------------
-    def problem(self, *args, **kwargs) -> Problem:
-        return Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
-
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         """``num_samples`` posterior draws ``(num_samples, *event_shape)`` from one batched run."""
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        return self.draw(num_samples, *args, generator=generator, **kwargs).samples[0]
+
+    def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> Draws:
+        """``num_samples`` draws from ONE batched reverse diffusion, as :class:`Draws` (one chain);
+        ``nfe_per_sample`` is the number of network evaluations each draw saw."""
+        n = check_int("num_samples", num_samples, self.name)
         problem = self.problem(*args, **kwargs)
-        self.check(problem)
         den = problem.denoiser
         start = den.nfe
-        out = self.run(problem, int(num_samples), generator)
+        with measure(den) as meter:
+            out = self._run_batched(problem, n, generator)
         self.last_nfe = den.nfe - start
-        return out
+        return self._draws(out[None], meter, problem, n * problem.num_measurements,
+                           nfe_per_sample=meter.evals / (n * problem.num_measurements))
+
+    def _run_batched(self, problem: Problem, n: int, generator) -> torch.Tensor:
+        """``n`` draws per measurement: ``(n, *event)``, or ``(n, *plate_shape, *event)`` for a plate
+        of measurements (ONE batched run of ``n * B`` elements, each conditioned on its own ``y``)."""
+        if not problem.plates:
+            return self.run(problem, n, generator)
+        B = problem.num_measurements
+        out = self.run(problem.expand_measurements(n), n * B, generator)
+        return out.reshape((n,) + problem.plate_shape + tuple(problem.event_shape))
 
     def __call__(self, *args, **kwargs):
         """Pyro guide: sample the prior site with as many draws as the enclosing plates ask for."""
         plates = [f for f in get_plates() if f.size is not None]
         n = int(math.prod(f.size for f in plates)) if plates else 1
         problem = self.problem(*args, **kwargs)
-        self.check(problem)
-        x = self.run(problem, n, None)
+        x = self._run_batched(problem, n, None)
         ne = len(problem.event_shape)
-        if plates:
-            batch = [1] * max(-f.dim for f in plates)
-            for f in plates:
+        frames = plates + list(problem.plates)
+        if frames:
+            batch = [1] * max(-f.dim for f in frames)
+            for f in frames:
                 batch[f.dim] = f.size
             x = x.reshape(tuple(batch) + tuple(problem.event_shape))
         else:

@@ -1,7 +1,7 @@
 """DDS — Decomposed Diffusion Sampler (Chung, Lee, Ye, ICLR 2024).
 
-Per step (METHODS_SPEC §4.8): ``x0_hat`` from the denoiser, then ``cg_iters`` conjugate-gradient
-iterations of data consistency started at ``x0_hat``:
+Per step (the paper's update with its conjugate-gradient data consistency): ``x0_hat`` from the
+denoiser, then ``cg_iters`` conjugate-gradient iterations of data consistency started at ``x0_hat``:
 
 * noisy (``sigma_y > 0``): ``(I + gamma A^T A) x = x0_hat + gamma A^T y``;
 * noiseless: ``A^T A x = A^T y``;
@@ -13,10 +13,10 @@ are per sample.
 """
 from __future__ import annotations
 
-import torch
-
 from ...models.operators import conjugate_gradient
-from ..sampler import Hook, StepState
+from ..problem import Problem
+from ..sampler import Correction, Hook, StepState
+from ..solver import check_int, check_number
 from .base import DiffusionGuide
 
 __all__ = ["DDS"]
@@ -27,7 +27,7 @@ class _DDSHook(Hook):
         self.op, self.y, self.noisy, self.gamma, self.iters, self.ne = op, y, noise_std > 0, gamma, iters, n_event
         self.aty = op.adjoint(y)
 
-    def correct_x0(self, st: StepState):
+    def correct_x0(self, st: StepState) -> Correction:
         x0 = st.x0
         if self.noisy:
             g = self.gamma
@@ -38,30 +38,36 @@ class _DDSHook(Hook):
             b = self.aty.expand_as(x0)
             x0c = conjugate_gradient(self.op.normal, b, x0, max_iter=self.iters, tol=0.0, event_dim=self.ne)
         a = (1.0 - st.eta**2) ** 0.5
-        return {"x_next": st.alpha_s * x0c + st.sigma_s * (st.eta * st.noise() + a * st.eps)}
+        return Correction(x_next=st.alpha_s * x0c + st.sigma_s * (st.eta * st.noise() + a * st.eps))
 
 
 class DDS(DiffusionGuide):
-    """DDS (module docstring). ``DDS(model, steps=50, eta=0.85, cg_iters=5, gamma=1.0)``."""
+    """DDS (Chung et al., ICLR 2024; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` with a linear
+            operator (``A`` and ``A^T``).
+        cg_iters: conjugate-gradient iterations per step (default 5).
+        gamma: weight of the data term in the noisy case (``> 0``; default 1).
+        steps: reverse-diffusion steps (default 50).
+        eta: share of fresh noise in the step (DDRM convention, in ``[0, 1]``; default 0.85).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call per step (and ``cg_iters`` products with ``A^T A``).
+    """
 
     name = "DDS"
-    default_steps = 50
-    default_eta = 0.85
     requires = ("linear",)
 
-    def configure(self, cg_iters: int = 5, gamma: float = 1.0, **options):
-        super().configure(**options)
-        self.cg_iters, self.gamma = int(cg_iters), float(gamma)
-        if self.cg_iters < 1:
-            raise ValueError(f"{self.name}: cg_iters must be >= 1, got {cg_iters}")
-        if not self.gamma > 0:
-            raise ValueError(f"{self.name}: gamma must be > 0, got {gamma}")
+    def __init__(self, model, *, cg_iters: int = 5, gamma: float = 1.0, steps: int = 50, eta: float = 0.85,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self.cg_iters = check_int("cg_iters", cg_iters, self.name)
+        self.gamma = check_number("gamma", gamma, self.name, low=0.0, low_open=True)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
-    def make_hook(self, problem, n):
+    def make_hook(self, problem: Problem, n: int) -> Hook:
         lg = problem.linear_gaussian(self.name)
         return _DDSHook(lg.operator, lg.y.to(problem.dtype), lg.noise_std, self.gamma, self.cg_iters,
                         len(problem.event_shape))
-
-    def run(self, problem, n, generator=None):
-        with torch.no_grad():
-            return super().run(problem, n, generator)

@@ -1,6 +1,6 @@
 """DPS — Diffusion Posterior Sampling (Chung, Kim, McCann, Klasky, Ye, ICLR 2023).
 
-Update (official code, METHODS_SPEC §4.1): one network call with autograd per step,
+Update (Algorithm 1 of the paper, as in the official code): one network call with autograd per step,
 
     x0_hat = D(x_t, t),  x'_s = DDPM/DDIM step from (x0_hat, eps_hat),
     x_s = x'_s - zeta * grad_{x_t} ||y - A(x0_hat)||_2            (unsquared norm, per sample)
@@ -10,50 +10,18 @@ Needs only a differentiable likelihood: with a :class:`GaussianMeasurement` (any
 ones such as phase retrieval included, noiseless allowed) the norm form above is used; with any
 other Pyro likelihood the step is ``x_s = x'_s + zeta * grad_{x_t} log p(y | x0_hat)``
 (``form="loglik"``; ``zeta`` must then be tuned to the likelihood's scale).
-
-The shared helpers of the gradient-type guides (per-sample residual norms, the gradient through the
-denoiser) live here.
 """
 from __future__ import annotations
 
-
 import torch
 
+from ..likelihood import likelihood_gradient, per_sample_sq_norm, residual
 from ..problem import Problem
 from ..sampler import Hook, StepState
+from ..solver import check_choice, check_number
 from .base import DiffusionGuide
 
 __all__ = ["DPS", "per_sample_sq_norm", "residual", "likelihood_gradient"]
-
-
-def reject_unknown(name: str, unknown: dict) -> None:
-    if unknown:
-        raise ValueError(f"{name}: unknown options {sorted(unknown)}")
-
-
-def per_sample_sq_norm(r: torch.Tensor, n_batch_dims: int = 1) -> torch.Tensor:
-    """``||r_i||^2`` for each sample ``i`` (sum over every non-batch dimension)."""
-    return r.reshape(r.shape[:n_batch_dims] + (-1,)).pow(2).sum(-1)
-
-
-def residual(problem: Problem, x0: torch.Tensor) -> torch.Tensor:
-    """``y - A(x0)`` of a Gaussian problem, batched (any operator)."""
-    g = problem.gaussian("residual")
-    return g.y - g.operator(x0)
-
-
-def likelihood_gradient(problem: Problem, state: StepState, form: str) -> tuple:
-    """``(grad_{x_t} L, L)`` with ``L`` per sample: ``form="norm"`` -> ``L = ||y - A(x0_hat)||``,
-    ``"sqnorm"`` -> ``||y - A(x0_hat)||^2``, ``"loglik"`` -> ``log p(y | x0_hat)``; the gradient is
-    taken through the denoiser (``state.x`` requires grad). Samples stay uncoupled: the loss is a
-    sum of per-sample terms, so each sample's gradient only sees its own term."""
-    if form == "loglik":
-        L = problem.log_likelihood(state.x0)
-    else:
-        sq = per_sample_sq_norm(residual(problem, state.x0))
-        L = sq if form == "sqnorm" else torch.sqrt(sq.clamp(min=torch.finfo(sq.dtype).tiny))
-    (grad,) = torch.autograd.grad(L.sum(), state.x)
-    return grad, L.detach()
 
 
 class _DPSHook(Hook):
@@ -69,24 +37,31 @@ class _DPSHook(Hook):
 
 
 class DPS(DiffusionGuide):
-    """Diffusion Posterior Sampling (Chung et al., ICLR 2023).
+    """Diffusion Posterior Sampling (Chung et al., ICLR 2023), Algorithm 1 of the paper.
 
-    Options: ``zeta`` (step, default 1.0 as in the published GMM benchmark; the official image
-    configs use 0.3-1.0), ``form`` (``"auto"``: unsquared norm for Gaussian likelihoods, log-likelihood
-    gradient otherwise). Defaults: DDPM (``eta=1``), 1000 steps. Cost: 1 NFE + 1 VJP per step."""
+    Args:
+        model: Pyro model with a diffusion-prior site and a differentiable likelihood.
+        zeta: guidance step (default 1.0, as in the published GMM benchmark; the official image
+            configs use 0.3-1.0).
+        form: ``"auto"`` (unsquared residual norm for a GaussianMeasurement, the log-likelihood
+            gradient otherwise), ``"norm"`` or ``"loglik"``.
+        steps: reverse-diffusion steps (paper: 1000).
+        eta: DDIM noise (1 = DDPM ancestral steps, the paper's sampler).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call + 1 vector-Jacobian product per step.
+    """
 
     name = "DPS"
     requires = ("likelihood",)
-    default_steps = 1000
-    default_eta = 1.0
 
-    def configure(self, zeta: float = 1.0, form: str = "auto", **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        if form not in ("auto", "norm", "loglik"):
-            raise ValueError(f"DPS: form must be 'auto', 'norm' or 'loglik', got {form!r}")
-        if not zeta >= 0:
-            raise ValueError(f"DPS: zeta must be >= 0, got {zeta}")
-        self.zeta, self.form = float(zeta), form
+    def __init__(self, model, *, zeta: float = 1.0, form: str = "auto", steps: int = 1000, eta: float = 1.0,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self.zeta = check_number("zeta", zeta, self.name, low=0.0)
+        self.form = check_choice("form", form, ("auto", "norm", "loglik"), self.name)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def check(self, problem: Problem) -> None:
         super().check(problem)
@@ -100,8 +75,3 @@ class DPS(DiffusionGuide):
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
         return _DPSHook(problem, self.zeta, self._form(problem))
-
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("dps", DPS)

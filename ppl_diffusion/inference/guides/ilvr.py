@@ -1,7 +1,7 @@
 """ILVR — Iterative Latent Variable Refinement (Choi, Kim, Jeong, Gwon, Yoon, ICCV 2021).
 
-Per step (METHODS_SPEC §4.12): an ancestral step ``x'_s`` from ``x_t``, then the low-pass content of
-``x'_s`` is replaced by that of the reference noised to level ``s``::
+Per step (Algorithm 1 of the paper): an ancestral step ``x'_s`` from ``x_t``, then the low-pass
+content of ``x'_s`` is replaced by that of the reference noised to level ``s``::
 
     x_s = x'_s - phi(x'_s) + phi(alpha_s y_ref + sigma_s z)
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..problem import Problem
 from ..sampler import Hook, StepState
+from ..solver import check_number
 from .base import DiffusionGuide
 
 __all__ = ["ILVR"]
@@ -26,10 +28,10 @@ class _ILVRHook(Hook):
         self.op, self.t_stop = op, t_stop
         self.y_ref = op.pinv(y)
 
-    def phi(self, x):
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.pinv(self.op(x))
 
-    def correct_step(self, st: StepState, x_next):
+    def correct_step(self, st: StepState, x_next: torch.Tensor) -> torch.Tensor:
         if float(st.s) < self.t_stop:
             return x_next
         z = st.noise(x_next)
@@ -37,23 +39,29 @@ class _ILVRHook(Hook):
 
 
 class ILVR(DiffusionGuide):
-    """ILVR (module docstring). ``ILVR(model, steps=100, t_stop=0.0)``. Needs a linear operator."""
+    """ILVR (Choi et al., ICCV 2021; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` with a linear
+            operator (``A^+`` is used).
+        t_stop: condition while the next time is ``>= t_stop`` (in ``[0, 1]``; default 0 = every step).
+        steps: reverse-diffusion steps (default 100).
+        eta: DDIM noise (1 = DDPM ancestral steps, the paper's sampler).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call per step.
+    """
 
     name = "ILVR"
-    default_steps = 100
-    default_eta = 1.0
     requires = ("linear",)
 
-    def configure(self, t_stop: float = 0.0, **options):
-        super().configure(**options)
-        self.t_stop = float(t_stop)
-        if not 0.0 <= self.t_stop <= 1.0:
-            raise ValueError(f"{self.name}: t_stop must lie in [0, 1], got {t_stop}")
+    def __init__(self, model, *, t_stop: float = 0.0, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
+                 prior_site: str | None = None, progress: bool = False):
+        self.t_stop = check_number("t_stop", t_stop, self.name, 0.0, 1.0)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
-    def make_hook(self, problem, n):
+    def make_hook(self, problem: Problem, n: int) -> Hook:
         lg = problem.linear_gaussian(self.name)
         return _ILVRHook(lg.operator, lg.y.to(problem.dtype), self.t_stop)
-
-    def run(self, problem, n, generator=None):
-        with torch.no_grad():
-            return super().run(problem, n, generator)

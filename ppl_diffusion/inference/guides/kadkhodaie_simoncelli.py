@@ -1,9 +1,10 @@
 """Kadkhodaie & Simoncelli, "Solving linear inverse problems using the prior implicit in a denoiser"
-(NeurIPS 2021), official ``universal_inverse_problem/code/algorithm_inv_prob.py``.
+(NeurIPS 2021), as in the authors' ``algorithm_inv_prob.py``.
 
-Constrained coarse-to-fine stochastic ascent with an adaptive step (METHODS_SPEC §4.15). The
-measurement is ``x_c = M^T x`` with orthonormal ``M``; here ``M`` spans the spectral coordinates
-``V^T x`` with a non-zero singular value and ``x_c = U^T y / s`` (for a mask: the known pixels).
+Constrained coarse-to-fine stochastic ascent with an adaptive step (the paper's algorithm for
+linear inverse problems). The measurement is ``x_c = M^T x`` with orthonormal ``M``; here ``M``
+spans the spectral coordinates ``V^T x`` with a non-zero singular value and ``x_c = U^T y / s`` (for
+a mask: the known pixels).
 With ``f(y) = y - D(y)`` the denoiser residual, iterate ``k = 1, 2, ...`` per sample while
 ``sigma > sigma_L``::
 
@@ -28,42 +29,57 @@ import math
 
 import torch
 
+from ..problem import Problem
+from ..solver import check_int, check_number
+from ..spectral import SpectralView
 from .base import DiffusionGuide
-from .ddrm import SpectralView
 
 __all__ = ["KadkhodaieSimoncelli"]
 
 
 class KadkhodaieSimoncelli(DiffusionGuide):
-    """Kadkhodaie–Simoncelli constrained sampling (module docstring).
+    """Kadkhodaie-Simoncelli constrained sampling (NeurIPS 2021; module docstring).
 
-    ``KadkhodaieSimoncelli(model, h0=0.01, beta=0.01, sigma_0=1.0, sigma_L=0.01, max_iters=3000)``.
-    ``steps`` / ``eta`` are unused (the schedule is adaptive)."""
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` whose linear
+            operator has an SVD (a mask or any SVD operator).
+        h0: initial step ``h_0`` of the adaptive schedule (in ``(0, 1]``; default 0.01).
+        beta: noise-injection parameter ``beta`` (in ``(0, 1]``; 1 = no added noise; default 0.01).
+        sigma_0: initial noise level of the unconstrained coordinates (``> sigma_L``; default 1).
+        sigma_L: stop once a sample's estimated noise level falls below it (``> 0``; default 0.01).
+        max_iters: cap on the adaptive iteration count (default 3000).
+        steps: unused (the schedule is adaptive); kept for the shared interface (default 1).
+        eta: unused (default 1).
+        grid: unused (default ``"uniform"``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: unused (no progress bar for the adaptive loop).
+
+    Cost: 1 network call per iteration (plus one final denoising), iterations chosen adaptively.
+    """
 
     name = "KadkhodaieSimoncelli"
-    default_steps = 1
     requires = ("linear", "svd")
 
-    def configure(self, h0: float = 0.01, beta: float = 0.01, sigma_0: float = 1.0, sigma_L: float = 0.01,
-                  max_iters: int = 3000, **options):
-        super().configure(**options)
-        self.h0, self.beta, self.sigma_0, self.sigma_L = float(h0), float(beta), float(sigma_0), float(sigma_L)
-        self.max_iters = int(max_iters)
-        if not (0 < self.h0 <= 1 and 0 < self.beta <= 1 and self.sigma_0 > self.sigma_L > 0 and self.max_iters >= 1):
-            raise ValueError(f"{self.name}: need 0 < h0 <= 1, 0 < beta <= 1, sigma_0 > sigma_L > 0, max_iters >= 1")
+    def __init__(self, model, *, h0: float = 0.01, beta: float = 0.01, sigma_0: float = 1.0, sigma_L: float = 0.01,
+                 max_iters: int = 3000, steps: int = 1, eta: float = 1.0, grid: str = "uniform",
+                 prior_site: str | None = None, progress: bool = False):
+        self.h0 = check_number("h0", h0, self.name, 0.0, 1.0, low_open=True)
+        self.beta = check_number("beta", beta, self.name, 0.0, 1.0, low_open=True)
+        self.sigma_L = check_number("sigma_L", sigma_L, self.name, low=0.0, low_open=True)
+        self.sigma_0 = check_number("sigma_0", sigma_0, self.name, low=self.sigma_L, low_open=True)
+        self.max_iters = check_int("max_iters", max_iters, self.name)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
-    def run(self, problem, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        lg = problem.require_svd(self.name)
+    def run(self, problem: Problem, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The adaptive iteration (its own loop, not the shared reverse diffusion)."""
+        view = SpectralView.of(problem, self.name)
         dtype, device = problem.dtype, problem.device
-        view = SpectralView(lg.operator, lg.y, lg.noise_std, dtype, device)
         den = problem.denoiser
-        sched = problem.prior.schedule
-        rho_hi = sched.rho_max
+        rho_hi = problem.prior.schedule.rho_max
         free = ~view.obs
         n_free = max(int(free.sum()), 1)
         D = view.obs.numel()
-        self.last_iters = 0
-        with torch.no_grad():
+        with torch.no_grad():  # the network is called directly here, outside the shared loop
             z = torch.randn((n, D), generator=generator, dtype=dtype, device=device)
             c = torch.where(view.obs, view.ybar, self.sigma_0 * z)
             sig = torch.full((n,), self.sigma_0, dtype=dtype, device=device)
@@ -86,5 +102,4 @@ class KadkhodaieSimoncelli(DiffusionGuide):
                 if not bool(active.any()):
                     break
             self.last_iters = k
-            x = view.inv(c)
-            return den.denoise_ve(x, sig.clamp(min=1e-4, max=rho_hi))
+            return den.denoise_ve(view.inv(c), sig.clamp(min=1e-4, max=rho_hi))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from ..likelihood import likelihood_gradient
 from ..problem import Problem
 from ..sampler import Hook, StepState
+from ..solver import OptionError, check_number
 from .base import DiffusionGuide
-from .dps import reject_unknown, likelihood_gradient
 
 __all__ = ["MCG"]
 
@@ -58,24 +59,34 @@ class _MCGHook(Hook):
 
 
 class MCG(DiffusionGuide):
-    """Manifold Constrained Gradients (Chung et al., NeurIPS 2022).
+    """Manifold Constrained Gradients (Chung et al., NeurIPS 2022; module docstring).
 
-    Options: ``alpha`` (gradient step, default 1.0, the paper's normalised step
-    ``alpha / ||y - A x0_hat||``), ``project`` (``"auto"``: only when ``noise_std == 0`` and the operator
-    is linear; ``True`` / ``False``). Defaults: DDPM (``eta=1``), 1000 steps. Cost: 1 NFE + 1 VJP per step."""
+    Args:
+        model: Pyro model with a diffusion-prior site and a differentiable likelihood (the
+            projection needs a ``GaussianMeasurement`` with a linear operator and its pseudo-inverse).
+        alpha: gradient step (``>= 0``; default 1.0), normalised as the paper's
+            ``alpha / ||y - A x0_hat||``.
+        project: projection onto the noised measurement: ``"auto"`` (only when ``noise_std == 0`` and
+            the operator is linear with a pseudo-inverse), ``True`` or ``False``.
+        steps: reverse-diffusion steps (paper: 1000).
+        eta: DDIM noise (1 = DDPM ancestral steps, the paper's sampler).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call + 1 vector-Jacobian product per step.
+    """
 
     name = "MCG"
     requires = ("likelihood",)
-    default_steps = 1000
-    default_eta = 1.0
 
-    def configure(self, alpha: float = 1.0, project="auto", **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        if not alpha >= 0:
-            raise ValueError(f"MCG: alpha must be >= 0, got {alpha}")
+    def __init__(self, model, *, alpha: float = 1.0, project="auto", steps: int = 1000, eta: float = 1.0,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self.alpha = check_number("alpha", alpha, self.name, low=0.0)
         if project not in ("auto", True, False):
-            raise ValueError(f"MCG: project must be 'auto', True or False, got {project!r}")
-        self.alpha, self.project = float(alpha), project
+            raise OptionError(f"MCG: project must be 'auto', True or False, got {project!r}")
+        self.project = project if project == "auto" else bool(project)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def check(self, problem: Problem) -> None:
         super().check(problem)
@@ -95,7 +106,3 @@ class MCG(DiffusionGuide):
     def make_hook(self, problem: Problem, n: int) -> Hook:
         return _MCGHook(problem, self.alpha, self._project(problem))
 
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("mcg", MCG)

@@ -1,7 +1,7 @@
 """MMPS — Moment Matching Posterior Sampling (Rozet, Andry, Lanusse, Louppe, NeurIPS 2024).
 
 Uses the second-order Tweedie covariance ``Cov[x0 | x_t] = (sigma_t^2 / alpha_t) J``, ``J = d x0_hat / d x_t``
-(VP form of METHODS_SPEC §4.3), so that ``p(y | x_t) ~ N(A x0_hat, sigma_y^2 I + A Cov A^T)``, and
+(VP form of the paper's Tweedie covariance), so that ``p(y | x_t) ~ N(A x0_hat, sigma_y^2 I + A Cov A^T)``, and
 replaces the denoiser by the posterior denoiser::
 
     b  = y - A x0_hat
@@ -20,9 +20,9 @@ import torch
 
 from ...models.operators import conjugate_gradient
 from ..problem import Problem
-from ..sampler import Hook, StepState
+from ..sampler import Correction, Hook, StepState
+from ..solver import check_int, check_number
 from .base import DiffusionGuide
-from .dps import reject_unknown
 
 __all__ = ["MMPS"]
 
@@ -36,7 +36,7 @@ class _MMPSHook(Hook):
         self.maxiter, self.rtol = maxiter, rtol
         self.ne = len(problem.event_shape)
 
-    def correct_x0(self, state: StepState):
+    def correct_x0(self, state: StepState) -> Correction:
         op, x0, x = self.op, state.x0, state.x
         nb = x.dim() - self.ne
         c = state.sigma_t**2 / state.alpha_t
@@ -49,32 +49,34 @@ class _MMPSHook(Hook):
         v = conjugate_gradient(lambda w: self.sigma2 * w + op(vjp(op.adjoint(w))), b, max_iter=self.maxiter,
                                tol=self.rtol, event_dim=b.dim() - nb)
         x0_new = x0.detach() + vjp(op.adjoint(v))
-        eps_new = (x.detach() - state.alpha_t * x0_new) / state.sigma_t
-        return x0_new, eps_new
+        return Correction(x0=x0_new, eps=(x.detach() - state.alpha_t * x0_new) / state.sigma_t)
 
 
 class MMPS(DiffusionGuide):
-    """Moment Matching Posterior Sampling (Rozet et al., 2024). Options: ``maxiter`` (CG iterations,
-    default 1), ``rtol`` (CG relative tolerance, default 1e-3). Needs a Gaussian likelihood with a
-    linear operator. Cost: 1 NFE + (maxiter + 1) VJPs per step."""
+    """Moment Matching Posterior Sampling (Rozet et al., NeurIPS 2024; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` with a linear
+            operator (``A`` and ``A^T``).
+        maxiter: conjugate-gradient iterations per step (default 1).
+        rtol: relative tolerance of the conjugate gradients (``>= 0``; default 1e-3).
+        steps: reverse-diffusion steps (default 100).
+        eta: DDIM noise (1 = DDPM-like steps; default 1).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call + (maxiter + 1) vector-Jacobian products per step.
+    """
 
     name = "MMPS"
     requires = ("linear",)
-    default_steps = 100
-    default_eta = 1.0
 
-    def configure(self, maxiter: int = 1, rtol: float = 1e-3, **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        if int(maxiter) < 1:
-            raise ValueError(f"MMPS: maxiter must be >= 1, got {maxiter}")
-        if not rtol >= 0:
-            raise ValueError(f"MMPS: rtol must be >= 0, got {rtol}")
-        self.maxiter, self.rtol = int(maxiter), float(rtol)
+    def __init__(self, model, *, maxiter: int = 1, rtol: float = 1e-3, steps: int = 100, eta: float = 1.0,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self.maxiter = check_int("maxiter", maxiter, self.name)
+        self.rtol = check_number("rtol", rtol, self.name, low=0.0)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
         return _MMPSHook(problem, self.maxiter, self.rtol)
-
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("mmps", MMPS)

@@ -1,8 +1,8 @@
 """ΠGDM — Pseudoinverse-Guided Diffusion Models (Song, Vahdat, Mardani, Kautz, ICLR 2023).
 
 Approximates ``p(x0 | x_t) ~ N(x0_hat, r_t^2 I)`` so that ``p(y | x_t) ~ N(A x0_hat, r_t^2 A A^T + sigma_y^2 I)``
-and guides with one vector-Jacobian product per step (METHODS_SPEC §4.2, VP form of the RED-diff
-reimplementation by co-authors)::
+and guides with one vector-Jacobian product per step (Algorithm 1 of the paper, in the VP form of
+the co-authors' reimplementation in the RED-diff code)::
 
     v   = (r_t^2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat)          (SVD closed form, else CG)
     g_t = J^T A^T v,  J = d x0_hat / d x_t                            (one VJP)
@@ -17,11 +17,10 @@ from __future__ import annotations
 import torch
 
 from ...models.operators import conjugate_gradient
-
 from ..problem import Problem
 from ..sampler import Hook, StepState
+from ..solver import check_number
 from .base import DiffusionGuide
-from .dps import reject_unknown
 
 __all__ = ["PiGDM", "solve_gram"]
 
@@ -63,27 +62,31 @@ class _PiGDMHook(Hook):
 
 
 class PiGDM(DiffusionGuide):
-    """ΠGDM (Song et al., ICLR 2023). Options: ``w`` (guidance weight, default 1), ``r2`` (the
-    variance of ``p(x0 | x_t)``: ``None`` = ``1 - alpha_bar_t``, a float, or a callable of the step
-    state). Needs a Gaussian likelihood with a linear operator. Cost: 1 NFE + 1 VJP per step."""
+    """PiGDM (Song et al., ICLR 2023; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` with a linear
+            operator (``A^T`` and a solve with ``r^2 A A^T + sigma_y^2 I``: SVD closed form, else CG).
+        w: guidance weight (``>= 0``; default 1).
+        r2: variance ``r_t^2`` of ``p(x0 | x_t)``: ``None`` (default) = ``1 - alpha_bar_t``, a
+            positive float, or a callable of the step state.
+        steps: reverse-diffusion steps (default 100).
+        eta: DDIM noise (1 = DDPM ancestral steps; default 1).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call + 1 vector-Jacobian product per step.
+    """
 
     name = "PiGDM"
     requires = ("linear",)
-    default_steps = 100
-    default_eta = 1.0
 
-    def configure(self, w: float = 1.0, r2=None, **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        if not w >= 0:
-            raise ValueError(f"PiGDM: w must be >= 0, got {w}")
-        if r2 is not None and not callable(r2) and not float(r2) > 0:
-            raise ValueError(f"PiGDM: r2 must be None, a positive float or a callable, got {r2!r}")
-        self.w, self.r2 = float(w), r2
+    def __init__(self, model, *, w: float = 1.0, r2=None, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
+                 prior_site: str | None = None, progress: bool = False):
+        self.w = check_number("w", w, self.name, low=0.0)
+        self.r2 = r2 if r2 is None or callable(r2) else check_number("r2", r2, self.name, low=0.0, low_open=True)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
         return _PiGDMHook(problem, self.w, self.r2)
-
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("pigdm", PiGDM)

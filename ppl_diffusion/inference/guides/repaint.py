@@ -1,7 +1,7 @@
 """RePaint (Lugmayr, Danelljan, Romero, Yu, Timofte, Van Gool, CVPR 2022).
 
-Step ``t -> s`` (METHODS_SPEC §4.11): the unknown pixels take a DDPM ancestral step, the known ones
-are the observation noised to level ``s``::
+Step ``t -> s`` (Algorithm 1 of the paper): the unknown pixels take a DDPM ancestral step, the
+known ones are the observation noised to level ``s``::
 
     x_s = m * (alpha_s y + sigma_s z) + (1 - m) * DDPM(x_t)
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 
 from ...schedules import time_grid
+from ..problem import Problem
 from ..sampler import Hook, StepState
+from ..solver import check_choice, check_int
+from ..spectral import SpectralView
 from .base import DiffusionGuide
-from .ddrm import SpectralView
 
 __all__ = ["RePaint", "jump_schedule", "ReplaceHook", "jump_times"]
 
@@ -47,6 +49,7 @@ def jump_schedule(steps: int, jump_length: int = 1, jump_n_sample: int = 1) -> l
 
 
 def jump_times(schedule, steps: int, grid: str, jump_length: int, jump_n_sample: int) -> torch.Tensor:
+    """The time grid of :func:`jump_schedule` (entries going up are time-travel jumps)."""
     base = time_grid(schedule, steps, grid)  # base[k] is level steps - k
     levels = torch.tensor(jump_schedule(steps, jump_length, jump_n_sample))
     return base[steps - levels]
@@ -58,42 +61,43 @@ class ReplaceHook(Hook):
     def __init__(self, view: SpectralView):
         self.view = view
 
-    def replace(self, x: torch.Tensor, alpha, sigma, generator) -> torch.Tensor:
-        v = self.view
-        c = v.fwd(x)
-        z = torch.randn(c.shape, generator=generator, dtype=c.dtype, device=c.device)
-        known = alpha * v.ybar + sigma * z
-        return v.inv(torch.where(v.obs, known, c))
-
-    def correct_step(self, st: StepState, x_next):
-        return self.replace(x_next, st.alpha_s, st.sigma_s, st.generator)
+    def correct_step(self, st: StepState, x_next: torch.Tensor) -> torch.Tensor:
+        return self.view.replace_known(x_next, st.alpha_s, st.sigma_s, st.generator)
 
 
 class RePaint(DiffusionGuide):
-    """RePaint with resampling jumps (module docstring). ``RePaint(model, steps=250, jump_length=10,
-    jump_n_sample=10, spectral=False)``. Needs a mask operator (or an SVD with ``spectral=True``)."""
+    """RePaint with resampling jumps (Lugmayr et al., CVPR 2022; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` with an
+            inpainting (mask) operator, or any operator with an SVD when ``spectral=True``.
+        jump_length: levels gone back up at each resampling jump (paper: 10).
+        jump_n_sample: times each jump is taken (``r`` of the paper: 10; 1 = no resampling).
+        spectral: accept any SVD operator, inpainting its spectral coordinates (default False).
+        steps: reverse-diffusion steps before the jumps (paper: 250).
+        eta: DDIM noise of the unknown pixels' step (1 = DDPM ancestral step, the paper's).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call per step of the jump schedule.
+    """
 
     name = "RePaint"
-    default_steps = 250
-    default_eta = 1.0
     requires = ("linear", "mask")
 
-    def configure(self, jump_length: int = 10, jump_n_sample: int = 10, spectral: bool = False, **options):
-        super().configure(**options)
-        self.jump_length, self.jump_n_sample = int(jump_length), int(jump_n_sample)
-        if self.jump_length < 1 or self.jump_n_sample < 1:
-            raise ValueError(f"{self.name}: jump_length and jump_n_sample must be >= 1")
-        self.spectral = bool(spectral)
+    def __init__(self, model, *, jump_length: int = 10, jump_n_sample: int = 10, spectral: bool = False,
+                 steps: int = 250, eta: float = 1.0, grid: str = "uniform", prior_site: str | None = None,
+                 progress: bool = False):
+        self.jump_length = check_int("jump_length", jump_length, self.name)
+        self.jump_n_sample = check_int("jump_n_sample", jump_n_sample, self.name)
+        self.spectral = bool(check_choice("spectral", spectral, (False, True), self.name))
         if self.spectral:
             self.requires = ("linear", "svd")
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
-    def times(self, problem):
+    def times(self, problem: Problem) -> torch.Tensor:
         return jump_times(problem.prior.schedule, self.steps, self.grid, self.jump_length, self.jump_n_sample)
 
-    def make_hook(self, problem, n):
-        lg = problem.require_svd(self.name)
-        return ReplaceHook(SpectralView(lg.operator, lg.y, lg.noise_std, problem.dtype, problem.device))
-
-    def run(self, problem, n, generator=None):
-        with torch.no_grad():
-            return super().run(problem, n, generator)
+    def make_hook(self, problem: Problem, n: int) -> Hook:
+        return ReplaceHook(SpectralView.of(problem, self.name))

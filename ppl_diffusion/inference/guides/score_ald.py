@@ -1,5 +1,5 @@
 """Score-ALD — annealed Langevin dynamics with a likelihood score (Jalal, Arvinte, Daras, Price,
-Dimakis, Tamir, NeurIPS 2021; METHODS_SPEC §4.9).
+Dimakis, Tamir, NeurIPS 2021), the paper's annealed Langevin posterior sampler.
 
 In the VE view ``x~ = x_t / alpha_t = x0 + rho eps`` and for each noise level ``rho_i`` of the grid
 (``steps_each`` Langevin steps per level, one network call each, no backprop)::
@@ -18,14 +18,14 @@ takes over the whole update (``Hook.correct_x0`` returns ``x_next``).
 """
 from __future__ import annotations
 
-
 import torch
 
 from ...schedules import time_grid
+from ..likelihood import per_sample_sq_norm
 from ..problem import Problem
-from ..sampler import Hook, StepState
+from ..sampler import Correction, Hook, StepState
+from ..solver import OptionError, check_int, check_number
 from .base import DiffusionGuide
-from .dps import reject_unknown, per_sample_sq_norm
 
 __all__ = ["ScoreALD", "LangevinGuide"]
 
@@ -35,16 +35,13 @@ def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class LangevinGuide(DiffusionGuide):
-    """Base of the annealed-Langevin guides: the grid repeats each level ``steps_each`` times."""
+    """Base of the annealed-Langevin guides (Score-ALD, SNIPS): the grid repeats each noise level
+    ``steps_each`` times and the hook takes over every step. Subclasses validate their Langevin
+    options with :meth:`_langevin_options` before ``super().__init__``."""
 
-    default_eta = 1.0
-
-    def configure_langevin(self, step_size: float, steps_each: int) -> None:
-        if not step_size > 0:
-            raise ValueError(f"{self.name}: step_size must be > 0, got {step_size}")
-        if int(steps_each) < 1:
-            raise ValueError(f"{self.name}: steps_each must be >= 1, got {steps_each}")
-        self.step_size, self.steps_each = float(step_size), int(steps_each)
+    def _langevin_options(self, step_size, steps_each) -> None:
+        self.step_size = check_number("step_size", step_size, self.name, low=0.0, low_open=True)
+        self.steps_each = check_int("steps_each", steps_each, self.name)
 
     def times(self, problem: Problem) -> torch.Tensor:
         t = time_grid(problem.prior.schedule, self.steps, self.grid)
@@ -63,13 +60,13 @@ class _ScoreALDHook(Hook):
             return self.problem.grad_log_likelihood(xt)[1]
         var = self.g.noise_std**2 + self.gamma * rho2
         y, op = self.problem.observation, self.g.operator
-        with torch.enable_grad():
+        with torch.enable_grad():  # the loop runs the network without autograd
             xx = xt.detach().requires_grad_(True)
             L = -0.5 * per_sample_sq_norm(y - op(xx), xx.dim() - self.ne).sum() / var
             (gr,) = torch.autograd.grad(L, xx)
         return gr
 
-    def correct_x0(self, state: StepState):
+    def correct_x0(self, state: StepState) -> Correction:
         a_t, rho = state.alpha_t, state.sigma_t / state.alpha_t
         xt = state.x / a_t
         score = (state.x0 - xt) / rho**2
@@ -82,28 +79,42 @@ class _ScoreALDHook(Hook):
         x_new = xt + a * (score + g)
         if not state.is_last:
             x_new = x_new + torch.sqrt(2 * a) * state.noise()
-        return {"x_next": state.alpha_s * x_new}
+        return Correction(x_next=state.alpha_s * x_new)
 
 
 class ScoreALD(LangevinGuide):
-    """Score-ALD (Jalal et al., NeurIPS 2021). Options: ``step_size`` (``a_i = step_size * rho_i^2``,
-    default 0.5), ``steps_each`` (Langevin steps per level, default 1; the paper uses 3), ``gamma``
-    (likelihood variance inflation ``gamma rho_i^2``, default 1), ``weight`` (official-code
-    normalisation, default off). Needs any differentiable likelihood. Cost: 1 NFE per Langevin step."""
+    """Score-ALD (Jalal et al., NeurIPS 2021; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a differentiable likelihood.
+        step_size: Langevin step factor ``c`` of ``a_i = c rho_i^2`` (``> 0``; default 0.5).
+        steps_each: Langevin steps per noise level (default 1; the paper uses 3).
+        gamma: likelihood variance inflation ``gamma rho_i^2`` (``>= 0``; default 1; a noiseless
+            measurement needs ``gamma > 0``).
+        weight: ``None`` (default) or the official code's per-sample normalisation of the
+            likelihood gradient, ``weight ||s|| / ||g||`` (``> 0``; recommended for non-Gaussian
+            likelihoods).
+        steps: number of noise levels (default 100).
+        eta: unused (each Langevin step sets the next state itself; default 1).
+        grid: time grid of the noise levels (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call per Langevin step, no backpropagation through the network.
+    """
 
     name = "ScoreALD"
     requires = ("likelihood",)
-    default_steps = 100
 
-    def configure(self, step_size: float = 0.5, steps_each: int = 1, gamma: float = 1.0,
-                  weight: float | None = None, **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        self.configure_langevin(step_size, steps_each)
-        if not gamma >= 0:
-            raise ValueError(f"ScoreALD: gamma must be >= 0, got {gamma}")
-        if weight is not None and not weight > 0:
-            raise ValueError(f"ScoreALD: weight must be None or > 0, got {weight}")
-        self.gamma, self.weight = float(gamma), weight
+    def __init__(self, model, *, step_size: float = 0.5, steps_each: int = 1, gamma: float = 1.0,
+                 weight: float | None = None, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
+                 prior_site: str | None = None, progress: bool = False):
+        self._langevin_options(step_size, steps_each)
+        self.gamma = check_number("gamma", gamma, self.name, low=0.0)
+        if weight is not None and not (isinstance(weight, (int, float)) and weight > 0):
+            raise OptionError(f"ScoreALD: weight must be None or > 0, got {weight!r}")
+        self.weight = weight
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
         g = problem._gaussian
@@ -111,8 +122,3 @@ class ScoreALD(LangevinGuide):
             raise ValueError("ScoreALD: a noiseless measurement needs gamma > 0 (the likelihood variance "
                              "sigma_y^2 + gamma rho^2 would be 0)")
         return _ScoreALDHook(problem, self.step_size, self.gamma, self.weight)
-
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("score_ald", ScoreALD)

@@ -1,7 +1,7 @@
 """Score-SDE conditional sampling (Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, ICLR 2021).
 
-Predictor-corrector sampling with replacement of the known coordinates (METHODS_SPEC §4.10;
-official ``get_pc_inpainter``). At each step from ``t`` to ``s``:
+Predictor-corrector sampling with replacement of the known coordinates (the paper's PC sampler
+applied to imputation, as in the official ``get_pc_inpainter``). At each step from ``t`` to ``s``:
 
 1. corrector: ``n_corrector`` Langevin steps at ``t``, ``x <- x + e score + sqrt(2 e) z`` with the
    step ``e = 2 a (snr ||z|| / ||score||)^2`` (``a = alpha_t^2 / alpha_s^2``, norms **per sample**),
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from ..sampler import StepState
+from ..problem import Problem
+from ..sampler import Correction, Hook, StepState
+from ..solver import check_int, check_number
+from ..spectral import SpectralView
 from .base import DiffusionGuide
-from .ddrm import SpectralView
 from .repaint import ReplaceHook
 
 __all__ = ["ScoreSDE"]
@@ -31,45 +33,48 @@ class _PCHook(ReplaceHook):
         super().__init__(view)
         self.den, self.snr, self.n_corr = denoiser, snr, n_corrector
 
-    def correct_x0(self, st: StepState):
+    def correct_x0(self, st: StepState) -> Correction | None:
         if self.n_corr == 0:
             return None
         x, x0 = st.x, st.x0
         a = (st.alpha_t / st.alpha_s) ** 2
-        dims = tuple(range(1, x.dim()))
-        for k in range(self.n_corr):
+        for _ in range(self.n_corr):
             score = (st.alpha_t * x0 - x) / st.sigma_t**2
             z = st.noise(x)
             zn = z.flatten(1).norm(dim=1)
             gn = score.flatten(1).norm(dim=1).clamp(min=1e-30)
-            e = (2.0 * a * (self.snr * zn / gn) ** 2).reshape((-1,) + (1,) * len(dims))
+            e = (2.0 * a * (self.snr * zn / gn) ** 2).reshape((-1,) + (1,) * (x.dim() - 1))
             x = x + e * score + torch.sqrt(2.0 * e) * z
-            x = self.replace(x, st.alpha_t, st.sigma_t, st.generator)
+            x = self.view.replace_known(x, st.alpha_t, st.sigma_t, st.generator)
             x0 = self.den(x, st.t.to(x.dtype))
-        eps = (x - st.alpha_t * x0) / st.sigma_t
-        return x0, eps
+        return Correction(x0=x0, eps=(x - st.alpha_t * x0) / st.sigma_t)
 
 
 class ScoreSDE(DiffusionGuide):
-    """Score-SDE conditional PC sampler (module docstring). ``ScoreSDE(model, steps=100, snr=0.16,
-    n_corrector=1)``. Needs a linear operator with an SVD (a mask or any SVD operator)."""
+    """Score-SDE conditional predictor-corrector sampler (Song et al., ICLR 2021; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` whose linear
+            operator has an SVD (a mask or any SVD operator).
+        snr: signal-to-noise ratio of the Langevin corrector (``> 0``; default 0.16).
+        n_corrector: corrector steps per step (``>= 0``; default 1; 0 = predictor only).
+        steps: reverse-diffusion steps (default 100).
+        eta: DDIM noise of the predictor (1 = ancestral sampling, the paper's predictor).
+        grid: time grid (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: ``1 + n_corrector`` network calls per step.
+    """
 
     name = "ScoreSDE"
-    default_steps = 100
-    default_eta = 1.0
     requires = ("linear", "svd")
 
-    def configure(self, snr: float = 0.16, n_corrector: int = 1, **options):
-        super().configure(**options)
-        self.snr, self.n_corrector = float(snr), int(n_corrector)
-        if not self.snr > 0 or self.n_corrector < 0:
-            raise ValueError(f"{self.name}: need snr > 0 and n_corrector >= 0, got {snr}, {n_corrector}")
+    def __init__(self, model, *, snr: float = 0.16, n_corrector: int = 1, steps: int = 100, eta: float = 1.0,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self.snr = check_number("snr", snr, self.name, low=0.0, low_open=True)
+        self.n_corrector = check_int("n_corrector", n_corrector, self.name, minimum=0)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
-    def make_hook(self, problem, n):
-        lg = problem.require_svd(self.name)
-        view = SpectralView(lg.operator, lg.y, lg.noise_std, problem.dtype, problem.device)
-        return _PCHook(view, problem.denoiser, self.snr, self.n_corrector)
-
-    def run(self, problem, n, generator=None):
-        with torch.no_grad():
-            return super().run(problem, n, generator)
+    def make_hook(self, problem: Problem, n: int) -> Hook:
+        return _PCHook(SpectralView.of(problem, self.name), problem.denoiser, self.snr, self.n_corrector)

@@ -1,17 +1,15 @@
 """SNIPS — Solving Noisy Inverse Problems Stochastically (Kawar, Vaksman, Elad, NeurIPS 2021).
 
-Annealed Langevin dynamics in the spectral coordinates of ``A = U diag(s) V^T`` (METHODS_SPEC §4.5,
-official ``general_anneal_Langevin_dynamics``). In the VE view ``x~ = x0 + rho eps``, with
-``xb = V^T x~``, ``yh = U^T y`` and the prior score ``sb = V^T (D(x~, rho) - x~) / rho^2``, for each
-level ``rho`` and each spectral coordinate ``j`` (``c = step_size``):
+Annealed Langevin dynamics in the spectral coordinates of ``A = U diag(s) V^T`` (Algorithm 1 of the
+paper, as in the official ``general_anneal_Langevin_dynamics``). In the VE view ``x~ = x0 + rho eps``,
+with ``xb = V^T x~``, ``yh = U^T y`` and the prior score ``sb = V^T (D(x~, rho) - x~) / rho^2``, for
+each level ``rho`` and each spectral coordinate ``j`` (``c = step_size``), gradient and step ``a_j``:
 
-=====================  ================================================  ==============================
-coordinate             gradient                                          step ``a_j``
-=====================  ================================================  ==============================
-``s_j = 0``            ``sb_j``                                          ``c rho^2``
-``s_j rho > sigma_y``  ``s_j (yh_j - s_j xb_j) / (s_j^2 rho^2 - sigma_y^2)``  ``c (rho^2 - sigma_y^2/s_j^2)``
-``s_j rho <= sigma_y`` ``sb_j + s_j (yh_j - s_j xb_j) / (sigma_y^2 - s_j^2 rho^2)``  ``c rho^2 (1 - s_j^2 rho^2/sigma_y^2)``
-=====================  ================================================  ==============================
+* ``s_j = 0``: ``sb_j``, ``a_j = c rho^2``;
+* ``s_j rho > sigma_y``: ``s_j (yh_j - s_j xb_j) / (s_j^2 rho^2 - sigma_y^2)``,
+  ``a_j = c (rho^2 - sigma_y^2 / s_j^2)``;
+* ``s_j rho <= sigma_y``: ``sb_j + s_j (yh_j - s_j xb_j) / (sigma_y^2 - s_j^2 rho^2)``,
+  ``a_j = c rho^2 (1 - s_j^2 rho^2 / sigma_y^2)``;
 
 then ``xb <- xb + a * grad + sqrt(2 a) z`` and ``x~ = V xb``. The products ``a_j * grad_j`` are
 computed in their cancelled form, so nothing divides by ``s_j rho - sigma_y``. One network call per
@@ -24,8 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..problem import Problem
-from ..sampler import Hook, StepState
-from .dps import reject_unknown
+from ..sampler import Correction, Hook, StepState
 from .score_ald import LangevinGuide
 
 __all__ = ["SNIPS"]
@@ -49,7 +46,7 @@ class _SNIPSHook(Hook):
         self.yh[..., :k] = yh[..., :k]
         self.obs = self.s > 1e-10
 
-    def correct_x0(self, state: StepState):
+    def correct_x0(self, state: StepState) -> Correction:
         rho = state.sigma_t / state.alpha_t
         r2 = rho**2
         xt = state.x / state.alpha_t
@@ -76,26 +73,33 @@ class _SNIPSHook(Hook):
         if not state.is_last:
             xb = xb + torch.sqrt(2 * a) * torch.randn(xb.shape, generator=state.generator, dtype=xb.dtype,
                                                       device=xb.device)
-        return {"x_next": state.alpha_s * self.op.V(xb)}
+        return Correction(x_next=state.alpha_s * self.op.V(xb))
 
 
 class SNIPS(LangevinGuide):
-    """SNIPS (Kawar et al., NeurIPS 2021). Options: ``step_size`` (``c`` of the table, default 0.5),
-    ``steps_each`` (Langevin steps per noise level, default 1). Needs a linear operator with an SVD.
-    Cost: 1 NFE per Langevin step."""
+    """SNIPS (Kawar et al., NeurIPS 2021; module docstring).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a ``GaussianMeasurement`` whose linear
+            operator has an SVD.
+        step_size: the step factor ``c`` of the table (``> 0``; default 0.5).
+        steps_each: Langevin steps per noise level (default 1).
+        steps: number of noise levels (default 100).
+        eta: unused (each Langevin step sets the next state itself; default 1).
+        grid: time grid of the noise levels (see ``ppl_diffusion.schedules.time_grid``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: show a progress bar.
+
+    Cost: 1 network call per Langevin step, no backpropagation.
+    """
 
     name = "SNIPS"
     requires = ("svd",)
-    default_steps = 100
 
-    def configure(self, step_size: float = 0.5, steps_each: int = 1, **unknown) -> None:
-        reject_unknown(self.name, unknown)
-        self.configure_langevin(step_size, steps_each)
+    def __init__(self, model, *, step_size: float = 0.5, steps_each: int = 1, steps: int = 100, eta: float = 1.0,
+                 grid: str = "uniform", prior_site: str | None = None, progress: bool = False):
+        self._langevin_options(step_size, steps_each)
+        super().__init__(model, steps=steps, eta=eta, grid=grid, prior_site=prior_site, progress=progress)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
         return _SNIPSHook(problem, self.step_size)
-
-
-from ... import benchmarking as _benchmarking  # noqa: E402
-
-_benchmarking.register_guide("snips", SNIPS)
