@@ -8,7 +8,8 @@ import torch
 from ppl_diffusion.inference.smc import MCGDiff
 from ppl_diffusion.metrics import noise_floor, sliced_wasserstein
 from ppl_diffusion.models.gmm import GMMProblem, gmm_benchmark_problem
-from ppl_diffusion.schedules import VPSchedule, mcgdiff_grid, time_grid
+from ppl_diffusion.inference.smc.mcgdiff_grid import mcgdiff_grid
+from ppl_diffusion.schedules import VPSchedule, time_grid
 
 SIGMA = 0.3
 #: sigma_y / s_i of the 8 distinct singular values; at steps=50 the "alpha" grid's first positive

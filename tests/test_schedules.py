@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ppl_diffusion.schedules import EDMSchedule, VESchedule, VPSchedule, mcgdiff_grid, time_grid
+from ppl_diffusion.inference.smc.mcgdiff_grid import mcgdiff_grid
+from ppl_diffusion.schedules import EDMSchedule, VESchedule, VPSchedule, time_grid
 
 
 def test_vp_linear_matches_discrete_alphas_cumprod():

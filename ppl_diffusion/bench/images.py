@@ -192,8 +192,8 @@ def main(argv=None):
     if "mcgdiff" in a.guides.split(","):
         from ..inference.smc import MCGDiff
 
-        others += (f" (MCGDiff library defaults otherwise: resampling {MCGDiff.default_resampling!r}, ESS "
-                   f"threshold {getattr(MCGDiff, 'default_ess_threshold', 1.0)})")
+        others += (f" (MCGDiff library defaults otherwise: resampling {MCGDiff.options()['resampling']!r}, ESS "
+                   f"threshold {MCGDiff.options()['ess_threshold']})")
     body = (f"Denoiser: {dlabel}. Images: {ilabel}, {a.images} images x {a.samples} samples, {a.steps} steps, "
             f"default options of each guide; {others}; seed {a.seed}, float32, sigma_y = 0.05. "
             f"Total wall time {wall / 60:.1f} min.\n\n" + table(results))

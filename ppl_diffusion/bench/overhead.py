@@ -169,7 +169,7 @@ def bare_mcgdiff(den, op, y, n, particles, steps, generator, noise_std=0.05, eta
     ``ppl_diffusion.inference.smc.mcgdiff`` written out, with every schedule coefficient precomputed
     and no Feynman-Kac state dicts, no log-evidence, no ESS history. Same draw order as ours."""
     from ..inference.sampler import ddim_coefficients
-    from ..schedules import mcgdiff_grid
+    from ..inference.smc.mcgdiff_grid import mcgdiff_grid
 
     unet, sched = den.unet, den.schedule
     dtype, f64 = y.dtype, torch.float64
@@ -309,7 +309,7 @@ MCGDiff is called as `MCGDiff(model, particles=8, steps=50, resampling="multinom
 (resampling at every step, the official code's choice, whatever the library default) and its bare loop
 reproduces it bit for bit (max abs diff 0; a single differing weight bit could change a resampling
 draw and the whole output, so this is the check that the same arithmetic runs): the bare loop precomputes the matching-time grid
-(`schedules.mcgdiff_grid`; one matching time for inpainting, so 51 network steps), the potentials'
+(`inference.smc.mcgdiff_grid`; one matching time for inpainting, so 51 network steps), the potentials'
 means / variances and every DDIM coefficient, and runs the Kalman move, the look-ahead weights and
 multinomial resampling inline; ours runs the Feynman-Kac engine (`smc/engine.py`: state dicts,
 `gather_state`, ESS history, running log-evidence, a finiteness check per step) behind

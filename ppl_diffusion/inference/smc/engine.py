@@ -32,6 +32,7 @@ import torch
 
 from ...schedules import GRID_KINDS
 from ..sampler import terminal_noise
+from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
 from .result import SMCResult
 
 __all__ = ["FeynmanKac", "run_smc", "multinomial_resample", "systematic_resample", "ess", "chunked",
@@ -153,8 +154,7 @@ class FeynmanKac:
 
 def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", ess_threshold: float = 1.0,
             generator: torch.Generator | None = None, reference: list | None = None,
-            keep_history: bool = False, final_resample: bool = False,
-            ancestor_sampling: bool = False) -> SMCResult:
+            keep_history: bool = False, ancestor_sampling: bool = False) -> SMCResult:
     """Run the SMC engine; see the module docstring. ``reference``: list of ``n_steps + 1`` tensors
     ``(R, *x_shape)`` (conditional SMC). ``keep_history``: store every step's ``x`` and ancestors
     (needed to trace back a trajectory, as particle Gibbs does)."""
@@ -249,119 +249,95 @@ __all__.append("trace_lineage")
 
 
 # --------------------------------------------------------------------------------------------
-class SMCSampler:
-    """Base class of the SMC posterior samplers (MCGDiff, TDS, FPS-SMC, SMCDiff).
+class SMCSampler(Solver):
+    """Base class of the SMC posterior samplers (MCGDiff, TDS, FPS, FPS-SMC, SMCDiff).
 
     ``Sampler(model, particles=N, steps=K, ...)`` checks the model's requirements at construction
     (``ValueError`` naming what is missing). ``run(y=y, runs=R)`` performs ``R`` independent SMC
     runs of ``N`` particles batched on the leading dim and returns an :class:`SMCResult`;
-    ``sample(n, y=y)`` returns ``n`` plain draws, each from its own independent run (the published
-    protocol), unless ``independent=False`` (one run, resampled ``n`` times). Defaults: systematic
-    resampling whenever ``ESS < 0.5 N`` (``resampling="multinomial", ess_threshold=1.0`` resamples at
-    every step, as the official MCGDiff code does); time ``grid="auto"`` (uniform in ``alpha(t)`` on VP
-    schedules, see :func:`ppl_diffusion.schedules.time_grid`).
+    :meth:`draw` / :meth:`sample` return ``n`` plain draws, each from its own independent run (the
+    published MCGDiff protocol), unless ``independent=False`` (one run, resampled ``n`` times).
+
+    Args (shared by every sampler; each subclass lists its own defaults):
+        model: Pyro model with a diffusion-prior site and an observed likelihood.
+        particles: particles per run (``N``).
+        steps: base time steps (MCGDiff inserts its matching times on top).
+        eta: DDIM noise of the proposals that use it (1 = DDPM ancestral steps).
+        resampling: ``"systematic"`` (default) or ``"multinomial"``.
+        ess_threshold: resample when ``ESS < ess_threshold * N`` (1.0: every step). The default
+            (systematic when the ESS falls below N/2) halves MCGDiff's max-sliced W at equal cost
+            against multinomial resampling at every step, the official code's choice
+            (benchmarks/results/gmm_b_mcgdiff.md).
+        max_batch: cap on the particles of one network call (chunks; ``None``: all at once).
+        grid: time grid (``"auto"``: uniform in ``alpha(t)`` on VP schedules, see
+            :func:`ppl_diffusion.schedules.time_grid`).
+        prior_site: name of the diffusion-prior site when the model has several.
+        progress: accepted for the shared contract (the SMC loop shows no bar).
     """
 
     name = "smc"
+    family = "smc"
     requires: tuple = ("linear",)
-    default_steps = 100
-    default_eta = 1.0
-    # Systematic resampling when the ESS falls below half the particles: on the GMM benchmark this
-    # halves MCGDiff's max-sliced W at equal cost against resampling multinomially at every step
-    # (the official code's choice), see benchmarks/results/gmm_b_mcgdiff.md.
-    default_resampling = "systematic"
-    default_ess_threshold = 0.5
-    default_particles = 64
 
-    def __init__(self, model, particles: int | None = None, steps: int | None = None,
-                 eta: float | None = None, resampling: str | None = None, ess_threshold: float | None = None,
-                 max_batch: int | None = None, prior_site: str | None = None, progress: bool = False,
-                 grid: str = "auto", **options):
-        from ..problem import Problem
-
-        particles = self.default_particles if particles is None else particles
-        if isinstance(particles, bool) or int(particles) != particles or int(particles) < 1:
-            raise ValueError(f"{self.name}: particles must be a positive integer, got {particles!r}")
-        self.particles = int(particles)
-        self.steps = int(self.default_steps if steps is None else steps)
-        if self.steps < 1:
-            raise ValueError(f"{self.name}: steps must be >= 1, got {self.steps}")
-        self.eta = float(self.default_eta if eta is None else eta)
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"{self.name}: eta must lie in [0, 1], got {self.eta}")
-        self.resampling = resampling or self.default_resampling
-        if self.resampling not in RESAMPLERS:
-            raise ValueError(f"{self.name}: resampling must be one of {sorted(RESAMPLERS)}, got {self.resampling!r}")
-        if ess_threshold is None:
-            ess_threshold = self.default_ess_threshold
-        if not 0.0 <= float(ess_threshold) <= 1.0:
-            raise ValueError(f"{self.name}: ess_threshold must lie in [0, 1], got {ess_threshold}")
-        self.ess_threshold = float(ess_threshold)
-        if max_batch is not None and int(max_batch) < 1:
-            raise ValueError(f"{self.name}: max_batch must be >= 1, got {max_batch}")
-        self.max_batch = None if max_batch is None else int(max_batch)
-        if grid not in GRID_KINDS:
-            raise ValueError(f"{self.name}: grid must be one of {list(GRID_KINDS)}, got {grid!r}")
-        self.grid = grid
-        self.model, self.prior_site, self.progress = model, prior_site, progress
-        self.configure(**options)
-        self.check(Problem.from_model(model, prior_site=prior_site, allow_unobserved=True))
+    def __init__(self, model, *, particles: int = 64, steps: int = 100, eta: float = 1.0,
+                 resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
+                 grid: str = "auto", prior_site: str | None = None, progress: bool = False):
+        self.particles = check_int("particles", particles, self.name)
+        self.steps = check_int("steps", steps, self.name)
+        self.eta = check_number("eta", eta, self.name, 0.0, 1.0)
+        self.resampling = check_choice("resampling", resampling, RESAMPLERS, self.name)
+        self.ess_threshold = check_number("ess_threshold", ess_threshold, self.name, 0.0, 1.0)
+        self.max_batch = None if max_batch is None else check_int("max_batch", max_batch, self.name)
+        self.grid = check_choice("grid", grid, GRID_KINDS, self.name)
+        self.setup_solver(model, prior_site, progress)
         self.last_nfe = 0
 
     # subclass API ------------------------------------------------------------------------
-    def configure(self, **options) -> None:
-        if options:
-            raise ValueError(f"{self.name}: unknown options {sorted(options)}")
-
-    def check(self, problem) -> None:
-        problem.require(self.requires, self.name)
-
     def fk_model(self, problem) -> FeynmanKac:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # user API ----------------------------------------------------------------------------
-    def problem(self, *args, **kwargs):
-        from ..problem import Problem
-
-        return Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
-
     def run(self, *args, runs: int = 1, generator: torch.Generator | None = None,
             reference: list | None = None, keep_history: bool = False, **kwargs) -> SMCResult:
         """``runs`` independent SMC runs of ``self.particles`` particles, batched."""
-        if int(runs) < 1:
-            raise ValueError(f"{self.name}: runs must be >= 1, got {runs}")
-        problem = self.problem(*args, **kwargs)
-        self.check(problem)
+        runs = check_int("runs", runs, self.name)
+        return self._run(self.problem(*args, **kwargs), runs, generator, reference, keep_history)
+
+    def _run(self, problem, runs: int, generator, reference=None, keep_history: bool = False) -> SMCResult:
         fk = self.fk_model(problem)
         den = problem.denoiser
         start = den.nfe
         with torch.no_grad():
-            res = run_smc(fk, int(runs), self.particles, self.resampling, self.ess_threshold, generator,
+            res = run_smc(fk, runs, self.particles, self.resampling, self.ess_threshold, generator,
                           reference=reference, keep_history=keep_history)
         res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)
-        res.extra["particle_nfe"] = fk.particle_nfe if hasattr(fk, "particle_nfe") else None
+        res.extra["particle_nfe"] = getattr(fk, "particle_nfe", fk.n_steps)
         res.method = self.name
         self.last_nfe = res.nfe
         self.last_fk = fk
         return res
 
+    def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, independent: bool = True,
+             **kwargs) -> Draws:
+        """``num_samples`` posterior draws as :class:`Draws` (one chain): one per independent run of
+        ``particles`` particles (default), or all resampled from a single run (``independent=False``).
+
+        ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
+        single-sample network evaluations of the call divided by the draws); ``extra`` holds each
+        run's ``log_evidence`` and final ``ess`` (``(runs,)``) and the :class:`SMCResult` as ``result``."""
+        n = check_int("num_samples", num_samples, self.name)
+        problem = self.problem(*args, **kwargs)
+        with measure(problem.denoiser) as meter:
+            res = self._run(problem, n if independent else 1, generator)
+            x = res.resample(n, generator)
+        nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / n
+        return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
+                                                             "result": res}, nfe_per_sample=nfe)
+
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
                independent: bool = True, **kwargs) -> torch.Tensor:
-        """``num_samples`` draws ``(num_samples, *event_shape)``: one per independent run (default)
-        or all from a single run (``independent=False``)."""
-        n = int(num_samples)
-        if n < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        res = self.run(*args, runs=n if independent else 1, generator=generator, **kwargs)
-        return res.resample(n, generator)
-
-    def nfe_per_sample(self, independent: bool = True) -> float:
-        """Per-sample network evaluations: NFE of the run (particle-network calls) / samples returned.
-        With one independent run per sample this is ``particles x (network steps)``."""
-        return float(self.particles * self.network_steps())
-
-    def network_steps(self) -> int:
-        return self.steps
+        """``num_samples`` draws ``(num_samples, *event_shape)`` (see :meth:`draw`)."""
+        return self.draw(num_samples, *args, generator=generator, independent=independent, **kwargs).samples[0]
 
 
 __all__.append("SMCSampler")

@@ -1,11 +1,13 @@
-"""FPS and FPS-SMC — filtering posterior sampling (Dou & Song, ICLR 2024), METHODS_SPEC §2.4.
+"""FPS and FPS-SMC — filtering posterior sampling (Dou & Song, "Diffusion posterior sampling for linear
+inverse problem solving: a filtering perspective", ICLR 2024).
 
 Step 1: a backward DDIM trajectory of the measurement (no network), in the spectral coordinates
 ``u = (U^T y)_obs``: ``u_T = s * eps``, ``u_{t'} = alpha_{t'} u + sqrt((1-c)(1-ab_{t'})/(1-ab_t)) (u_t -
 alpha_t u) + sqrt(c (1-ab_{t'})) s eps'`` (one trajectory per run, shared by its particles).
 Step 2: a Bayesian filter on x in the SVD basis: prior kernel ``N(mu, c(1-ab_{t'}))`` with
 ``mu = alpha_{t'} x0_hat + sqrt((1-c)(1-ab_{t'})) eps_hat`` (one network call), conditioned per
-coordinate on the pseudo-observation ``u_{t'} ~ N(s x_{t'}, ab_{t'} sigma_y^2)``. FPS-SMC weights each
+coordinate on the pseudo-observation ``u_{t'} ~ N(s x_{t'}, ab_{t'} sigma_y^2)`` (the scalar Kalman update
+:func:`.kalman.gaussian_condition`). FPS-SMC weights each
 particle by ``N(u_{t'}; s x, ab' sigma_y^2) N(x; mu, var) / N(x; m, Sigma)`` (the predictive
 ``p(u_{t'} | x_t)``) and resamples with the engine default (systematic when ESS < N/2; the official code:
 multinomial every step, ``resampling="multinomial", ess_threshold=1.0``). FPS is one particle without
@@ -43,7 +45,9 @@ import torch
 
 from ...schedules import time_grid
 from ._common import denoise_flat, normal_logpdf
+from ..solver import OptionError, check_int, check_number
 from .engine import FeynmanKac, SMCSampler
+from .kalman import gaussian_condition
 
 __all__ = ["FPS", "FPSSMC"]
 
@@ -87,11 +91,8 @@ class _FPSFK(FeynmanKac):
 
     def _condition(self, mu, var, j):
         """Posterior mean/var of the observed coords given u_j."""
-        lv = self.ab[j] * self.noise ** 2
-        prec = 1.0 / var + self.s ** 2 / lv
         u = self.u_traj[:, j][:, None, :]
-        m = (mu[..., self.obs_idx] / var + self.s * u / lv) / prec
-        return m, 1.0 / prec
+        return gaussian_condition(mu[..., self.obs_idx], var, u, self.ab[j] * self.noise ** 2, gain=self.s)
 
     def _mu(self, k, x):
         t = self.times[k]
@@ -137,18 +138,31 @@ class _FPSFK(FeynmanKac):
 
 
 class FPSSMC(SMCSampler):
-    """FPS-SMC (Dou & Song, ICLR 2024): see the module docstring. ``FPSSMC(model, particles=20,
-    steps=100, c_rate=0.95)``; needs a linear operator with an SVD."""
+    """FPS-SMC (Dou & Song, ICLR 2024): see the module docstring. Needs a linear operator with an SVD.
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a linear Gaussian likelihood whose operator
+            has an SVD.
+        c_rate: the kernel's fresh-noise fraction ``c`` in ``(0, 1]`` (0.95).
+        particles: particles per run (20).
+        steps: time steps (100); one network call per particle and step, no backprop.
+        eta: kept for the shared contract; the kernel's noise is set by ``c_rate``.
+        resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
+            ``"multinomial"``, ``1.0``).
+        max_batch, grid, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
+    """
 
     name = "fps_smc"
     requires = ("svd",)
-    default_particles = 20
     weighted = True
 
-    def configure(self, c_rate: float = 0.95):
-        if not 0.0 < c_rate <= 1.0:
-            raise ValueError(f"{self.name}: c_rate must lie in (0, 1], got {c_rate}")
-        self.c_rate = float(c_rate)
+    def __init__(self, model, *, c_rate: float = 0.95, particles: int = 20, steps: int = 100, eta: float = 1.0,
+                 resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
+                 grid: str = "auto", prior_site: str | None = None, progress: bool = False):
+        self.c_rate = check_number("c_rate", c_rate, self.name, 0.0, 1.0, low_open=True)
+        super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
+                         ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
+                         progress=progress)
 
     def fk_model(self, problem):
         fk = _FPSFK(problem, self.steps, self.c_rate, self.weighted, self.max_batch, self.grid)
@@ -157,13 +171,24 @@ class FPSSMC(SMCSampler):
 
 
 class FPS(FPSSMC):
-    """FPS (Dou & Song, ICLR 2024): the filter of FPS-SMC with one particle and no weights."""
+    """FPS (Dou & Song, ICLR 2024): the filter of FPS-SMC with one particle and no weights.
+
+    Args:
+        model: as :class:`FPSSMC`.
+        c_rate: the kernel's fresh-noise fraction ``c`` in ``(0, 1]`` (0.95).
+        particles: must be 1 (use :class:`FPSSMC` for more).
+        steps, eta, resampling, ess_threshold, max_batch, grid, prior_site, progress: as :class:`FPSSMC`
+            (resampling never happens with one particle).
+    """
 
     name = "fps"
-    default_particles = 1
     weighted = False
 
-    def configure(self, c_rate: float = 0.95):
-        super().configure(c_rate)
-        if self.particles != 1:
-            raise ValueError(f"fps: particles must be 1 (use FPSSMC for M > 1), got {self.particles}")
+    def __init__(self, model, *, c_rate: float = 0.95, particles: int = 1, steps: int = 100, eta: float = 1.0,
+                 resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
+                 grid: str = "auto", prior_site: str | None = None, progress: bool = False):
+        if check_int("particles", particles, self.name) != 1:
+            raise OptionError(f"fps: particles must be 1 (use FPSSMC for M > 1), got {particles}")
+        super().__init__(model, c_rate=c_rate, particles=particles, steps=steps, eta=eta, resampling=resampling,
+                         ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
+                         progress=progress)

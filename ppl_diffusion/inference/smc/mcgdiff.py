@@ -1,7 +1,8 @@
-"""MCGDiff — Monte Carlo guided diffusion (Cardoso, Janati, Le Corff, Moulines, ICLR 2024).
+"""MCGDiff — Monte Carlo guided diffusion (Cardoso, Janati, Le Corff, Moulines, "Monte Carlo guided
+diffusion for Bayesian linear inverse problems", ICLR 2024).
 
 Fully-adapted auxiliary particle filter in the SVD basis ``x_bar = V^T x`` of a linear-Gaussian
-problem ``y = A x + sigma_y n`` (METHODS_SPEC §2.1). Each observed coordinate ``i`` (``s_i > 0``)
+problem ``y = A x + sigma_y n`` (the paper's noisy-case construction). Each observed coordinate ``i`` (``s_i > 0``)
 has a matching time ``tau_i`` with ``rho(tau_i) = sigma_y / s_i`` (inserted into the time grid;
 ``tau_i = 0`` when noiseless) and a rescaled observation ``y~_i = alpha(tau_i) (U^T y)_i / s_i``.
 For ``t >= tau_i`` the coordinate is *active* with potential
@@ -9,20 +10,20 @@ For ``t >= tau_i`` the coordinate is *active* with potential
 A step ``t -> t'`` predicts ``m = alpha_t' x0_hat + c_eps eps_hat`` (DDIM-eta, one network call per
 particle), weights each particle by ``prod_{i active at t'} N(m_i; mean_{t',i}, c^2 + v_{t',i}) /
 g_{t,i}(x_i)`` (a function of ``x_t`` only), resamples (engine default: systematic when ESS < N/2), and draws the active
-coordinates from the Kalman update of ``N(m, c^2) g_{t'}`` and the free ones from ``N(m, c^2)``.
-After the last matching time plain DDIM steps run to 0 without weights.
+coordinates from the Kalman update of ``N(m, c^2) g_{t'}`` (:func:`.kalman.gaussian_condition`) and
+the free ones from ``N(m, c^2)``. After the last matching time plain DDIM steps run to 0 without weights.
 
 Target: ``p(x_0 | x_bar_{tau_i, i} = y~_i for all i)`` smoothed by ``kappa`` — the exact posterior
 as ``kappa -> 0`` (the forward marginal of ``x_bar_{tau_i,i} / alpha_tau`` given ``x0`` is exactly
 the law of ``(U^T y)_i / s_i``). Its log-evidence is converted to ``log p(y)`` by the Jacobian
-``sum_i log(alpha_{tau_i} / s_i)``. Note (our reading of §2.1): a coordinate's own potential is
+``sum_i log(alpha_{tau_i} / s_i)``. Note (our reading of the paper): a coordinate's own potential is
 *not* divided out on the step where it becomes inactive, otherwise its constraint would cancel.
-``final_correction=True`` applies §2.1's final weight ``log N(U^T y; s x_bar_0, sigma_y^2) -
+``final_correction=True`` applies the paper's final weight ``log N(U^T y; s x_bar_0, sigma_y^2) -
 sum_i log g_{tau_i,i}(x_bar_{tau_i,i})`` (noisy problems), which retargets the exact posterior of the
 discretised prior but has heavy-tailed weights (see benchmarks/results/smc_*.md).
 
 Capped matching times (``max_match_times=K``; ``None``, the default, inserts every ``tau_i``).
-At most ``K`` matching times are inserted (``schedules.mcgdiff_grid``: greedy, each pick the one that
+At most ``K`` matching times are inserted (:func:`.mcgdiff_grid.mcgdiff_grid`: greedy, each pick the one that
 most reduces ``sum_i 1 - rho(tau'_i)^2 / rho_i^2``), so a run has at most ``steps + K`` network steps;
 every other ``tau_i`` snaps down to the largest grid time ``tau'_i <= tau_i`` and the remainder of its
 noise becomes extra observation noise, which keeps the target exact. Derivation: with
@@ -58,10 +59,12 @@ from __future__ import annotations
 
 import torch
 
-from ...schedules import check_max_match_times, mcgdiff_grid
 from ..sampler import ddim_coefficients, exact_terminal
+from ..solver import check_number
 from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
+from .kalman import gaussian_condition
+from .mcgdiff_grid import check_max_match_times, mcgdiff_grid
 
 __all__ = ["MCGDiff"]
 
@@ -185,10 +188,8 @@ class _MCGDiffFK(FeynmanKac):
         if k + 1 <= self.J:
             act = self.active(k + 1)
             mean1, var1 = self.g_params(k + 1)
-            c2 = (c ** 2).to(torch.float64)
-            K = c2 / (c2 + var1)
-            mo = m[..., self.obs_idx].to(torch.float64)
-            xo = K * mean1 + (1 - K) * mo + torch.sqrt(var1 * K) * z[..., self.obs_idx].to(torch.float64)
+            mo, vo = gaussian_condition(m[..., self.obs_idx].to(torch.float64), (c ** 2).to(torch.float64), mean1, var1)
+            xo = mo + torch.sqrt(vo) * z[..., self.obs_idx].to(torch.float64)
             x_obs = torch.where(act, xo.to(m.dtype), x[..., self.obs_idx])
             x = x.clone()
             x[..., self.obs_idx] = x_obs
@@ -208,10 +209,8 @@ class _MCGDiffFK(FeynmanKac):
         if k + 1 <= self.J:
             act = self.active(k + 1)
             mean1, var1 = self.g_params(k + 1)
-            c2 = c ** 2
-            K = c2 / (c2 + var1)
-            mo = m[..., self.obs_idx]
-            lo = normal_logpdf(xn[..., self.obs_idx].expand_as(mo), K * mean1 + (1 - K) * mo, var1 * K)
+            mo, vo = gaussian_condition(m[..., self.obs_idx], c ** 2, mean1, var1)
+            lo = normal_logpdf(xn[..., self.obs_idx].expand_as(mo), mo, vo)
             lp = lp.clone()
             lp[..., self.obs_idx] = torch.where(act, lo, lp[..., self.obs_idx])
         return lp.sum(-1)
@@ -240,27 +239,40 @@ class _MCGDiffFK(FeynmanKac):
 
 
 class MCGDiff(SMCSampler):
-    """MCGDiff (Cardoso et al., ICLR 2024): see the module docstring.
+    """MCGDiff (Cardoso et al., ICLR 2024): see the module docstring. Needs an operator with an SVD.
 
-    ``MCGDiff(model, particles=64, steps=100, eta=1.0, kappa=1e-4, max_match_times=None)``; needs an
-    SVD operator. The matching times are inserted into the sampler's ``grid`` (default ``"auto"``:
-    uniform in ``alpha(t)`` on VP schedules, the official code's grid); ``max_match_times=K`` inserts at
-    most ``K`` of them (at most ``steps + K`` network steps) and snaps the others down onto the grid with
-    the exact extra-variance correction of the module docstring (``0``: exactly ``steps``)."""
+    Args:
+        model: Pyro model with a diffusion-prior site and a linear Gaussian likelihood whose operator
+            has an SVD.
+        kappa: smoothing of the matching potentials (> 0; exact posterior as ``kappa -> 0``).
+        final_correction: reweight by ``p(y | x_0)`` over the matching potentials at the end (noisy
+            problems; heavy-tailed weights, see the module docstring).
+        max_match_times: insert at most this many matching times (``None``: all; ``0``: exactly
+            ``steps`` network steps), snapping the others with the exact extra-variance correction.
+        particles: particles per run (64).
+        steps: base time steps (100); every inserted matching time adds one network step.
+        eta: DDIM noise of the proposal (1.0).
+        resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
+            ``"multinomial"``, ``1.0``).
+        max_batch: cap on the particles of one network call.
+        grid: base time grid (``"auto"``: uniform in ``alpha(t)`` on VP schedules, the official grid).
+        prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
+    """
 
     name = "mcgdiff"
     requires = ("svd",)
-    default_particles = 64
 
-    def configure(self, kappa: float = 1e-4, final_correction: bool = False, max_match_times: int | None = None):
-        if not kappa > 0:
-            raise ValueError(f"mcgdiff: kappa must be > 0, got {kappa}")
-        self.kappa, self.final_correction = float(kappa), bool(final_correction)
-        self.max_match_times = check_max_match_times(max_match_times, "mcgdiff")
+    def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,
+                 max_match_times: int | None = None, particles: int = 64, steps: int = 100, eta: float = 1.0,
+                 resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
+                 grid: str = "auto", prior_site: str | None = None, progress: bool = False):
+        self.kappa = check_number("kappa", kappa, self.name, low=0.0, low_open=True)
+        self.final_correction = bool(final_correction)
+        self.max_match_times = check_max_match_times(max_match_times, self.name)
+        super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
+                         ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
+                         progress=progress)
 
     def fk_model(self, problem):
         return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
                           self.grid, self.max_match_times)
-
-    def network_steps(self) -> int:
-        return getattr(getattr(self, "last_fk", None), "n_steps", self.steps)

@@ -1,9 +1,12 @@
-"""SMCDiff (Trippe et al. 2022), METHODS_SPEC §2.3: inpainting (mask operators) only.
+"""SMCDiff (Trippe, Yim, Tischer, Baker, Broderick, Barzilay, Jaakkola, "Diffusion probabilistic modeling
+of protein backbones in 3D for the motif-scaffolding problem", ICLR 2023): inpainting (mask operators) only.
 
 One forward-noised trajectory of the observed entries ``y_t`` (shared by all particles of a run);
 each step is an ancestral (DDIM eta=1) step from ``p(.|x_t)`` with mean ``mu`` and std ``c``; the free
 entries are sampled, the observed ones replaced by ``y_{t'}``; log-weight
-``sum_obs log N(y_{t'}; mu_obs, c^2)``; multinomial resampling every step; final observed entries = y.
+``sum_obs log N(y_{t'}; mu_obs, c^2)``; resampling with the engine default (systematic when ESS < N/2;
+the paper resamples multinomially at every step: ``resampling="multinomial", ess_threshold=1.0``);
+final observed entries = y.
 Cost: N network calls per step. Exact only asymptotically and under the idealised assumption that
 the model's forward/backward marginals match.
 """
@@ -91,11 +94,26 @@ class _SMCDiffFK(FeynmanKac):
 
 
 class SMCDiff(SMCSampler):
-    """SMCDiff (Trippe et al. 2022): see the module docstring. ``SMCDiff(model, particles=64,
-    steps=100)``; needs an inpainting (mask) operator."""
+    """SMCDiff (Trippe et al., ICLR 2023): see the module docstring. Needs an inpainting (mask) operator.
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a GaussianMeasurement with an inpainting operator.
+        particles: particles per run (64).
+        steps: time steps (100); one network call per particle and step.
+        eta: kept for the shared contract; the proposal is the DDPM (``eta = 1``) step.
+        resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N``.
+        max_batch, grid, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
+    """
 
     name = "smcdiff"
     requires = ("mask",)
+
+    def __init__(self, model, *, particles: int = 64, steps: int = 100, eta: float = 1.0,
+                 resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
+                 grid: str = "auto", prior_site: str | None = None, progress: bool = False):
+        super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
+                         ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
+                         progress=progress)
 
     def fk_model(self, problem):
         return _SMCDiffFK(problem, self.steps, self.max_batch, self.grid)

@@ -1,4 +1,5 @@
-"""TDS — Twisted Diffusion Sampler (Wu, Trippe, Naesseth, Blei, Cunningham, NeurIPS 2023), §2.2.
+"""TDS — Twisted Diffusion Sampler (Wu, Trippe, Naesseth, Blei, Cunningham, "Practical and asymptotically
+exact conditional sampling in diffusion models", NeurIPS 2023), Algorithm 1 of the paper.
 
 Twisting function ``p~_t(y | x_t) = N(y; A(x0_hat(x_t)), (sigma_y^2 + r_t^2) I)`` with
 ``r_t^2 = rho_t^2 = (1 - ab_t)/ab_t`` (``twist_var="rho2"``, default) or TDS's image default
@@ -18,6 +19,7 @@ import torch
 from ...schedules import time_grid
 from ..sampler import ddim_coefficients
 from ._common import LOG2PI, normal_logpdf
+from ..solver import check_choice, check_number
 from .engine import FeynmanKac, SMCSampler
 
 __all__ = ["TDS"]
@@ -62,9 +64,12 @@ class _TDSFK(FeynmanKac):
                 x0 = self.den(xx, t)
                 r = (self.y - self.op(x0)).reshape(xx.shape[0], -1)
                 m = r.shape[1]
-                lp = -0.5 * (r ** 2).sum(-1) / var - 0.5 * m * (torch.log(torch.as_tensor(var, dtype=torch.float64)) + LOG2PI)
+                log_var = torch.log(torch.as_tensor(var, dtype=torch.float64))
+                lp = -0.5 * (r ** 2).sum(-1) / var - 0.5 * m * (log_var + LOG2PI)
                 (gr,) = torch.autograd.grad(lp.sum(), xx)
-            lps.append(lp.detach()); grads.append(gr); x0s.append(x0.detach())
+            lps.append(lp.detach())
+            grads.append(gr)
+            x0s.append(x0.detach())
         return (torch.cat(lps).reshape(R, N).to(torch.float64), torch.cat(grads).reshape(x.shape),
                 torch.cat(x0s).reshape(x.shape))
 
@@ -123,18 +128,33 @@ class _TDSFK(FeynmanKac):
 
 
 class TDS(SMCSampler):
-    """TDS (Wu et al., NeurIPS 2023): see the module docstring. ``TDS(model, particles=16,
-    steps=100, twist_var="rho2")``; needs a Gaussian likelihood with noise_std > 0."""
+    """TDS (Wu et al., NeurIPS 2023): see the module docstring. Needs a Gaussian likelihood with
+    ``noise_std > 0`` (any differentiable operator).
+
+    Args:
+        model: Pyro model with a diffusion-prior site and a noisy GaussianMeasurement.
+        twist_var: variance ``r_t^2`` added to ``sigma_y^2`` in the twisting function: ``"rho2"``
+            (``rho_t^2``) or ``"tds"`` (TDS's image default ``rho^2 tau^2 / (rho^2 + tau^2)``).
+        tau2: ``tau^2`` of ``twist_var="tds"`` (0.12).
+        particles: particles per run (16).
+        steps: time steps (100); one network call and one backprop per particle and step.
+        eta: kept for the shared contract; the proposal is the DDPM (``eta = 1``) step.
+        resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N``.
+        max_batch, grid, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
+    """
 
     name = "tds"
     requires = ("gaussian",)
-    default_particles = 16
-    default_resampling = "systematic"
 
-    def configure(self, twist_var: str = "rho2", tau2: float = 0.12):
-        if twist_var not in ("rho2", "tds"):
-            raise ValueError(f"tds: twist_var must be 'rho2' or 'tds', got {twist_var!r}")
-        self.twist_var, self.tau2 = twist_var, float(tau2)
+    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, particles: int = 16, steps: int = 100,
+                 eta: float = 1.0, resampling: str = "systematic", ess_threshold: float = 0.5,
+                 max_batch: int | None = None, grid: str = "auto", prior_site: str | None = None,
+                 progress: bool = False):
+        self.twist_var = check_choice("twist_var", twist_var, ("rho2", "tds"), self.name)
+        self.tau2 = check_number("tau2", tau2, self.name, low=0.0)
+        super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
+                         ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
+                         progress=progress)
 
     def check(self, problem):
         super().check(problem)
