@@ -101,7 +101,7 @@ def test_pnpdm_swap_acceptance_probability():
     g = torch.Generator().manual_seed(0)
     for it, (lo, hi) in ((0, (0, 1)), (1, (1, 2))):
         X = torch.arange(3, dtype=F64).reshape(1, 3, 1).expand(C, 3, 1).clone()  # replica labels as states
-        k._swap(X, delta, rho, it, g)
+        k.exchange.swap(X, delta, rho, it, g)
         log_r = 0.5 * (delta[0, lo] - delta[0, hi]) * (rho[lo] ** -2 - rho[hi] ** -2)
         p = float(torch.exp(log_r).clamp(max=1.0))
         swapped = (X[:, lo, 0] == hi).double().mean()
@@ -235,7 +235,7 @@ def test_pyro_mcmc_and_arviz(make):
     # the replicas ran and swapped inside Pyro's loop (visible here when Pyro ran the chains in this
     # process, as it does on machines with fewer than num_chains + 1 cores)
     if getattr(kernel, "replicas", 1) > 1 and kernel._hot is not None:
-        assert float(kernel._swaps_tried.sum()) > 0 and kernel._hot.shape[:2] == (1, kernel.replicas - 1)
+        assert float(kernel.exchange.tried.sum()) > 0 and kernel._hot.shape[:2] == (1, kernel.replicas - 1)
     idata = az.from_pyro(mcmc)
     assert idata.posterior["x"].shape == (2, 15, 8)
     assert idata.sample_stats["diverging"].shape == (2, 15)

@@ -36,8 +36,10 @@ class OptionError(ValueError, TypeError):
 
 def check_int(name: str, value, method: str, minimum: int = 1) -> int:
     """``int(value)`` or an :class:`OptionError` naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
-        raise OptionError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            int(value) != value or value < minimum:
+        what = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        raise OptionError(f"{method}: {name} must be {what}, got {value!r}")
     return int(value)
 
 
@@ -51,6 +53,9 @@ def check_number(name: str, value, method: str, low: float | None = None, high: 
     bad = not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low))) or \
         (high is not None and v > high)
     if bad:
+        if high is None and low is not None:  # one-sided: "must be a finite number > 0"
+            raise OptionError(f"{method}: {name} must be a finite number {'>' if low_open else '>='} {low:g}, "
+                              f"got {value!r}")
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         raise OptionError(f"{method}: {name} must lie in {'(' if low_open else '['}{lo}, {hi}], got {value!r}")

@@ -21,10 +21,11 @@ iteration index that drives annealing):
 * vectorised: :meth:`DiffusionKernel.run_chains` moves C chains as ONE batch (one network call per
   denoiser evaluation for all chains) and returns a :class:`ChainResult` with samples
   ``(chain, draw, *event)``; ``.to_inference_data()`` gives an ``InferenceData`` with chain/draw dims.
+  :meth:`DiffusionKernel.draw` (the solver contract) runs them and returns a :class:`Draws`.
 """
 from __future__ import annotations
 
-import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -32,19 +33,9 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..problem import Problem, _StubPrior
+from ..solver import Draws, OptionError, Solver, check_int, check_number, measure
 
-__all__ = ["DiffusionKernel", "ChainResult", "positive", "stub_model", "require_differentiable"]
-
-
-def positive(name: str, value, method: str, allow_zero: bool = False) -> float:
-    """``float(value)`` or a ValueError naming the argument."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{method}: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{method}: {name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
+__all__ = ["DiffusionKernel", "ChainResult", "stub_model", "require_differentiable"]
 
 
 def require_differentiable(problem: Problem, method: str) -> None:
@@ -96,9 +87,8 @@ class ChainResult:
         """All draws pooled: ``(chain * draw, *event)``."""
         return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
 
-    def to_inference_data(self, **kwargs):
-        from ...diagnostics import to_inference_data
-
+    def stats_per_draw(self) -> dict:
+        """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""
         C, S = self.samples.shape[:2]
         stats = {}
         for k, v in self.stats.items():
@@ -107,28 +97,45 @@ class ChainResult:
                 stats[k] = v
             elif v.shape[:1] == (S,):
                 stats[k] = v.expand((C,) + tuple(v.shape))
+        return stats
+
+    def to_inference_data(self, **kwargs):
+        from ...diagnostics import to_inference_data
+
+        C, S = self.samples.shape[:2]
+        stats = self.stats_per_draw()
         stats.setdefault("diverging", torch.zeros(C, S, dtype=torch.bool))
         obs = None if self.observation is None else {"y": self.observation}
         return to_inference_data({self.site: self.samples}, sample_stats=stats, observed_data=obs,
                                  var_name=self.site, **kwargs)
 
 
-class DiffusionKernel(MCMCKernel):
-    """Base class: subclasses implement :meth:`prepare` (per-problem constants), :meth:`step` (one
-    batched transition) and optionally :meth:`check` (requirements) and :meth:`schedule_info`."""
+class DiffusionKernel(MCMCKernel, Solver):
+    """Base class of the diffusion MCMC kernels. Subclasses declare their options as explicit keyword
+    arguments of ``__init__`` (with the shared ``prior_site``, ``init``, ``init_scale``, ``progress``),
+    validate and store them, call ``super().__init__`` and implement :meth:`prepare` (per-problem
+    constants), :meth:`step` (one batched transition) and optionally :meth:`check` (requirements)
+    and :meth:`schedule_info`.
+
+    Args:
+        model: Pyro model with a diffusion-prior site and an observed likelihood.
+        prior_site: name of the diffusion-prior site when the model has several.
+        init: chains' starting point: ``"randn"`` (``init_scale`` x standard normal), ``"zeros"``,
+            ``"pinv"`` (pseudo-inverse of a linear Gaussian measurement) or a tensor.
+        init_scale: scale of the ``"randn"`` start (> 0).
+        progress: show a progress bar in :meth:`run_chains` / :meth:`draw`.
+    """
 
     name = "kernel"
+    family = "kernel"
+    requires: tuple = ("likelihood",)
 
-    def __init__(self, model, prior_site: str | None = None, init="randn", init_scale: float = 1.0):
-        if not callable(model):
-            raise ValueError(f"{self.name}: model must be a callable Pyro model")
-        self.user_model = model
-        self.model = stub_model(model)       # arviz.from_pyro traces this; no reverse diffusion
-        self.prior_site = prior_site
+    def __init__(self, model, *, prior_site: str | None = None, init="randn", init_scale: float = 1.0,
+                 progress: bool = False):
         if not (isinstance(init, torch.Tensor) or init in ("randn", "zeros", "pinv")):
-            raise ValueError(f"{self.name}: init must be 'randn', 'zeros', 'pinv' or a tensor, got {init!r}")
+            raise OptionError(f"{self.name}: init must be 'randn', 'zeros', 'pinv' or a tensor, got {init!r}")
         self.init = init
-        self.init_scale = positive("init_scale", init_scale, self.name)
+        self.init_scale = check_number("init_scale", init_scale, self.name, low=0.0, low_open=True)
         self.transforms = {}
         self._user_init = None
         self._initial_params = None
@@ -136,10 +143,11 @@ class DiffusionKernel(MCMCKernel):
         self._t = 0
         self._warmup_steps = 0
         self._last = {}
-        self.problem: Problem | None = None
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
+        self.current_problem: Problem | None = None
+        structure = self.setup_solver(model, prior_site, progress)
+        self.user_model = model
+        self.model = stub_model(model)       # arviz.from_pyro traces this; no reverse diffusion
         self.site = structure.prior_site
-        self.check(structure)
 
     # -- subclass API -----------------------------------------------------------------------
     def check(self, problem: Problem) -> None:
@@ -156,10 +164,16 @@ class DiffusionKernel(MCMCKernel):
         return {}
 
     # -- shared pieces ----------------------------------------------------------------------
-    def _problem(self, *args, **kwargs) -> Problem:
+    def problem(self, *args, **kwargs) -> Problem:
+        """The checked problem of the user's model (``self.model`` is its stubbed copy for Pyro)."""
         problem = Problem.from_model(self.user_model, *args, prior_site=self.prior_site, **kwargs)
         self.check(problem)
-        self.problem = problem
+        return problem
+
+    def _problem(self, *args, **kwargs) -> Problem:
+        """Build the problem of ``model(*args, **kwargs)``, make it current and :meth:`prepare` it."""
+        problem = self.problem(*args, **kwargs)
+        self.current_problem = problem
         self.prepare(problem)
         return problem
 
@@ -206,7 +220,7 @@ class DiffusionKernel(MCMCKernel):
         self._initial_params = params
 
     def sample(self, params):
-        if self.problem is None:
+        if self.current_problem is None:
             raise ValueError(f"{self.name}: call setup() (MCMC.run does) before sample()")
         x = params[self.site]
         with torch.no_grad():
@@ -235,19 +249,21 @@ class DiffusionKernel(MCMCKernel):
     # -- vectorised chains ------------------------------------------------------------------
     def run_chains(self, *args, num_chains: int = 4, num_samples: int = 100, warmup_steps: int = 0,
                    thin: int = 1, generator: torch.Generator | None = None, init=None,
-                   progress: bool = False, **kwargs) -> ChainResult:
+                   progress: bool | None = None, **kwargs) -> ChainResult:
         """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations, then
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns samples
-        ``(chain, draw, *event)``; the model's arguments (e.g. ``y=y``) go in ``*args, **kwargs``."""
-        import time
-
-        for name, v in (("num_chains", num_chains), ("num_samples", num_samples), ("thin", thin)):
-            if int(v) != v or int(v) < 1:
-                raise ValueError(f"{self.name}: {name} must be a positive integer, got {v!r}")
-        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"{self.name}: warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+        ``(chain, draw, *event)``; the model's arguments (e.g. ``y=y``) go in ``*args, **kwargs``;
+        ``progress=None`` follows the constructor's ``progress``."""
+        C = check_int("num_chains", num_chains, self.name)
+        S = check_int("num_samples", num_samples, self.name)
+        thin = check_int("thin", thin, self.name)
+        warmup_steps = check_int("warmup_steps", warmup_steps, self.name, minimum=0)
         problem = self._problem(*args, **kwargs)
-        C = int(num_chains)
+        return self._chains(problem, C, S, warmup_steps, thin, generator, init,
+                            self.progress if progress is None else progress)
+
+    def _chains(self, problem: Problem, C: int, S: int, warmup_steps: int, thin: int, generator, init,
+                progress: bool) -> ChainResult:
         if init is not None:
             x = torch.as_tensor(init).to(problem.dtype).to(problem.device)
             if tuple(x.shape) == tuple(problem.event_shape):
@@ -260,7 +276,7 @@ class DiffusionKernel(MCMCKernel):
         evals0 = den.sample_evals
         keep, div = [], []
         info = {}
-        total = int(warmup_steps) + int(num_samples) * int(thin)
+        total = warmup_steps + S * thin
         it = range(total)
         if progress:
             from tqdm.auto import tqdm
@@ -283,3 +299,28 @@ class DiffusionKernel(MCMCKernel):
         # per chain: evaluated samples / chains (a call may batch several replicas or skip idle ones)
         nfe = (den.sample_evals - evals0) / (C * max(total, 1))
         return ChainResult(samples, stats, nfe, secs, self.site, problem.observation)
+
+    # -- the solver contract ----------------------------------------------------------------
+    def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int = 20, thin: int = 1,
+             generator: torch.Generator | None = None, init=None, **kwargs) -> Draws:
+        """Posterior draws from ``chains`` vectorised chains (default ``max(1, num_samples // 2)``):
+        ``warmup`` discarded iterations (annealing included), then ``ceil(num_samples / chains)`` draws
+        per chain every ``thin`` iterations, so ``chains x ceil(num_samples / chains) >= num_samples``
+        draws with ``(chain, draw, *event)`` dims.
+
+        ``nfe_per_sample`` = network evaluations per chain and iteration x iterations / draws per
+        chain (every iteration's cost, burn-in and thinning included, charged to the kept draws);
+        ``stats``: ``diverging`` and the kernel's schedule numbers, each ``(chain, draw)``;
+        ``extra["result"]``: the :class:`ChainResult`."""
+        check_int("num_samples", num_samples, self.name)
+        n = int(num_samples)
+        chains = max(1, n // 2) if chains is None else check_int("chains", chains, self.name)
+        warmup = check_int("warmup", warmup, self.name, minimum=0)
+        thin = check_int("thin", thin, self.name)
+        per_chain = -(-n // chains)
+        problem = self._problem(*args, **kwargs)
+        with measure(problem.denoiser) as meter:
+            res = self._chains(problem, chains, per_chain, warmup, thin, generator, init, self.progress)
+        iters = warmup + per_chain * thin
+        nfe = res.nfe_per_iteration * iters / per_chain
+        return self._draws(res.samples, meter, problem, n, res.stats_per_draw(), {"result": res}, nfe_per_sample=nfe)

@@ -1,4 +1,5 @@
-"""Particle Gibbs (Andrieu, Doucet & Holenstein 2010): conditional SMC around an SMC sampler.
+"""Particle Gibbs (Andrieu, Doucet & Holenstein, "Particle Markov chain Monte Carlo methods", JRSS B 2010,
+Sec. 2.4): conditional SMC around an SMC sampler.
 
 Each MCMC step runs the sampler's Feynman–Kac model with particle 0 of every run pinned to the
 current reference trajectory (its ancestor is always 0 and its moves are replaced by the
@@ -21,16 +22,40 @@ Usable with ``pyro.infer.MCMC(ParticleGibbs(MCGDiff(model, particles=32)), num_s
 """
 from __future__ import annotations
 
+import time
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..smc.engine import run_smc, trace_lineage
+from ..solver import Draws, check_int, measure
+from .base import ChainResult
 
 __all__ = ["ParticleGibbs"]
 
 
 class ParticleGibbs(MCMCKernel):
+    """Particle Gibbs around an SMC sampler: a ``pyro.infer.MCMC`` kernel whose every step is one
+    conditional-SMC sweep of the sampler's Feynman–Kac model (see the module docstring).
+
+    It wraps a configured sampler rather than a model, so it is not in the solver registry; it offers
+    the same three entry points as the diffusion kernels: ``pyro.infer.MCMC(ParticleGibbs(...))``,
+    :meth:`run_chains` (a :class:`~ppl_diffusion.inference.kernels.base.ChainResult`) and :meth:`draw`
+    (a :class:`~ppl_diffusion.inference.solver.Draws`).
+
+    Args:
+        sampler: an :class:`~ppl_diffusion.inference.smc.MCGDiff` or
+            :class:`~ppl_diffusion.inference.smc.TDS` with ``particles >= 2`` (its resampling is set to
+            multinomial at every step, which conditional SMC requires; FPS-SMC and SMCDiff redraw
+            auxiliary trajectories and are refused).
+        chains: vectorised chains advanced as ONE batch of conditional-SMC runs inside a single Pyro
+            chain (unlike ``pyro.infer.MCMC(num_chains=...)``, which runs separate kernels); under
+            ``pyro.infer.MCMC`` with ``chains > 1`` each Pyro draw holds all of them, ``(chains, *event)``.
+        generator: random generator of the sweeps (``None``: torch's global one).
+        ancestor_sampling: redraw the pinned particle's ancestor at each resampling step (PGAS;
+            needs ``MCGDiff(final_correction=False)``).
+    """
+
     def __init__(self, sampler, chains: int = 1, generator: torch.Generator | None = None,
                  ancestor_sampling: bool = True):
         from ..smc.fps import FPSSMC
@@ -40,11 +65,9 @@ class ParticleGibbs(MCMCKernel):
             raise ValueError("ParticleGibbs: FPS-SMC / SMCDiff redraw auxiliary trajectories; use MCGDiff or TDS")
         if sampler.particles < 2:
             raise ValueError(f"ParticleGibbs: needs particles >= 2, got {sampler.particles}")
-        if sampler.resampling != "multinomial" or sampler.ess_threshold < 1.0:
-            sampler.resampling, sampler.ess_threshold = "multinomial", 1.0
-        if int(chains) < 1:
-            raise ValueError(f"ParticleGibbs: chains must be >= 1, got {chains}")
-        self.sampler, self.chains, self.generator = sampler, int(chains), generator
+        sampler.resampling, sampler.ess_threshold = "multinomial", 1.0
+        self.sampler, self.generator = sampler, generator
+        self.chains = check_int("chains", chains, "ParticleGibbs")
         self.ancestor_sampling = bool(ancestor_sampling)
         if self.ancestor_sampling and getattr(sampler, "final_correction", False):
             raise ValueError("ParticleGibbs: ancestor sampling needs MCGDiff(final_correction=False)")
@@ -69,7 +92,6 @@ class ParticleGibbs(MCMCKernel):
     def setup(self, warmup_steps, *args, **kwargs):
         self._args, self._kwargs = args, kwargs
         problem = self.sampler.problem(*args, **kwargs)
-        self.sampler.check(problem)
         self._problem = problem
         self._fk = self.sampler.fk_model(problem)
         with torch.no_grad():
@@ -89,29 +111,24 @@ class ParticleGibbs(MCMCKernel):
         return {"x": self._x if self.chains > 1 else self._x[0]}
 
     def run_chains(self, *args, num_samples: int = 100, warmup_steps: int = 0, thin: int = 1,
-                   progress: bool = False, **kwargs):
+                   progress: bool = False, **kwargs) -> ChainResult:
         """Run the ``self.chains`` chains as ONE batch (one conditional-SMC run per chain per iteration):
         ``warmup_steps`` discarded iterations after the initial (unconditional) SMC draw, then
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns a
         :class:`~ppl_diffusion.inference.kernels.base.ChainResult` (samples ``(chain, draw, *event)``,
-        ``.to_inference_data()`` with chain/draw dims); stats ``moved`` (the draw differs from the
-        previous one)."""
-        import time
-
-        from .base import ChainResult
-
-        for name, v in (("num_samples", num_samples), ("thin", thin)):
-            if int(v) != v or int(v) < 1:
-                raise ValueError(f"ParticleGibbs: {name} must be a positive integer, got {v!r}")
-        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"ParticleGibbs: warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+        ``.to_inference_data()`` with chain/draw dims; ``nfe_per_iteration``: network evaluations per
+        chain and iteration, i.e. particles x network steps); stats ``moved`` (the draw differs from
+        the previous one)."""
+        num_samples = check_int("num_samples", num_samples, "ParticleGibbs")
+        thin = check_int("thin", thin, "ParticleGibbs")
+        warmup_steps = check_int("warmup_steps", warmup_steps, "ParticleGibbs", minimum=0)
         t0 = time.perf_counter()
-        self.setup(int(warmup_steps), *args, **kwargs)
+        self.setup(warmup_steps, *args, **kwargs)
         den = self._problem.denoiser
-        nfe0 = den.nfe
+        evals0 = den.sample_evals
         keep, moved = [], []
         prev = self._x
-        total = int(warmup_steps) + int(num_samples) * int(thin)
+        total = warmup_steps + num_samples * thin
         it = range(total)
         if progress:
             from tqdm.auto import tqdm
@@ -125,10 +142,34 @@ class ParticleGibbs(MCMCKernel):
                     moved.append((self._x != prev).flatten(1).any(1))
                 prev = self._x
         samples = torch.stack(keep, 1)
-        nfe = (den.nfe - nfe0) / max(total, 1)  # batched calls per iteration (all chains at once)
-        obs = kwargs.get("y", None)
+        nfe = (den.sample_evals - evals0) / (self.chains * max(total, 1))
         return ChainResult(samples, {"moved": torch.stack(moved, 1)}, nfe_per_iteration=float(nfe),
-                           seconds=time.perf_counter() - t0, observation=obs)
+                           seconds=time.perf_counter() - t0, site=self._problem.prior_site,
+                           observation=self._problem.observation)
+
+    def draw(self, num_samples: int, *args, warmup: int = 0, thin: int = 1,
+             generator: torch.Generator | None = None, **kwargs) -> Draws:
+        """Posterior draws from the ``self.chains`` vectorised chains: ``ceil(num_samples / chains)``
+        draws per chain (``chains x ceil(num_samples / chains) >= num_samples`` in all, ``(chain, draw,
+        *event)``) after ``warmup`` discarded iterations. ``generator`` replaces the kernel's for
+        this call. ``nfe_per_sample``: every network evaluation of the call (the initial unconditional
+        sweep, burn-in and thinning included) divided by the draws; ``stats``: ``moved``;
+        ``extra["result"]``: the ChainResult."""
+        n = check_int("num_samples", num_samples, "ParticleGibbs")
+        per_chain = -(-n // self.chains)
+        problem = self.sampler.problem(*args, **kwargs)
+        saved = self.generator
+        if generator is not None:
+            self.generator = generator
+        try:
+            with measure(problem.denoiser) as meter:
+                res = self.run_chains(*args, num_samples=per_chain, warmup_steps=warmup, thin=thin,
+                                      progress=self.sampler.progress, **kwargs)
+        finally:
+            self.generator = saved
+        return Draws(res.samples, meter.evals / (self.chains * per_chain), meter.seconds,
+                     f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats), {"result": res},
+                     problem.prior_site, problem.observation)
 
     def diagnostics(self):
         return {"divergences": [], "acceptance rate": 1.0}

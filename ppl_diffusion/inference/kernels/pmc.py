@@ -1,5 +1,6 @@
 """PMC: Plug-and-Play Monte Carlo (Sun, Wu, Chen, Feng, Bouman, "Provable Probabilistic Imaging using
-Score-Based Generative Priors", 2023; official code sunyumark/PnP-MonteCarlo), METHODS_SPEC §2.6.
+Score-Based Generative Priors", 2023; official code sunyumark/PnP-MonteCarlo): the PMC-PnP and
+PMC-RED Langevin updates of the paper, with its annealed noise level and tempering.
 
 Annealed Langevin with the data-fidelity gradient ``grad g = -grad log p(y|x)`` (``A^T(Ax - y)/sigma_y^2``
 for a linear Gaussian measurement) and the diffusion score at VE noise level ``sigma_k``,
@@ -30,7 +31,8 @@ import math
 import torch
 
 from ..problem import Problem
-from .base import DiffusionKernel, positive, require_differentiable
+from ..solver import OptionError, check_number
+from .base import DiffusionKernel, require_differentiable
 
 __all__ = ["PMC"]
 
@@ -43,40 +45,42 @@ class PMC(DiffusionKernel):
         variant: ``"pnp"`` or ``"red"``.
         step_size: Langevin step gamma (float > 0) or ``"auto"``: ``step_fraction / L`` with
             ``L = max(s)^2/sigma_y^2 + max_k alpha_k/sigma_k^2`` (needs an operator with an SVD).
-        sigma0, decay, sigma_min: annealing of the score's noise level (clamped to the schedule's
-            largest rho).
+        step_fraction: the fraction of ``1 / L`` of ``step_size="auto"`` (in (0, 2), Langevin stability).
+        sigma0: initial noise level of the score (clamped to the schedule's largest rho).
+        decay: ``sigma_k = max(sigma0 decay^k, sigma_min)``, in (0, 1] (1: constant sigma).
+        sigma_min: final noise level (<= sigma0).
         alpha: official tempering constant (``alpha_k = max(alpha sigma_k^2, 1)``), ``None`` for 1.
+        prior_site, init, init_scale, progress: see :class:`~ppl_diffusion.inference.kernels.base.DiffusionKernel`.
     """
 
     name = "PMC"
 
-    def __init__(self, model, variant: str = "pnp", step_size="auto", step_fraction: float = 0.1,
-                 sigma0: float = 1.0, decay: float = 0.99, sigma_min: float = 0.05,
-                 alpha: float | None = None, prior_site: str | None = None, init="randn",
-                 init_scale: float = 1.0):
+    def __init__(self, model, *, variant: str = "pnp", step_size="auto", step_fraction: float = 0.1,
+                 sigma0: float = 1.0, decay: float = 0.99, sigma_min: float = 0.05, alpha: float | None = None,
+                 prior_site: str | None = None, init="randn", init_scale: float = 1.0, progress: bool = False):
         n = self.name
         if variant not in ("pnp", "red"):
-            raise ValueError(f"{n}: variant must be 'pnp' or 'red', got {variant!r}")
+            raise OptionError(f"{n}: variant must be 'pnp' or 'red', got {variant!r}")
         self.variant = variant
         self.name = f"PMC-{variant.upper()}"
         if isinstance(step_size, str):
             if step_size != "auto":
-                raise ValueError(f"{n}: step_size must be a positive float or 'auto', got {step_size!r}")
+                raise OptionError(f"{n}: step_size must be a positive float or 'auto', got {step_size!r}")
             self.step_size = "auto"
         else:
-            self.step_size = positive("step_size", step_size, n)
-        self.step_fraction = positive("step_fraction", step_fraction, n)
+            self.step_size = check_number("step_size", step_size, n, low=0.0, low_open=True)
+        self.step_fraction = check_number("step_fraction", step_fraction, n, low=0.0, low_open=True)
         if self.step_fraction >= 2:
-            raise ValueError(f"{n}: step_fraction must be < 2 (Langevin stability), got {step_fraction}")
-        self.sigma0 = positive("sigma0", sigma0, n)
-        self.sigma_min = positive("sigma_min", sigma_min, n)
-        self.decay = positive("decay", decay, n)
+            raise OptionError(f"{n}: step_fraction must be < 2 (Langevin stability), got {step_fraction}")
+        self.sigma0 = check_number("sigma0", sigma0, n, low=0.0, low_open=True)
+        self.sigma_min = check_number("sigma_min", sigma_min, n, low=0.0, low_open=True)
+        self.decay = check_number("decay", decay, n, low=0.0, low_open=True)
         if self.decay > 1:
-            raise ValueError(f"{n}: decay must lie in (0, 1], got {decay}")
+            raise OptionError(f"{n}: decay must lie in (0, 1], got {decay}")
         if self.sigma_min > self.sigma0:
-            raise ValueError(f"{n}: sigma_min ({sigma_min}) must not exceed sigma0 ({sigma0})")
-        self.alpha = None if alpha is None else positive("alpha", alpha, n)
-        super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale)
+            raise OptionError(f"{n}: sigma_min ({sigma_min}) must not exceed sigma0 ({sigma0})")
+        self.alpha = None if alpha is None else check_number("alpha", alpha, n, low=0.0, low_open=True)
+        super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale, progress=progress)
 
     # ------------------------------------------------------------------------------------
     def sigma(self, k: int) -> float:
@@ -126,11 +130,11 @@ class PMC(DiffusionKernel):
         if lg is not None:
             op = lg.operator
             return op.adjoint(op(x) - lg.y) / lg.noise_std**2
-        _, g = self.problem.grad_log_likelihood(x)
+        _, g = self.current_problem.grad_log_likelihood(x)
         return -g
 
     def step(self, x, k, generator=None):
-        den = self.problem.denoiser
+        den = self.current_problem.denoiser
         gamma = self.gamma
         sig = min(self.sigma(k), self._sig_cap)
         ak = self.alpha_k(k)

@@ -4,7 +4,8 @@
 Target (at a fixed coupling ``rho``): ``pi(x, z) ∝ p(x) exp(-f(z; y) - ||x - z||^2 / (2 rho^2))``.
 Its x-marginal is the posterior of a relaxed model: for ``y = A x + sigma_y n`` it is exactly the
 posterior under ``y ~ N(A x, sigma_y^2 I + rho^2 A A^T)`` (-> the true posterior as rho -> 0).
-One Gibbs sweep at iteration k, with ``rho_k = max(rho_0 decay^k, rho_min)`` (METHODS_SPEC §2.5):
+One Gibbs sweep at iteration k, with ``rho_k = max(rho_0 decay^k, rho_min)`` (the paper's annealed
+split-Gibbs sampler):
 
 1. likelihood step ``z ~ pi(z | x, y) ∝ exp(-f(z) - ||z - x||^2 / (2 rho^2))``:
    - linear Gaussian with an SVD: closed form in the V basis, eigenvalues ``1 / (s^2/sigma_y^2 + 1/rho^2)``
@@ -21,10 +22,10 @@ One Gibbs sweep at iteration k, with ``rho_k = max(rho_0 decay^k, rho_min)`` (ME
    denoiser output. Unlike the official code, the process starts exactly at rho (not at the next grid
    point below), which is what the Gibbs conditional asks for.
 
-Replica exchange (``replicas=K``, ``rho_max``; our addition, not in the paper): K chains at the couplings
-``rho_min = r_0 < ... < r_{K-1} = rho_max`` (geometric), each a PnP-DM chain of its own relaxed target
-``pi_j(x, z)``, all advanced in one batch; after each sweep adjacent pairs (even pairs on even iterations,
-odd on odd: the non-reversible DEO scheme) swap their states with probability
+Replica exchange (``replicas=K``, ``rho_max``; our addition, not in the paper; :mod:`.replica_exchange`):
+K chains at the couplings ``rho_min = r_0 < ... < r_{K-1} = rho_max`` (geometric), each a PnP-DM chain of
+its own relaxed target ``pi_j(x, z)``, all advanced in one batch; after each sweep adjacent pairs (even
+pairs on even iterations, odd on odd: the non-reversible DEO scheme) swap their states with probability
 ``min(1, exp((D_j - D_{j+1}) (1/r_j^2 - 1/r_{j+1}^2) / 2))``, ``D = ||x - z||^2`` — the ratio of the joint
 targets of ``(x, z)``, in which the prior and the likelihood cancel, so no density of the network is
 needed (only x is kept: the next sweep redraws z from ``z | x``). The coldest chain (the one
@@ -49,7 +50,9 @@ import math
 import torch
 
 from ..problem import Problem
-from .base import DiffusionKernel, positive, require_differentiable
+from ..solver import OptionError, check_choice, check_int, check_number
+from .base import DiffusionKernel, require_differentiable
+from .replica_exchange import ReplicaExchange, geometric_ladder
 
 __all__ = ["PnPDM", "edm_sigmas"]
 
@@ -67,61 +70,59 @@ class PnPDM(DiffusionKernel):
 
     Args:
         model: Pyro model with a DiffusionPrior site and an observed likelihood.
-        rho0, decay, rho_min: annealing ``rho_k = max(rho0 decay^k, rho_min)`` (official linear
-            defaults 10, 0.9, 0.3; use ``rho0 = rho_min`` for a fixed-rho Gibbs chain).
+        rho0: initial coupling (official linear default 10).
+        decay: annealing ``rho_k = max(rho0 decay^k, rho_min)``, in (0, 1] (official 0.9).
+        rho_min: final coupling (official 0.3; ``rho0 = rho_min`` gives a fixed-rho Gibbs chain).
         prior_solver: ``"sde"`` (official), ``"ddpm"`` or ``"ode"``.
-        num_grid, sigma_max, sigma_min: the EDM grid of the prior step.
+        num_grid: points of the EDM grid of the prior step (>= 2).
+        sigma_max, sigma_min: ends of the EDM grid (80, 0.002).
         likelihood_step: ``"auto"`` (SVD > prox > Langevin), ``"svd"``, ``"prox"``, ``"langevin"``.
-        langevin_steps, langevin_step: the Langevin likelihood step (official 100, 1e-4).
-        replicas, rho_max: replica exchange over ``replicas`` couplings from rho_min to rho_max
-            (default rho0); ``replicas=1`` is plain PnP-DM. ``swap_acceptance`` gives the rates.
-        init: ``"randn"`` (default), ``"zeros"``, ``"pinv"`` or a tensor.
+        langevin_steps: steps of the Langevin likelihood step (official 100).
+        langevin_step: its step size (official 1e-4).
+        replicas: replica exchange over ``replicas`` couplings from rho_min to rho_max; ``1`` is plain
+            PnP-DM. ``swap_acceptance`` gives the rates.
+        rho_max: hottest coupling of the replicas (default ``rho0``).
+        prior_site, init, init_scale, progress: see :class:`~ppl_diffusion.inference.kernels.base.DiffusionKernel`.
     """
 
     name = "PnP-DM"
 
-    def __init__(self, model, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
+    def __init__(self, model, *, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
                  prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
                  langevin_step: float = 1e-4, replicas: int = 1, rho_max: float | None = None,
-                 prior_site: str | None = None, init="randn", init_scale: float = 1.0):
+                 prior_site: str | None = None, init="randn", init_scale: float = 1.0, progress: bool = False):
         n = self.name
-        self.rho0 = positive("rho0", rho0, n)
-        self.rho_min = positive("rho_min", rho_min, n)
-        self.decay = positive("decay", decay, n)
+        self.rho0 = check_number("rho0", rho0, n, low=0.0, low_open=True)
+        self.rho_min = check_number("rho_min", rho_min, n, low=0.0, low_open=True)
+        self.decay = check_number("decay", decay, n, low=0.0, low_open=True)
         if self.decay > 1:
-            raise ValueError(f"{n}: decay must lie in (0, 1], got {decay}")
+            raise OptionError(f"{n}: decay must lie in (0, 1], got {decay}")
         if self.rho_min > self.rho0:
-            raise ValueError(f"{n}: rho_min ({rho_min}) must not exceed rho0 ({rho0})")
-        if prior_solver not in ("sde", "ddpm", "ode"):
-            raise ValueError(f"{n}: prior_solver must be 'sde', 'ddpm' or 'ode', got {prior_solver!r}")
-        self.prior_solver = prior_solver
-        if int(num_grid) != num_grid or num_grid < 2:
-            raise ValueError(f"{n}: num_grid must be an integer >= 2, got {num_grid!r}")
-        self.sigma_max = positive("sigma_max", sigma_max, n)
-        self.sigma_min = positive("sigma_min", sigma_min, n)
+            raise OptionError(f"{n}: rho_min ({rho_min}) must not exceed rho0 ({rho0})")
+        self.prior_solver = check_choice("prior_solver", prior_solver, ("sde", "ddpm", "ode"), n)
+        num_grid = check_int("num_grid", num_grid, n, minimum=2)
+        self.sigma_max = check_number("sigma_max", sigma_max, n, low=0.0, low_open=True)
+        self.sigma_min = check_number("sigma_min", sigma_min, n, low=0.0, low_open=True)
         if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"{n}: sigma_min must be < sigma_max")
-        self.grid = edm_sigmas(int(num_grid), self.sigma_max, self.sigma_min)
-        if likelihood_step not in ("auto", "svd", "prox", "langevin"):
-            raise ValueError(f"{n}: likelihood_step must be 'auto', 'svd', 'prox' or 'langevin', got {likelihood_step!r}")
-        self.likelihood_step = likelihood_step
-        if int(langevin_steps) != langevin_steps or langevin_steps < 1:
-            raise ValueError(f"{n}: langevin_steps must be a positive integer, got {langevin_steps!r}")
-        self.langevin_steps = int(langevin_steps)
-        self.langevin_step = positive("langevin_step", langevin_step, n)
-        if isinstance(replicas, bool) or int(replicas) != replicas or replicas < 1:
-            raise ValueError(f"{n}: replicas must be a positive integer, got {replicas!r}")
-        self.replicas = int(replicas)
-        self.rho_max = self.rho0 if rho_max is None else positive("rho_max", rho_max, n)
+            raise OptionError(f"{n}: sigma_min must be < sigma_max")
+        self.num_grid = num_grid
+        self.grid = edm_sigmas(num_grid, self.sigma_max, self.sigma_min)
+        self.likelihood_step = check_choice("likelihood_step", likelihood_step, ("auto", "svd", "prox", "langevin"), n)
+        self.langevin_steps = check_int("langevin_steps", langevin_steps, n)
+        self.langevin_step = check_number("langevin_step", langevin_step, n, low=0.0, low_open=True)
+        self.replicas = check_int("replicas", replicas, n)
+        self.rho_max = self.rho0 if rho_max is None else check_number("rho_max", rho_max, n, low=0.0, low_open=True)
         if self.replicas > 1 and self.rho_max <= self.rho_min:
-            raise ValueError(f"{n}: rho_max ({self.rho_max}) must exceed rho_min ({self.rho_min}) for replicas > 1")
-        K = self.replicas
-        self.ladder = [self.rho_min * (self.rho_max / self.rho_min) ** (j / max(K - 1, 1)) for j in range(K)]
-        self._hot = None
-        self._swaps_tried = torch.zeros(max(K - 1, 0), dtype=torch.float64)
-        self._swaps_accepted = torch.zeros(max(K - 1, 0), dtype=torch.float64)
-        super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale)
+            raise OptionError(f"{n}: rho_max ({self.rho_max}) must exceed rho_min ({self.rho_min}) for replicas > 1")
+        self.exchange = ReplicaExchange(geometric_ladder(self.rho_min, self.rho_max, self.replicas))
+        self._hot = None  # hot replicas (C, replicas - 1, *event), created by the first step
+        super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale, progress=progress)
+
+    @property
+    def ladder(self) -> list:
+        """The replicas' couplings, coldest (rho_min) first."""
+        return self.exchange.ladder
 
     # ------------------------------------------------------------------------------------
     def rho(self, k: int) -> float:
@@ -168,9 +169,8 @@ class PnPDM(DiffusionKernel):
 
     def prepare(self, problem: Problem) -> None:
         self.mode = self._mode(problem)
-        self._hot = None  # hot replicas (C, replicas - 1, *event), created by the first step
-        self._swaps_tried = torch.zeros(max(self.replicas - 1, 0), dtype=torch.float64)
-        self._swaps_accepted = torch.zeros(max(self.replicas - 1, 0), dtype=torch.float64)
+        self._hot = None
+        self.exchange.reset()
         self._ne = len(problem.event_shape)
         if self.mode in ("svd", "prox"):
             lg = problem.linear_gaussian(self.name)
@@ -213,7 +213,7 @@ class PnPDM(DiffusionKernel):
         c = gamma / _per_sample(rho.to(x.dtype), x) ** 2
         z = x.clone()
         for _ in range(self.langevin_steps):
-            _, g = self.problem.grad_log_likelihood(z)
+            _, g = self.current_problem.grad_log_likelihood(z)
             z = z + gamma * g - c * (z - x) + math.sqrt(2 * gamma) * torch.randn(
                 z.shape, generator=generator, dtype=z.dtype, device=z.device)
         return z
@@ -243,7 +243,7 @@ class PnPDM(DiffusionKernel):
         """``x ~ p(x | z)`` for ``z = x + rho eps``: the reverse process from each sample's own
         coupling ``rho[level[b]]`` to 0. One network call per grid point, on the samples that are
         not idle at that point."""
-        den = self.problem.denoiser
+        den = self.current_problem.denoiser
         if bool((rho == rho[0]).all()):  # every coupling equal (e.g. during annealing): one row
             rho = rho[:1]
         S = self._sigma_table(rho)
@@ -292,34 +292,15 @@ class PnPDM(DiffusionKernel):
         ok[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
         new = new.reshape(X.shape)
         new = torch.where(ok.reshape((C, K) + (1,) * (x.dim() - 1)), new, X)  # hot replicas keep their state
-        self._swap(new, delta, rho, k, generator)
+        self.exchange.swap(new, delta, rho, k, generator)
         self._hot = new[:, 1:].clone()
         return new[:, 0]
-
-    def _swap(self, X, delta, rho, k, generator):
-        """Replica exchange between adjacent couplings (even pairs on even iterations, odd pairs on
-        odd ones), in place. The pair ``(x, z)`` at coupling ``rho_j`` has joint density
-        ``p(x) exp(-f(z)) N(z; x, rho_j^2 I)``; prior and likelihood cancel in the swap ratio:
-        ``log r = (Delta_j - Delta_{j+1}) (1/rho_j^2 - 1/rho_{j+1}^2) / 2``, ``Delta = ||x - z||^2``."""
-        j = torch.arange(k % 2, self.replicas - 1, 2, device=X.device)
-        if j.numel() == 0:
-            return
-        log_r = 0.5 * (delta[:, j] - delta[:, j + 1]) * (rho[j] ** -2 - rho[j + 1] ** -2)
-        u = torch.rand(log_r.shape, generator=generator, dtype=torch.float64, device=X.device)
-        acc = (u.log() < log_r) & torch.isfinite(log_r)              # (C, pairs)
-        a = acc.reshape(acc.shape + (1,) * (X.dim() - 2))
-        lo, hi = X[:, j], X[:, j + 1]
-        X[:, j], X[:, j + 1] = torch.where(a, hi, lo), torch.where(a, lo, hi)
-        counted = (rho[j] != rho[j + 1]).cpu()  # pairs at equal couplings (annealing) always swap: not counted
-        jc = j.cpu()[counted]
-        self._swaps_tried[jc] += acc.shape[0]
-        self._swaps_accepted[jc] += acc.sum(0).cpu().to(torch.float64)[counted]
 
     @property
     def swap_acceptance(self) -> torch.Tensor:
         """Acceptance rate of swaps between couplings j and j+1, cumulative since the run started and
         counting only iterations where the two couplings differ, shape (replicas - 1,)."""
-        return self._swaps_accepted / self._swaps_tried.clamp(min=1)
+        return self.exchange.acceptance
 
     def nfe_per_iteration(self, k: int) -> int:
         """Network evaluations per chain and iteration (all replicas)."""
