@@ -36,7 +36,7 @@ def svi_steps(svi, steps: int, args, kwargs, desc: str, progress: bool,
         else:
             reason = check(val) if check is not None else None
         if reason is not None:
-            warnings.warn(reason, RuntimeWarning)
+            warnings.warn(reason, RuntimeWarning, stacklevel=3)
             break
         trace.append(val)
         if len(trace) % every == 0:

@@ -35,6 +35,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..problem import Problem
+from ..solver import Draws, OptionError, Solver, check_choice, check_int, check_number, measure
 from ._svi import NonFiniteLossError, svi_steps
 
 
@@ -130,13 +131,15 @@ class _REDDiffLoss:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"RED-Diff loss became {float(loss.detach())} at step {self.step} (t = {t:.4g}): "
-                f"data term {float(-ll.detach()):.4g}, regulariser {float(reg.detach()):.4g}; the parameters keep their last finite values. "
+                f"data term {float(-ll.detach()):.4g}, regulariser {float(reg.detach()):.4g}; "
+                "the parameters keep their last finite values. "
                 "Lower lr, check the likelihood / denoiser for NaN, or start from a better init.")
         return loss
 
 
-class REDDiff:
-    """RED-Diff solver: ``.guide`` (Pyro guide), ``.loss`` (SVI loss), ``.run(y=..., steps=...)``.
+class REDDiff(Solver):
+    """RED-Diff solver: ``.guide`` (Pyro guide), ``.loss`` (SVI loss), ``.run(y=..., steps=...)``,
+    :meth:`draw` (fit, then draws from the fitted ``q``).
 
     Args:
         model: Pyro model with a :class:`~ppl_diffusion.models.prior.DiffusionPrior` site and a
@@ -146,43 +149,56 @@ class REDDiff:
         lam: regulariser weight ``lambda`` (paper 0.25, in its own units: see ``paper_balance``).
         obs_weight: weight ``v`` of the data term.
         weighting: one of :data:`WEIGHTINGS` (paper default "linear": ``lam / sqrt(SNR)``).
-        t_start, t_end: sweep ends (paper 1 -> 0; descending).
+        t_start: start of the descending sweep (paper 1).
+        t_end: end of the sweep (paper 0; ``0 <= t_end <= t_start <= 1``).
         learn_scale: learn a diagonal scale (mean-field Gaussian guide, adds the entropy term).
         init_scale: initial scale when ``learn_scale``.
         init: "pinv" (the regularised pseudo-inverse ``(A^T A + sigma_y^2 I)^{-1} A^T y`` when the
             likelihood is linear-Gaussian, else zeros), "zeros", or a tensor.
         antithetic: evaluate ``eps`` and ``-eps`` in one batched call (2 NFE/step, lower variance).
         paper_balance: rescale ``lam`` by ``m / (d sigma_y^2 obs_weight)`` (paper's mean-normalised loss).
-        betas, lr_decay, clip_norm: Adam settings (pyro ClippedAdam; ``lr_decay`` per step).
+        betas: Adam's ``(beta1, beta2)`` (pyro ClippedAdam).
+        lr_decay: factor applied to the learning rate after every step.
+        clip_norm: gradient-norm clip.
+        prior_site: name of the diffusion-prior site when the model has several.
         name: prefix of the parameters in Pyro's param store.
+        generator: random generator of the probe noise ``eps`` (``None``: torch's global one).
+        progress: show a progress bar.
     """
 
-    def __init__(self, model, steps: int = 1000, lr: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0,
+    name = "red_diff"
+    family = "variational"
+    requires = ("likelihood",)
+
+    def __init__(self, model, *, steps: int = 1000, lr: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0,
                  weighting: str = "linear", t_start: float = 1.0, t_end: float = 0.0, learn_scale: bool = False,
                  init_scale: float = 1e-2, init="pinv", antithetic: bool = False, paper_balance: bool = False,
                  betas=(0.9, 0.99), lr_decay: float = 1.0, clip_norm: float = 1e12, prior_site: str | None = None,
                  name: str = "red_diff", generator: torch.Generator | None = None, progress: bool = True):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        m = type(self).name
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS, m)
+        self.steps = check_int("steps", steps, m)
         if not (0.0 <= t_end <= t_start <= 1.0):
-            raise ValueError(f"need 0 <= t_end <= t_start <= 1 (descending sweep), got t_start={t_start}, t_end={t_end}")
-        if lr <= 0 or lam < 0 or obs_weight < 0 or init_scale <= 0:
-            raise ValueError("lr and init_scale must be > 0, lam and obs_weight >= 0")
+            raise OptionError(f"{m}: need 0 <= t_end <= t_start <= 1 (descending sweep), got t_start={t_start}, "
+                              f"t_end={t_end}")
+        self.lr = check_number("lr", lr, m, low=0.0, low_open=True)
+        self.lam = check_number("lam", lam, m, low=0.0)
+        self.obs_weight = check_number("obs_weight", obs_weight, m, low=0.0)
+        self.init_scale = check_number("init_scale", init_scale, m, low=0.0, low_open=True)
         if not (isinstance(init, torch.Tensor) or init in ("pinv", "zeros")):
-            raise ValueError(f"init must be 'pinv', 'zeros' or a tensor, got {init!r}")
-        self.model, self.prior_site, self.name = model, prior_site, name
-        self.steps, self.lr, self.lam, self.obs_weight = int(steps), float(lr), float(lam), float(obs_weight)
-        self.weighting, self.learn_scale, self.init_scale, self.init = weighting, bool(learn_scale), float(init_scale), init
+            raise OptionError(f"{m}: init must be 'pinv', 'zeros' or a tensor, got {init!r}")
+        self.init, self.learn_scale = init, bool(learn_scale)
         self.antithetic, self.paper_balance = bool(antithetic), bool(paper_balance)
-        self.betas, self.lr_decay, self.clip_norm = tuple(betas), float(lr_decay), float(clip_norm)
-        self.generator, self.progress = generator, progress
+        self.betas = tuple(check_number("betas", b, m, 0.0, 1.0) for b in betas)
+        self.lr_decay = check_number("lr_decay", lr_decay, m, low=0.0, low_open=True)
+        self.clip_norm = check_number("clip_norm", clip_norm, m, low=0.0, low_open=True)
+        self.generator = generator
         # the sweep starts at t_start but a VP schedule's sigma/alpha is finite there; t = 0 is kept
         # off sigma = 0 by the discrete schedule (sigma(0) > 0)
         self.t_start, self.t_end = float(t_start), float(t_end)
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
-        self.event_shape = structure.event_shape
+        structure = self.setup_solver(model, prior_site, progress)
+        self.name = name
+        self.site, self.event_shape = structure.prior_site, structure.event_shape
         # sigma(t) = 0 at t = 0 on a continuous schedule: the sweep stops at rho = rho_min / 10 of the prior
         self.t_floor = float(structure.prior.schedule.t_of_rho(
             torch.tensor(structure.prior.rho_min / 10, dtype=torch.float64)))
@@ -223,7 +239,7 @@ class REDDiff:
 
     def guide(self, *args, **kwargs):
         """Pyro guide: ``Delta(mu)`` (or ``Normal(mu, scale)`` with ``learn_scale``) at the prior site."""
-        site = self._site_name()
+        site = self.site
         mu = pyro.param(self.mean_name, lambda: self.initial_mean(
             Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)))
         ne = len(self.event_shape)
@@ -232,11 +248,6 @@ class REDDiff:
                                constraint=dist.constraints.positive)
             return pyro.sample(site, dist.Normal(mu, scale).to_event(ne))
         return pyro.sample(site, dist.Delta(mu, event_dim=ne))
-
-    def _site_name(self) -> str:
-        if getattr(self, "_site", None) is None:
-            self._site = Problem.from_model(self.model, prior_site=self.prior_site, allow_unobserved=True).prior_site
-        return self._site
 
     def estimate(self) -> torch.Tensor:
         """Current ``mu`` (detached)."""
@@ -251,13 +262,9 @@ class REDDiff:
         parameter stops training with a warning; the last finite parameters are kept
         (``self.stopped_reason`` says why)."""
         if steps is not None:
-            if int(steps) < 1:
-                raise ValueError(f"steps must be >= 1, got {steps}")
-            self.steps = int(steps)
+            self.steps = check_int("steps", steps, type(self).name)
         if lr is not None:
-            if lr <= 0:
-                raise ValueError(f"lr must be > 0, got {lr}")
-            self.lr = float(lr)
+            self.lr = check_number("lr", lr, type(self).name, low=0.0, low_open=True)
         store = pyro.get_param_store()
         if reset:
             for n in (self.mean_name, self.scale_name):
@@ -288,6 +295,36 @@ class REDDiff:
             svi, self.steps, args, kwargs, "RED-Diff", self.progress, before=snapshot, check=check, every=50,
             postfix=lambda val: {"loss": f"{val:.4g}", "t": f"{self.loss.current_time():.3f}"})
         return self.estimate(), trace
+
+
+    def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> Draws:
+        """Fit (:meth:`run`, from scratch) and return ``num_samples`` draws of the fitted ``q`` as
+        :class:`Draws` (one chain): ``mu + scale * eps`` with ``learn_scale`` (``eps`` from
+        ``generator``), else ``mu`` repeated (RED-Diff is then a point estimate, not a sampler).
+        A given ``generator`` replaces ``self.generator`` for this fit.
+
+        ``nfe_per_sample`` is the single-sample network evaluations of the whole fit: draws from
+        ``q`` are free, so it does not shrink with ``num_samples``. ``extra``: ``loss_trace``,
+        ``stopped_reason``."""
+        n = check_int("num_samples", num_samples, type(self).name)
+        problem = self.problem(*args, **kwargs)
+        saved = self.generator
+        if generator is not None:
+            self.generator = generator
+        try:
+            with measure(problem.denoiser) as meter:
+                mu, trace = self.run(*args, **kwargs)
+        finally:
+            self.generator = saved
+        gen = generator if generator is not None else saved
+        if self.learn_scale:
+            scale = pyro.param(self.scale_name).detach()
+            eps = torch.randn((n,) + tuple(mu.shape), generator=gen, dtype=mu.dtype, device=mu.device)
+            x = mu + scale * eps
+        else:
+            x = mu.expand((n,) + tuple(mu.shape)).clone()
+        extra = {"loss_trace": trace, "stopped_reason": self.stopped_reason}
+        return self._draws(x[None], meter, problem, n, extra=extra, nfe_per_sample=meter.evals)
 
 
 def _unconstrained(store, name, constrained_value):

@@ -35,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 
 from ...models.prior import DiffusionPrior
 from ..problem import Problem, unwrap_distribution
+from ..solver import Draws, OptionError, Solver, check_choice, check_int, check_number, measure
 from ._svi import NonFiniteLossError, svi_steps
 from .red_diff import regularised_pinv
 
@@ -85,7 +86,7 @@ class _SwapPrior(Messenger):
         msg["fn"] = new
 
 
-class ScorePrior:
+class ScorePrior(Solver):
     """Score Prior: flow guide + exact PF-ODE prior, trained by ``Trace_ELBO`` (see module docstring).
 
     Args:
@@ -93,40 +94,57 @@ class ScorePrior:
         flow: "realnvp" (affine couplings, the paper's choice) or "spline" (rational-quadratic couplings).
         n_layers: coupling layers (each followed by a fixed random permutation; paper: 32).
         hidden: hidden widths of the coupling networks.
-        count_bins, bound: spline coupling settings.
+        count_bins: bins of the spline couplings.
+        bound: tail bound of the spline couplings.
         num_particles: flow draws per ELBO estimate (paper batch 64).
-        lr, clip_norm, lr_decay: Adam (pyro ClippedAdam) settings (``lr_decay`` multiplies lr every
-            step); paper lr 1e-5 for images, larger is fine for small problems.
-        ode_steps, hutchinson_probes, exact_divergence_max_dim: PF-ODE settings of the training prior
-            term (``None`` keeps the model's prior settings).
+        lr: Adam (pyro ClippedAdam) learning rate; paper 1e-5 for images, larger is fine for small problems.
+        clip_norm: gradient-norm clip.
+        lr_decay: factor applied to the learning rate after every step.
+        steps: SVI steps of :meth:`run` / :meth:`draw` when ``run`` is not given ``steps``.
+        ode_steps: RK4 steps of the PF-ODE prior term (``None`` keeps the model's prior settings).
+        hutchinson_probes: Hutchinson probes of the PF-ODE divergence (``None``: the prior's).
+        exact_divergence_max_dim: largest dimension with an exact divergence (``None``: the prior's).
         init: "pinv" (flow location at the regularised pseudo-inverse ``(A^T A + sigma_y^2 I)^{-1} A^T y``
             for a linear-Gaussian likelihood, else zeros), "zeros",
-            "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor;
-            ``init_scale``: initial flow scale (a factor of the prior std with ``init="prior"``).
-        name: param-store prefix (the same name reloads saved parameters).
+            "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor.
+        init_scale: initial flow scale (a factor of the prior std with ``init="prior"``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        name: param-store prefix (the same name reloads saved parameters; default the solver's name).
         seed: seed of the permutations (fixed so that a saved flow can be rebuilt).
+        progress: show a progress bar.
+        dtype: dtype of the flow (default the problem's).
     """
 
+    name = "score_prior"
+    family = "variational"
+    requires = ("likelihood",)
     method = "Score Prior"
-    default_name = "score_prior"
 
-    def __init__(self, model, flow: str = "realnvp", n_layers: int = 8, hidden=(64, 64), count_bins: int = 8,
+    def __init__(self, model, *, flow: str = "realnvp", n_layers: int = 8, hidden=(64, 64), count_bins: int = 8,
                  bound: float = 4.0, num_particles: int = 16, lr: float = 1e-3, clip_norm: float = 10.0,
-                 lr_decay: float = 1.0,
-                 ode_steps: int | None = 12, hutchinson_probes: int | None = None,
-                 exact_divergence_max_dim: int | None = None, init="pinv", init_scale: float = 1.0,
-                 prior_site: str | None = None, name: str | None = None, seed: int = 0,
+                 lr_decay: float = 1.0, steps: int = 1000, ode_steps: int | None = 12,
+                 hutchinson_probes: int | None = None, exact_divergence_max_dim: int | None = None, init="pinv",
+                 init_scale: float = 1.0, prior_site: str | None = None, name: str | None = None, seed: int = 0,
                  progress: bool = True, dtype=None):
-        if flow not in ("realnvp", "spline"):
-            raise ValueError(f"flow must be 'realnvp' or 'spline', got {flow!r}")
-        if int(n_layers) < 1 or int(num_particles) < 1:
-            raise ValueError("n_layers and num_particles must be >= 1")
-        if lr <= 0 or init_scale <= 0:
-            raise ValueError("lr and init_scale must be > 0")
+        m = type(self).name
+        self.flow = check_choice("flow", flow, ("realnvp", "spline"), m)
+        self.n_layers = check_int("n_layers", n_layers, m)
+        self.num_particles = check_int("num_particles", num_particles, m)
+        self.lr = check_number("lr", lr, m, low=0.0, low_open=True)
+        self.init_scale = check_number("init_scale", init_scale, m, low=0.0, low_open=True)
+        self.clip_norm = check_number("clip_norm", clip_norm, m, low=0.0, low_open=True)
+        self.lr_decay = check_number("lr_decay", lr_decay, m, low=0.0, low_open=True)
+        self.steps = check_int("steps", steps, m)
         if not (isinstance(init, torch.Tensor) or init in ("pinv", "zeros", "prior")):
-            raise ValueError(f"init must be 'pinv', 'zeros', 'prior' or a tensor, got {init!r}")
-        self.model, self.prior_site = model, prior_site
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
+            raise OptionError(f"{m}: init must be 'pinv', 'zeros', 'prior' or a tensor, got {init!r}")
+        self.init = init
+        self.count_bins, self.bound, self.seed = check_int("count_bins", count_bins, m), float(bound), int(seed)
+        self.hidden = tuple(hidden)
+        ode = dict(ode_steps=ode_steps, hutchinson_probes=hutchinson_probes,
+                   exact_divergence_max_dim=exact_divergence_max_dim)
+        self.ode_options = {k: check_int(k, v, m, minimum=0 if k == "exact_divergence_max_dim" else 1)
+                            for k, v in ode.items() if v is not None}
+        structure = self.setup_solver(model, prior_site, progress)
         self.site = structure.prior_site
         self.event_shape = structure.event_shape
         self.d = int(torch.Size(self.event_shape).numel())
@@ -134,15 +152,7 @@ class ScorePrior:
             raise ValueError(f"{self.method} needs at least 2 dimensions for coupling layers, got {self.d}")
         self.dtype = dtype or structure.dtype
         self.device = structure.device
-        self.flow, self.n_layers, self.hidden = flow, int(n_layers), tuple(hidden)
-        self.num_particles, self.lr, self.clip_norm = int(num_particles), float(lr), float(clip_norm)
-        self.lr_decay = float(lr_decay)
-        self.ode_options = {k: v for k, v in dict(ode_steps=ode_steps, hutchinson_probes=hutchinson_probes,
-                                                    exact_divergence_max_dim=exact_divergence_max_dim).items()
-                            if v is not None}
-        self.init, self.init_scale = init, float(init_scale)
-        self.name = name or self.default_name
-        self.progress = progress
+        self.name = name or type(self).name
         self.stopped_reason: str | None = None
         self.train_nfe = 0
         self.steps_done = 0
@@ -155,8 +165,8 @@ class ScorePrior:
                 layers.append(T.spline_coupling(self.d, hidden_dims=list(self.hidden), count_bins=count_bins,
                                                 bound=bound))
             layers.append(T.Permute(torch.randperm(self.d, generator=gen)))
-        self._couplings = torch.nn.ModuleList([m for m in layers if isinstance(m, torch.nn.Module)
-                                               and len(list(m.parameters())) > 0])
+        self._couplings = torch.nn.ModuleList([lay for lay in layers if isinstance(lay, torch.nn.Module)
+                                               and len(list(lay.parameters())) > 0])
         self._layers = layers
         self._couplings.to(dtype=self.dtype, device=self.device)
         for lay in layers:
@@ -219,17 +229,17 @@ class ScorePrior:
     def _denoiser(self):
         return Problem.from_model(self.model, prior_site=self.prior_site, allow_unobserved=True).denoiser
 
-    def run(self, *args, steps: int = 1000, lr: float | None = None, num_particles: int | None = None,
+    def run(self, *args, steps: int | None = None, lr: float | None = None, num_particles: int | None = None,
             **kwargs) -> torch.Tensor:
-        """Train the flow for ``steps`` SVI steps (continuing from the param store); returns the
-        loss trace (negative ELBO estimates). A non-finite loss stops training with a warning and
-        leaves the parameters at their last finite values."""
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        """Train the flow for ``steps`` SVI steps (default: the constructor's ``steps``), continuing
+        from the param store; returns the loss trace (negative ELBO estimates). A non-finite loss stops
+        training with a warning and leaves the parameters at their last finite values."""
+        m = type(self).name
+        steps = self.steps if steps is None else check_int("steps", steps, m)
         if lr is not None and lr != self.lr:
-            self.lr, self._optim = float(lr), None
+            self.lr, self._optim = check_number("lr", lr, m, low=0.0, low_open=True), None
         if num_particles is not None:
-            self.num_particles = int(num_particles)
+            self.num_particles = check_int("num_particles", num_particles, m)
         if self._optim is None:
             self._optim = pyro.optim.ClippedAdam({"lr": self.lr, "clip_norm": self.clip_norm, "lrd": self.lr_decay})
         elbo = pyro.infer.Trace_ELBO(num_particles=self.num_particles, vectorize_particles=True,
@@ -264,6 +274,27 @@ class ScorePrior:
     def sample(self, num_samples: int, *args, **kwargs) -> torch.Tensor:
         """``num_samples`` draws from the trained flow, shape ``(num_samples, *event_shape)``."""
         return self.distribution(*args, **kwargs).sample((int(num_samples),))
+
+    def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> Draws:
+        """Train the flow (:meth:`run` with the constructor's ``steps``, continuing from the param
+        store) and return ``num_samples`` flow draws as :class:`Draws` (one chain).
+
+        The flow samples with torch's global random state; a given ``generator`` seeds it first
+        (``pyro.set_rng_seed`` with a seed drawn from the generator), so the training noise and the
+        draws are reproducible. ``nfe_per_sample`` is ``train_nfe``, the batched network calls of all
+        training so far (draws from the flow are free); ``extra``: ``train_nfe``, ``train_evals``
+        (single-sample network evaluations of this fit), ``train_s`` (seconds of this fit),
+        ``train_steps``, ``loss_trace``, ``stopped_reason``."""
+        n = check_int("num_samples", num_samples, type(self).name)
+        problem = self.problem(*args, **kwargs)
+        if generator is not None:
+            pyro.set_rng_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        with measure(problem.denoiser) as meter:
+            trace = self.run(*args, **kwargs)
+        x = self.sample(n, *args, **kwargs)
+        extra = {"train_nfe": self.train_nfe, "train_evals": meter.evals, "train_s": meter.seconds,
+                 "train_steps": len(trace), "loss_trace": trace, "stopped_reason": self.stopped_reason}
+        return self._draws(x[None], meter, problem, n, extra=extra, nfe_per_sample=self.train_nfe)
 
     def importance_sample(self, num_samples: int, *args, ode_steps: int | None = None,
                           generator: torch.Generator | None = None, **kwargs):
@@ -325,16 +356,51 @@ class ScorePrior:
 
 class EfficientScorePrior(ScorePrior):
     """Efficient Score Prior: the :class:`ScorePrior` flow with the denoising ELBO
-    :meth:`DiffusionPrior.elbo` as the prior term (``elbo_samples`` network calls per flow draw)."""
+    :meth:`DiffusionPrior.elbo` as the prior term (``elbo_samples`` network calls per flow draw).
 
+    Args:
+        model: Pyro model with a DiffusionPrior site and a differentiable likelihood.
+        elbo_samples: noise draws of the denoising ELBO per flow draw (network calls per flow draw).
+        flow: "realnvp" (affine couplings, the paper's choice) or "spline" (rational-quadratic couplings).
+        n_layers: coupling layers (each followed by a fixed random permutation; paper: 32).
+        hidden: hidden widths of the coupling networks.
+        count_bins: bins of the spline couplings.
+        bound: tail bound of the spline couplings.
+        num_particles: flow draws per ELBO estimate (paper batch 64).
+        lr: Adam (pyro ClippedAdam) learning rate; paper 1e-5 for images, larger is fine for small problems.
+        clip_norm: gradient-norm clip.
+        lr_decay: factor applied to the learning rate after every step.
+        steps: SVI steps of :meth:`run` / :meth:`draw` when ``run`` is not given ``steps``.
+        ode_steps: RK4 steps of the exact PF-ODE density, used by :meth:`importance_sample` only here
+            (``None`` keeps the model's prior settings).
+        hutchinson_probes: Hutchinson probes of the PF-ODE divergence (``None``: the prior's).
+        exact_divergence_max_dim: largest dimension with an exact divergence (``None``: the prior's).
+        init: "pinv" (flow location at the regularised pseudo-inverse ``(A^T A + sigma_y^2 I)^{-1} A^T y``
+            for a linear-Gaussian likelihood, else zeros), "zeros",
+            "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor.
+        init_scale: initial flow scale (a factor of the prior std with ``init="prior"``).
+        prior_site: name of the diffusion-prior site when the model has several.
+        name: param-store prefix (the same name reloads saved parameters; default the solver's name).
+        seed: seed of the permutations (fixed so that a saved flow can be rebuilt).
+        progress: show a progress bar.
+        dtype: dtype of the flow (default the problem's).
+    """
+
+    name = "efficient_score_prior"
     method = "Efficient Score Prior"
-    default_name = "efficient_score_prior"
 
-    def __init__(self, model, elbo_samples: int = 1, **options):
-        if int(elbo_samples) < 1:
-            raise ValueError(f"elbo_samples must be >= 1, got {elbo_samples}")
-        self.elbo_samples = int(elbo_samples)
-        super().__init__(model, **options)
+    def __init__(self, model, *, elbo_samples: int = 1, flow: str = "realnvp", n_layers: int = 8,
+                 hidden=(64, 64), count_bins: int = 8, bound: float = 4.0, num_particles: int = 16, lr: float = 1e-3,
+                 clip_norm: float = 10.0, lr_decay: float = 1.0, steps: int = 1000, ode_steps: int | None = 12,
+                 hutchinson_probes: int | None = None, exact_divergence_max_dim: int | None = None, init="pinv",
+                 init_scale: float = 1.0, prior_site: str | None = None, name: str | None = None, seed: int = 0,
+                 progress: bool = True, dtype=None):
+        self.elbo_samples = check_int("elbo_samples", elbo_samples, type(self).name)
+        super().__init__(model, flow=flow, n_layers=n_layers, hidden=hidden, count_bins=count_bins, bound=bound,
+                         num_particles=num_particles, lr=lr, clip_norm=clip_norm, lr_decay=lr_decay, steps=steps,
+                         ode_steps=ode_steps, hutchinson_probes=hutchinson_probes,
+                         exact_divergence_max_dim=exact_divergence_max_dim, init=init, init_scale=init_scale,
+                         prior_site=prior_site, name=name, seed=seed, progress=progress, dtype=dtype)
 
     def prior_term(self, prior: DiffusionPrior) -> DiffusionPrior:
         return _ELBOPrior(prior, self.elbo_samples)
