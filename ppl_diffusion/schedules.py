@@ -19,6 +19,7 @@ __all__ = [
     "VESchedule",
     "EDMSchedule",
     "time_grid",
+    "edm_sigmas",
     "resolve_grid",
     "GRID_KINDS",
 ]
@@ -129,7 +130,8 @@ class VPSchedule(Schedule):
             self._offset = 0  # model timestep k sits at t = k / (T - 1)
         else:
             T = ac.numel()
-            self._knots_t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.arange(1, T + 1, dtype=torch.float64) / T])
+            self._knots_t = torch.cat([torch.zeros(1, dtype=torch.float64),
+                                       torch.arange(1, T + 1, dtype=torch.float64) / T])
             self._knots_logab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ac)])
             self._offset = 1  # model timestep k sits at t = (k + 1) / T
 
@@ -154,7 +156,8 @@ class VPSchedule(Schedule):
 
     @classmethod
     def gmm_benchmark(cls, variant: str = "mcgdiff") -> VPSchedule:
-        """Schedules of the GMM benchmark (BENCHMARKS.md §1).
+        """Schedules of the Gaussian-mixture benchmark of MCGDiff (Cardoso, Janati, Le Corff, Moulines,
+        ICLR 2024).
 
         ``"mcgdiff"``: the published code's decreasing betas ``linspace(0.02, 1e-4, 999)`` with
         ``alphas_cumprod = cumprod([1] + (1 - betas))``. ``"increasing"``: later papers'
@@ -308,6 +311,16 @@ def resolve_grid(schedule: Schedule, kind: str) -> str:
     return "alpha" if a0 > a1 else "uniform"
 
 
+def edm_sigmas(n: int = 100, sigma_max: float = 80.0, sigma_min: float = 0.002, rho_exp: float = 7.0,
+               dtype=torch.float64) -> torch.Tensor:
+    """EDM noise levels (Karras, Aittala, Aila, Laine, NeurIPS 2022, Eq. 5), decreasing, length ``n``:
+    ``sigma_i = (a + i / (n - 1) (b - a))^rho_exp`` with ``a = sigma_max^(1/rho_exp)`` and
+    ``b = sigma_min^(1/rho_exp)``. The ``"edm"`` :func:`time_grid` maps these levels back to times."""
+    i = torch.arange(n, dtype=dtype)
+    a, b = sigma_max ** (1 / rho_exp), sigma_min ** (1 / rho_exp)
+    return (a + i / max(n - 1, 1) * (b - a)) ** rho_exp
+
+
 def time_grid(
     schedule: Schedule,
     n_steps: int,
@@ -319,7 +332,8 @@ def time_grid(
     """Decreasing grid of ``n_steps + 1`` times from ``t_max`` to ``t_min``.
 
     ``uniform``: evenly spaced in t. ``quadratic``: ``t = t_max * u^2`` (dense near 0, DiffPIR's
-    "quad"). ``edm``: Karras et al. rho=7 spacing of the noise level ``rho(t)``, mapped back to t.
+    "quad"). ``edm``: the :func:`edm_sigmas` spacing (Karras et al., rho=7) of the noise level
+    ``rho(t)``, mapped back to t.
     ``alpha``: evenly spaced in ``alpha(t)`` down to ``alpha = 1e-2``, then one step to ``t_max``
     (the official MCGDiff grid; VP schedules only). ``auto``: ``alpha`` on VP schedules, else ``uniform``.
     """
@@ -337,7 +351,7 @@ def time_grid(
         p = getattr(schedule, "grid_rho", 7.0)
         r_max = float(schedule.rho(torch.tensor(t_max, dtype=torch.float64)))
         r_min = max(float(schedule.rho(torch.tensor(t_min, dtype=torch.float64))), 2e-3)
-        r = (r_min ** (1 / p) + u * (r_max ** (1 / p) - r_min ** (1 / p))) ** p
+        r = edm_sigmas(n_steps + 1, r_max, r_min, p)
         t = schedule.t_of_rho(r)
         t[0], t[-1] = t_max, t_min
     elif kind == "alpha":

@@ -169,6 +169,7 @@ def bare_mcgdiff(den, op, y, n, particles, steps, generator, noise_std=0.05, eta
     ``ppl_diffusion.inference.smc.mcgdiff`` written out, with every schedule coefficient precomputed
     and no Feynman-Kac state dicts, no log-evidence, no ESS history. Same draw order as ours."""
     from ..inference.sampler import ddim_coefficients
+    from ..models.operators import nonzero_singular
     from ..inference.smc.mcgdiff_grid import mcgdiff_grid
 
     unet, sched = den.unet, den.schedule
@@ -177,7 +178,7 @@ def bare_mcgdiff(den, op, y, n, particles, steps, generator, noise_std=0.05, eta
     shape = tuple(den.event_shape)
     s = op.singular_values.to(f64).flatten()
     uty = op.Ut(y).to(f64).reshape(-1)[: s.numel()]
-    obs_idx = torch.nonzero(s > 1e-10 * float(s.max())).flatten()
+    obs_idx = torch.nonzero(nonzero_singular(s)).flatten()
     s_obs, uty = s[obs_idx], uty[obs_idx]
     times = mcgdiff_grid(sched, steps, s_obs, noise_std).to(f64)
     K = times.numel() - 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.operators import ZERO_SINGULAR_VALUE, nonzero_singular
 from .problem import Problem
 
 __all__ = ["SpectralView"]
@@ -22,14 +23,16 @@ class SpectralView:
     ``fwd(x) = V^T x`` (``(B, D)``), ``inv(c) = V c``; ``obs`` marks the coordinates with a non-zero
     singular value (``s > rtol * max s``), ``s`` (``(D,)``, zero off ``obs``), ``ybar = U^T y / s`` on
     ``obs`` (0 elsewhere) and ``level = sigma_y / s`` (the noise level of ``ybar``; ``inf`` off ``obs``).
+    ``rtol`` defaults to ``ppl_diffusion.models.operators.ZERO_SINGULAR_VALUE``.
     """
 
-    def __init__(self, operator, y: torch.Tensor, noise_std: float, dtype, device, rtol: float = 1e-8):
+    def __init__(self, operator, y: torch.Tensor, noise_std: float, dtype, device,
+                 rtol: float = ZERO_SINGULAR_VALUE):
         self.op = operator
         s = operator.singular_values.to(dtype=dtype, device=device)
         r = s.numel()
         D = operator.in_dim
-        keep = s > (rtol * float(s.max()) if r else 0.0)
+        keep = nonzero_singular(s, rtol)
         s_safe = torch.where(keep, s, torch.ones_like(s))
         u = operator.Ut(y.to(dtype=dtype, device=device))[..., :r]
         self.obs = torch.zeros(D, dtype=torch.bool, device=device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ...models.operators import nonzero_singular
 from ..problem import Problem
 from ..sampler import Correction, Hook, StepState
 from .score_ald import LangevinGuide
@@ -44,7 +45,7 @@ class _SNIPSHook(Hook):
         self.yh = torch.zeros(yh.shape[:-1] + (D,), dtype=y.dtype, device=y.device)
         k = min(r, yh.shape[-1])
         self.yh[..., :k] = yh[..., :k]
-        self.obs = self.s > 1e-10
+        self.obs = nonzero_singular(self.s)
 
     def correct_x0(self, state: StepState) -> Correction:
         rho = state.sigma_t / state.alpha_t

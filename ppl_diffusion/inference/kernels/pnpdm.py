@@ -49,20 +49,14 @@ import math
 
 import torch
 
+from ...models.operators import nonzero_singular
+from ...schedules import edm_sigmas
 from ..problem import Problem
 from ..solver import OptionError, check_choice, check_int, check_number
 from .base import DiffusionKernel, require_differentiable
 from .replica_exchange import ReplicaExchange, geometric_ladder
 
 __all__ = ["PnPDM", "edm_sigmas"]
-
-
-def edm_sigmas(n: int = 100, sigma_max: float = 80.0, sigma_min: float = 0.002, rho_exp: float = 7.0,
-               dtype=torch.float64) -> torch.Tensor:
-    """EDM (Karras et al. 2022) noise levels, decreasing, length ``n``."""
-    i = torch.arange(n, dtype=dtype)
-    a, b = sigma_max ** (1 / rho_exp), sigma_min ** (1 / rho_exp)
-    return (a + i / max(n - 1, 1) * (b - a)) ** rho_exp
 
 
 class PnPDM(DiffusionKernel):
@@ -189,7 +183,7 @@ class PnPDM(DiffusionKernel):
         noise = torch.randn(xb.shape, generator=generator, dtype=x.dtype, device=x.device)
         zb = xb + rho * noise                            # unobserved coordinates: N(x, rho^2)
         xo, no = xb[:, :r], noise[:, :r]
-        nz = s > 0
+        nz = nonzero_singular(s)
         if sy > 0:
             prec = s**2 / sy**2 + 1.0 / rho**2
             lam = 1.0 / prec

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from ...models.operators import nonzero_singular
 from ...schedules import time_grid
 from ._common import denoise_flat, normal_logpdf
 from ..solver import OptionError, check_int, check_number
@@ -61,7 +62,7 @@ class _FPSFK(FeynmanKac):
         self.bind(problem, max_batch)
         self.c, self.weighted = c_rate, weighted
         s = torch.as_tensor(self.op.singular_values, dtype=torch.float64).flatten().to(self.device)
-        obs = s > 1e-10 * float(s.max())
+        obs = nonzero_singular(s)
         self.obs_idx = torch.nonzero(obs).flatten()
         self.s = s[self.obs_idx].to(self.dtype)
         self.u_obs = self.op.Ut(lg.y.to(self.dtype)).reshape(-1)[: s.numel()][self.obs_idx]

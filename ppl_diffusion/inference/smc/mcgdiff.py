@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import torch
 
+from ...models.operators import nonzero_singular
 from ..sampler import ddim_coefficients, exact_terminal
 from ..solver import check_number
 from ._common import denoise_flat, normal_logpdf
@@ -81,7 +82,7 @@ class _MCGDiffFK(FeynmanKac):
         r = s.numel()
         y = lg.y.to(self.dtype)
         uty = self.op.Ut(y).to(torch.float64).reshape(-1)[:r]
-        obs = s > 1e-10 * float(s.max()) if r else s > 0
+        obs = nonzero_singular(s)
         self.obs_idx = torch.nonzero(obs).flatten()
         self.s_obs = s[self.obs_idx]
         self.uty = uty[self.obs_idx]

@@ -12,6 +12,7 @@ import numbers
 
 import torch
 
+from ...models.operators import nonzero_singular
 from ...schedules import Schedule, time_grid
 from ..solver import OptionError
 
@@ -30,7 +31,8 @@ def mcgdiff_grid(
     """A :func:`time_grid` of ``kind`` (default ``"auto"``: ``"alpha"``, the official code's grid, on VP
     schedules; ``"uniform"`` on schedules whose alpha is constant) with the MCGDiff matching times inserted.
 
-    For every singular value ``s_i > 0`` the matching time ``tau_i`` solves ``rho(tau_i) = sigma_y / s_i``
+    For every non-zero singular value ``s_i`` (see ``ppl_diffusion.models.operators.nonzero_singular``)
+    the matching time ``tau_i`` solves ``rho(tau_i) = sigma_y / s_i``
     (the step where the noised prior coordinate is as noisy as the observation, Cardoso et al. 2024).
     Inserting the ``tau_i`` into the grid makes each observed coordinate become "active" exactly at
     a grid point. Noiseless problems give ``tau_i = 0``.
@@ -46,7 +48,7 @@ def mcgdiff_grid(
     max_match_times = check_max_match_times(max_match_times)
     base = time_grid(schedule, n_steps, kind, dtype=torch.float64)
     s = torch.as_tensor(singular_values, dtype=torch.float64).flatten()
-    s = s[s > 0]
+    s = s[nonzero_singular(s)]
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     if noise_std == 0 or s.numel() == 0:

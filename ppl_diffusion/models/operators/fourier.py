@@ -1,4 +1,8 @@
-"""Real orthonormal Fourier coordinates for real images (private helper of :mod:`.operators`).
+"""The real Fourier machinery of the Fourier-diagonal operators (:class:`.blur.Blur`, :class:`.mri.MRI`).
+
+Orthonormal FFT wrappers that accept empty batches, the :class:`_FourierMixin` of the operators on
+real ``(..., H, W)`` images, and the real orthonormal Fourier coordinates those operators use as
+singular bases.
 
 A real image ``x`` of shape ``(H, W)`` has a Hermitian spectrum ``X = fft2(x, norm="ortho")``:
 ``X[-w] = conj(X[w])``. Its N = H*W real degrees of freedom are
@@ -20,6 +24,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .base import _batch, _cast, _complex_of
 
 SQRT2 = math.sqrt(2.0)
 
@@ -149,7 +155,7 @@ def hermitian_edges(K: torch.Tensor, W: int) -> torch.Tensor:
 
 
 def mri_taps(lay: Layout, mask: torch.Tensor, order: torch.Tensor, channels: int):
-    """Left singular basis of the masked real FFT (see ``operators.MRI``), as 2-tap gathers.
+    """Left singular basis of the masked real FFT (see :class:`.mri.MRI`), as 2-tap gathers.
 
     Measurement components per channel are laid out ``(2, H, W)`` flattened (real plane, then
     imaginary plane). For a pair ``{p, q = -p}`` with components ``A_p, A_q`` (A = real part, sign
@@ -234,3 +240,61 @@ def apply_taps(t: torch.Tensor, taps) -> torch.Tensor:
     """``out[..., j] = w1[j] t[..., i1[j]] + w2[j] t[..., i2[j]]``."""
     i1, w1, i2, w2 = taps
     return t[..., i1] * w1 + t[..., i2] * w2
+
+
+# ----------------------------------------------------------------------------------------------
+# orthonormal FFTs (empty batches allowed) and the operators' shared Fourier helpers
+
+
+def _rfft2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D rFFT over the last two dims (empty batches allowed; MKL rejects them)."""
+    if x.numel() == 0:
+        return torch.zeros(x.shape[:-1] + (x.shape[-1] // 2 + 1,), dtype=_complex_of(x.dtype), device=x.device)
+    return torch.fft.rfft2(x, norm="ortho")
+
+
+def _irfft2(X: torch.Tensor, s: tuple) -> torch.Tensor:
+    if X.numel() == 0:
+        return torch.zeros(X.shape[:-2] + tuple(s), dtype=X.real.dtype, device=X.device)
+    return torch.fft.irfft2(X, s=s, norm="ortho")
+
+
+def _fft2(x: torch.Tensor) -> torch.Tensor:
+    if x.numel() == 0:
+        dtype = x.dtype if x.is_complex() else _complex_of(x.dtype)
+        return torch.zeros(x.shape, dtype=dtype, device=x.device)
+    return torch.fft.fft2(x, norm="ortho")
+
+
+def _ifft2(X: torch.Tensor) -> torch.Tensor:
+    if X.numel() == 0:
+        return torch.zeros_like(X)
+    return torch.fft.ifft2(X, norm="ortho")
+
+
+class _FourierMixin:
+    """Shared helpers for operators on real ``(..., H, W)`` images with the real Fourier basis."""
+
+    def _setup_fourier(self, in_shape, s_local: torch.Tensor):
+        H, W = in_shape[-2:]
+        self._H, self._W, self._Wr = H, W, W // 2 + 1
+        self._C = math.prod(in_shape[:-2])
+        lay = layout(H, W)
+        s_sorted, order, fi, fw, ii, iw = sort_coordinates(lay, s_local, self._C)
+        self._fwd_idx, self._fwd_w, self._inv_idx, self._inv_w = fi, fw, ii, iw
+        return s_sorted, order
+
+    def _rfft(self, x, event_shape):
+        b = _batch(x, event_shape)
+        return _rfft2(x.reshape(*b, self._C, self._H, self._W))
+
+    def _irfft(self, X):
+        out = _irfft2(X, (self._H, self._W))
+        return out.reshape(*X.shape[:-3], *self.in_shape)
+
+    def _coords(self, X, ref):
+        return to_coords(X, _cast(self._fwd_idx, ref), _cast(self._fwd_w, ref))
+
+    def _uncoords(self, c):
+        return from_coords(c, _cast(self._inv_idx, c), _cast(self._inv_w, c), self._C, self._H, self._Wr)
+
