@@ -18,7 +18,7 @@ def test_benchmark_constants():
     assert 0 <= pb.noise_std <= float(s.max())
     again = gmm_benchmark_problem(d=8, d_y=2, seed=3)
     assert torch.equal(again.y, pb.y) and torch.equal(again.A, pb.A)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="even dimension.*d=7"):
         gmm_benchmark_problem(d=7)
 
 
@@ -104,10 +104,10 @@ def test_gaussian_check_problem_is_gaussian():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weights"):
         GaussianMixture(torch.ones(2), torch.zeros(3, 2))
     pb = gmm_benchmark_problem(d=8, d_y=2, seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"noise_std.*-1\.0"):
         pb.prior.posterior(pb.A, pb.y, -1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\(\*batch, 8\).*\(3, 5\)"):
         pb.prior.log_prob(torch.zeros(3, 5))

@@ -42,8 +42,13 @@ def gmm():
     ref = pb.posterior.sample(2000, generator=g)
     prior = pb.prior.sample(300, generator=g)
     post = pb.posterior.sample(300, generator=g)
-    sw = lambda x: float(sliced_wasserstein(x, ref, n_projections=200, generator=torch.Generator().manual_seed(1)))
-    res = lambda x: float(((x @ pb.A.T - pb.y) ** 2).sum(-1).mean())
+
+    def sw(x):
+        return float(sliced_wasserstein(x, ref, n_projections=200, generator=torch.Generator().manual_seed(1)))
+
+    def res(x):
+        return float(((x @ pb.A.T - pb.y) ** 2).sum(-1).mean())
+
     return pb, model, sw, res, sw(prior), res(post)
 
 
@@ -65,7 +70,8 @@ def test_gmm_exact_posterior(gmm, name):
 
 
 def test_gaussian_check_small():
-    """BENCHMARKS.md §2, smaller (d=20, d_y=10): DDRM W2 to the closed-form posterior (loose bound)."""
+    """BENCHMARKS.md §2, smaller (d=20, d_y=10): W2 of DDRM's / DDNM's Gaussian fit to the closed-form
+    posterior, within a stated multiple of the noise floor (W2 of the fit of as many exact draws)."""
     pb = gaussian_check_problem(d=20, d_y=10, seed=0)
     model = pb.model(VPSchedule.linear())
     m_p, C_p = pb.posterior.means[0], pb.posterior.full_covs()[0]
@@ -75,10 +81,12 @@ def test_gaussian_check_small():
     for name, cls in [("ddrm", DDRM), ("ddnm", DDNM)]:
         x = cls(model, steps=100).sample(1000, y=pb.y, generator=torch.Generator().manual_seed(0))
         out[name] = float(gaussian_w2(*empirical_gaussian_fit(x), m_p, C_p))
-    # measured (1000 samples): floor 0.195, DDRM 0.570, DDNM 0.510; bound 1.0 (about 1.8x)
-    assert out["ddrm"] < 1.0, out
-    assert out["ddnm"] < 1.0, out
-    assert w2_floor < out["ddrm"], (w2_floor, out)
+    # measured (1000 samples, seeds above): floor 0.195, DDRM 0.570 (2.92x the floor), DDNM 0.486 (2.49x);
+    # bounds 1.5x the measured ratios: 4.4x and 3.7x the floor (the floor itself varies 0.13 - 0.19 over
+    # 20 other seeds of the exact draws), and 1.0 absolute
+    assert out["ddrm"] < 4.4 * w2_floor, (out, w2_floor)
+    assert out["ddnm"] < 3.7 * w2_floor, (out, w2_floor)
+    assert out["ddrm"] < 1.0 and out["ddnm"] < 1.0, out
 
 
 # --------------------------------------------------------------------------------------------

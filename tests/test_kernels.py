@@ -141,13 +141,13 @@ def test_pnpdm_replica_exchange_moves_between_modes():
 def pmc_closed_form(variant, mu, C, A, y, sy, sigma, gamma):
     """Stationary law of the (linear, AR(1)) PMC chain on a Gaussian prior with constant sigma."""
     d = mu.numel()
-    I = torch.eye(d, dtype=F64)
-    Hg, Q, b = A.T @ A / sy**2, torch.linalg.inv(C + sigma**2 * I), A.T @ y / sy**2
+    Id = torch.eye(d, dtype=F64)
+    Hg, Q, b = A.T @ A / sy**2, torch.linalg.inv(C + sigma**2 * Id), A.T @ y / sy**2
     if variant == "red":
-        M, c = I - gamma * Hg - gamma * Q, gamma * b + gamma * Q @ mu
+        M, c = Id - gamma * Hg - gamma * Q, gamma * b + gamma * Q @ mu
     else:
-        M, c = (I - gamma * Q) @ (I - gamma * Hg), (I - gamma * Q) @ (gamma * b) + gamma * Q @ mu
-    mean = torch.linalg.solve(I - M, c)
+        M, c = (Id - gamma * Q) @ (Id - gamma * Hg), (Id - gamma * Q) @ (gamma * b) + gamma * Q @ mu
+    mean = torch.linalg.solve(Id - M, c)
     cov = torch.from_numpy(sla.solve_discrete_lyapunov(M.numpy(), 2 * gamma * np.eye(d)))
     return mean, cov
 
@@ -207,7 +207,8 @@ def test_kernels_near_noise_floor_gmm_d8():
     floor = sum(float(sliced_wasserstein(pb.posterior.sample(1600, generator=g), ref, n_projections=200, generator=g))
                 for _ in range(3)) / 3
     runs = {"pnpdm": (PnPDM(model, rho_min=0.1, num_grid=50), dict(warmup_steps=50, thin=2)),
-            "pmc": (PMC(model, sigma0=20.0, decay=0.98, sigma_min=0.1, step_fraction=0.5), dict(warmup_steps=600, thin=6)),
+            "pmc": (PMC(model, sigma0=20.0, decay=0.98, sigma_min=0.1, step_fraction=0.5),
+                    dict(warmup_steps=600, thin=6)),
             "pnpdm rho=1": (PnPDM(model, rho0=1.0, rho_min=1.0, num_grid=50), dict(warmup_steps=50, thin=2))}
     ratio = {}
     for name, (k, kw) in runs.items():
@@ -286,20 +287,36 @@ def test_tiny_unet(unet_prior, task):
 def test_bad_input():
     pb = gmm_benchmark_problem(8, 2, seed=0)
     model = pb.model(VPSchedule.gmm_benchmark())
-    for kw in (dict(rho0=0.0), dict(rho_min=-1.0), dict(decay=0.0), dict(decay=1.5), dict(rho0=0.1, rho_min=0.3),
-               dict(langevin_step=0.0), dict(langevin_steps=0), dict(prior_solver="euler"), dict(num_grid=1),
-               dict(replicas=0), dict(replicas=2.5), dict(replicas=4, rho_max=0.1), dict(replicas=3, rho_max=-1.0)):
-        with pytest.raises(ValueError):
+    # (options, key words of the expected message: the option and its bad value)
+    for kw, msg in ((dict(rho0=0.0), r"rho0\b.*0\.0"),
+                    (dict(rho_min=-1.0), r"rho_min\b.*-1\.0"),
+                    (dict(decay=0.0), r"decay\b.*0\.0"),
+                    (dict(decay=1.5), r"decay\b.*1\.5"),
+                    (dict(rho0=0.1, rho_min=0.3), r"rho_min \(0\.3\).*rho0 \(0\.1\)"),
+                    (dict(langevin_step=0.0), r"langevin_step\b.*0\.0"),
+                    (dict(langevin_steps=0), r"langevin_steps\b.*\b0\b"),
+                    (dict(prior_solver="euler"), r"prior_solver\b.*'euler'"),
+                    (dict(num_grid=1), r"num_grid\b.*\b1\b"),
+                    (dict(replicas=0), r"replicas\b.*\b0\b"),
+                    (dict(replicas=2.5), r"replicas\b.*2\.5"),
+                    (dict(replicas=4, rho_max=0.1), r"rho_max \(0\.1\).*rho_min"),
+                    (dict(replicas=3, rho_max=-1.0), r"rho_max\b.*-1\.0")):
+        with pytest.raises(ValueError, match=msg):
             PnPDM(model, **kw)
-    for kw in (dict(step_size=0.0), dict(step_size=-1e-3), dict(step_size="big"), dict(sigma_min=0.0),
-               dict(variant="foo"), dict(step_fraction=3.0), dict(alpha=-1.0)):
-        with pytest.raises(ValueError):
+    for kw, msg in ((dict(step_size=0.0), r"step_size\b.*\b0\.0"),
+                    (dict(step_size=-1e-3), r"step_size\b.*-0\.001"),
+                    (dict(step_size="big"), r"step_size\b.*'big'"),
+                    (dict(sigma_min=0.0), r"sigma_min\b.*0\.0"),
+                    (dict(variant="foo"), r"variant\b.*'foo'"),
+                    (dict(step_fraction=3.0), r"step_fraction\b.*3\.0"),
+                    (dict(alpha=-1.0), r"alpha\b.*-1\.0")):
+        with pytest.raises(ValueError, match=msg):
             PMC(model, **kw)
     k = PnPDM(model)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_chains\b.*\b0\b"):
         k.run_chains(y=pb.y, num_chains=0)
-    with pytest.raises(ValueError):
-        PnPDM(lambda: None)  # no DiffusionPrior site
+    with pytest.raises(ValueError, match="no DiffusionPrior site"):
+        PnPDM(lambda: None)
     # a nonlinear operator whose likelihood is not differentiable (no closed form, no autograd)
     prior = pb.prior.diffusion_prior(VPSchedule.gmm_benchmark())
     op = CallableOperator(lambda x: torch.round(x.detach()), (8,), (8,))
@@ -319,7 +336,7 @@ def test_bad_input():
         x = pyro.sample("x", prior)
         return pyro.sample("y", GaussianMeasurement(op2, x, noise), obs=y)
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="noiseless.*SVD"):
         PnPDM(nl_model)
     with pytest.raises(ValueError, match="noiseless"):
         PMC(nl_model, step_size=1e-3)

@@ -31,22 +31,22 @@ def _path_gaussian(fk, mu, C):
     ``x_{j+1} = F_j x_j + b_j + c_j z``."""
     dt = torch.float64
     d = mu.numel()
-    I = torch.eye(d, dtype=dt)
+    Id = torch.eye(d, dtype=dt)
     sched, times, K = fk.sched, fk.times, fk.n_steps
     means = [torch.zeros(d, dtype=dt)]
     Fs, Qs = [], []
     for j in range(K):
         a_t, s_t = sched.alpha(times[j]).to(dt), sched.sigma(times[j]).to(dt)
         a_s, s_s = sched.alpha(times[j + 1]).to(dt), sched.sigma(times[j + 1]).to(dt)
-        G = a_t * C @ torch.linalg.inv(a_t ** 2 * C + s_t ** 2 * I)  # E[x0|x_t] = mu + G (x_t - a_t mu)
+        G = a_t * C @ torch.linalg.inv(a_t ** 2 * C + s_t ** 2 * Id)  # E[x0|x_t] = mu + G (x_t - a_t mu)
         c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, getattr(fk, "eta", 1.0))
         beta = a_s - c_eps * a_t / s_t
-        F = beta * G + (c_eps / s_t) * I
+        F = beta * G + (c_eps / s_t) * Id
         means.append(F @ means[-1] + beta * (mu - a_t * G @ mu))
         Fs.append(F)
-        Qs.append(c ** 2 * I)
+        Qs.append(c ** 2 * Id)
     S = torch.zeros((K + 1) * d, (K + 1) * d, dtype=dt)
-    S[:d, :d] = fk.sched.prior_std() ** 2 * I
+    S[:d, :d] = fk.sched.prior_std() ** 2 * Id
     for j in range(K):
         b0, b1, b2 = j * d, (j + 1) * d, (j + 2) * d
         S[b1:b2, :b1] = Fs[j] @ S[b0:b1, :b1]          # Cov(x_{j+1}, x_{<=j})

@@ -98,9 +98,9 @@ def test_pyro_integration_and_validation():
         prior.log_prob(torch.zeros(3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="NaN"):
         prior.log_prob(torch.full((8,), float("nan"), dtype=torch.float64))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Denoiser.*function"):
         DiffusionPrior(lambda x, t: x)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"eta\b.*2\.0"):
         prior.with_options(eta=2.0)
 
 
@@ -128,7 +128,7 @@ def test_unet_denoiser_parameterisations():
     for ptype, expect in [("epsilon", (x - sg * out) / a), ("v_prediction", a * x - sg * out), ("sample", out)]:
         den = UNetDenoiser(unet, dict(SCHEDULER_CONFIG, prediction_type=ptype))
         assert torch.allclose(den(x, t), expect, atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="prediction_type.*'bogus'"):
         UNetDenoiser(unet, dict(SCHEDULER_CONFIG, prediction_type="bogus"))
 
 

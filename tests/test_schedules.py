@@ -25,7 +25,7 @@ def test_gmm_benchmark_schedules():
     inc = VPSchedule.gmm_benchmark("increasing")
     ac2 = torch.cumprod(torch.linspace(0.9999, 0.98, 1000, dtype=torch.float64), 0)
     assert torch.allclose(inc.alpha_bar(inc.timestep_to_t(torch.arange(1000))), ac2, rtol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="schedule 'nope'"):
         VPSchedule.gmm_benchmark("nope")
 
 
@@ -60,9 +60,9 @@ def test_time_grids():
         assert torch.all(g[1:] < g[:-1])
     q = time_grid(s, 10, "quadratic")
     assert torch.allclose(q, torch.linspace(1, 0, 11, dtype=torch.float64) ** 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"n_steps\b.*\b0\b"):
         time_grid(s, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="grid kind 'bogus'"):
         time_grid(s, 10, "bogus")
     # "alpha": uniform in alpha(t) down to alpha = 1e-2, then one step to t = 1
     a = s.alpha(time_grid(s, 20, "alpha"))
@@ -83,5 +83,5 @@ def test_mcgdiff_grid_contains_matching_times():
     assert g.numel() == 101 + 3
     assert torch.equal(mcgdiff_grid(s, 100, sv, 0.0), time_grid(s, 100, "alpha"))
     assert torch.equal(mcgdiff_grid(s, 100, sv, 0.0, kind="uniform"), time_grid(s, 100))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"noise_std.*-1\.0"):
         mcgdiff_grid(s, 10, sv, -1.0)

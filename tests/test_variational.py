@@ -51,8 +51,8 @@ def test_red_diff_converges_to_gaussian_map():
     error is dominated by the probe noise of the last steps: other starts / seeds give 3e-3 - 1e-2.)"""
     pb = gaussian_problem()
     model = pb.model(VPSchedule.linear())
-    red = REDDiff(model, steps=600, init=torch.linalg.pinv(pb.A) @ pb.y, lr=0.05, lr_decay=0.995, weighting="score", lam=1.0, antithetic=True,
-                  progress=False, generator=torch.Generator().manual_seed(0))
+    red = REDDiff(model, steps=600, init=torch.linalg.pinv(pb.A) @ pb.y, lr=0.05, lr_decay=0.995, weighting="score",
+                  lam=1.0, antithetic=True, progress=False, generator=torch.Generator().manual_seed(0))
     mu, trace = red.run(y=pb.y)
     assert len(trace) == 600 and red.loss.step == 600
     C, A, s2 = pb.prior.full_covs()[0], pb.A, pb.noise_std**2
@@ -179,7 +179,10 @@ def test_red_diff_tiny_unet_phase_retrieval():
     red = REDDiff(model, steps=30, lr=0.05, init=init, progress=False)
     mu, trace = red.run(y=y)
     assert torch.isfinite(mu).all() and len(trace) == 30
-    misfit = lambda x: float(((op(x) - y) ** 2).sum())
+
+    def misfit(x):
+        return float(((op(x) - y) ** 2).sum())
+
     # the nonlinear data term is minimised through the model's own likelihood (measured ratio ~0.2)
     assert misfit(mu) < 0.6 * misfit(init)
 

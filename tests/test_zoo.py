@@ -289,8 +289,8 @@ def _lag1(a):
     """Horizontal neighbour correlation of the pixels, each image centred (0 for white noise)."""
     a = a.double()
     a = a - a.mean(dim=(-2, -1), keepdim=True)
-    l, r = a[..., :, :-1], a[..., :, 1:]
-    return float((l * r).sum() / torch.sqrt((l**2).sum() * (r**2).sum()))
+    left, right = a[..., :, :-1], a[..., :, 1:]
+    return float((left * right).sum() / torch.sqrt((left**2).sum() * (right**2).sum()))
 
 
 @pytest.mark.parametrize("name", ["digits", "patches"])
