@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from ppl_diffusion.demo import ensure_diffusers_importable
+from ppl_diffusion.compat import ensure_diffusers_importable
 
 ensure_diffusers_importable()
 

@@ -34,4 +34,5 @@ predictive = Predictive(model, guide=guide, num_samples=2 if fast else 8, parall
 x = predictive(y=y)["x"].reshape(-1, *x_true.shape)                    # (draws, C, H, W)
 
 print(f"DPS: {x.shape[0]} draws, PSNR of the posterior mean {float(psnr(x.mean(0), x_true)):.2f} dB")
-posterior_grid([dict(samples=x, truth=x_true, y=y, operator=A, label="DPS")], path=f"{out_dir('guide_dps')}/posterior.png")
+posterior_grid([dict(samples=x, truth=x_true, y=y, operator=A, label="DPS")],
+               path=f"{out_dir('guide_dps')}/posterior.png")

@@ -8,8 +8,10 @@ Run:  python examples/uq_study.py [--fast]
 import torch
 
 from _common import fast_mode, out_dir, prior_name
-from ppl_diffusion.demo import evaluate, make_model, make_operator, run_method
+from ppl_diffusion.evaluation import evaluate
+from ppl_diffusion.methods import run_method  # any registered solver by name, through its draw()
 from ppl_diffusion.models.zoo import heldout_images, load_prior
+from ppl_diffusion.tasks import make_model, make_operator
 
 fast = fast_mode()
 prior = load_prior(prior_name())

@@ -1,4 +1,4 @@
-"""``ppl-diffusion`` command line: demo, solve, train-prior, priors, benchmark.
+"""``ppl-diffusion`` command line: demo, solve, methods, train-prior, priors, benchmark.
 
 Every subcommand exits 0 on success and 2 with a one-line ``error: ...`` on bad input (unknown
 prior, method or operator, an image of the wrong size, bad options).
@@ -20,6 +20,7 @@ _EPILOG = textwrap.dedent("""\
       ppl-diffusion demo --fast --out /tmp/r  # a seconds-scale version
       ppl-diffusion solve --image digit.png --operator sr --op-args factor=2 --method ddrm --out out/
       ppl-diffusion priors                    # shipped priors
+      ppl-diffusion methods                   # registered solvers (name, family, needs)
       ppl-diffusion solve --list              # methods and operators
     """)
 
@@ -35,6 +36,9 @@ def _threads(args):
 # demo
 # ---------------------------------------------------------------------------------------------
 def _add_demo(sub):
+    from .demo import demo_config
+
+    full, fast = demo_config(), demo_config(fast=True)
     p = sub.add_parser(
         "demo", help="run the main demo and write a report folder",
         description="Solve five inverse problems (random and box inpainting, 2x super-resolution, Gaussian "
@@ -47,8 +51,10 @@ def _add_demo(sub):
     p.add_argument("--fast", action="store_true", help="seconds-scale settings (for CI; numbers not meaningful)")
     p.add_argument("--prior", default="digits", help="shipped prior name or diffusers folder with heldout.npy "
                                                       "(default digits)")
-    p.add_argument("--images", type=int, default=None, help="held-out images per task (default 2; 1 with --fast)")
-    p.add_argument("--samples", type=int, default=None, help="posterior draws per image (default 16; 4 with --fast)")
+    p.add_argument("--images", type=int, default=None,
+                   help=f"held-out images per task (default {full['images']}; {fast['images']} with --fast)")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"posterior draws per image (default {full['samples']}; {fast['samples']} with --fast)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of: inpainting,box,sr2,deblur,phase")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -72,7 +78,7 @@ def _cmd_demo(args):
 # solve
 # ---------------------------------------------------------------------------------------------
 def _add_solve(sub):
-    from .demo import OPERATORS
+    from .tasks import OPERATORS
 
     ops = "\n".join(f"  {k:<11} {v}" for k, v in OPERATORS.items())
     p = sub.add_parser(
@@ -87,7 +93,7 @@ def _add_solve(sub):
             OUT/result.json (metrics when the truth is known, NFE, time).
             """),
         epilog="operators (--operator NAME --op-args key=value,...):\n" + ops +
-               "\n\nmethods: see `ppl-diffusion solve --list`; --method-args takes a JSON object of the "
+               "\n\nmethods: see `ppl-diffusion methods`; --method-args takes a JSON object of the "
                "solver's options,\ne.g. --method ddrm --method-args '{\"steps\": 50}', --method pnpdm --method-args "
                "'{\"chains\": 4, \"warmup\": 20}'.")
     p.add_argument("--list", action="store_true", help="list methods (with what they need) and operators, then exit")
@@ -97,7 +103,8 @@ def _add_solve(sub):
     p.add_argument("--operator", default=None, help="forward operator (see below)")
     p.add_argument("--op-args", action="append", default=None, help="operator parameters key=value[,key=value]")
     p.add_argument("--noise-std", type=float, default=0.05, help="sigma_y on the [-1, 1] scale (default 0.05)")
-    p.add_argument("--method", default="dps", help="solver name (default dps)")
+    p.add_argument("--method", default="dps",
+                   help="registered solver name or alias, see `ppl-diffusion methods` (default dps)")
     p.add_argument("--method-args", default="{}", help="JSON object of solver options (default {})")
     p.add_argument("--samples", type=int, default=8, help="posterior draws (default 8)")
     p.add_argument("--prior", default="digits", help="shipped prior name, diffusers folder or hub id (default digits)")
@@ -146,15 +153,14 @@ def _cmd_solve(args):
     import numpy as np
     import torch
 
-    from .demo import (METHODS, OPERATORS, available_methods, ensure_diffusers_importable, evaluate, make_model,
-                       make_operator, method_key, parse_op_args, run_method)
+    from .compat import ensure_diffusers_importable
+    from .evaluation import evaluate
+    from .methods import method_key, run_method
+    from .tasks import OPERATORS, make_model, make_operator, parse_op_args
 
     if args.list:
-        avail = available_methods()
         print("methods (name, family, what it needs):")
-        for k, spec in METHODS.items():
-            mark = "" if k in avail else "   [not available in this installation]"
-            print(f"  {k:<10} {spec.family:<12} {spec.doc}{mark}")
+        _print_methods(indent="  ")
         print("operators:")
         for k, v in OPERATORS.items():
             print(f"  {k:<11} {v}")
@@ -218,7 +224,7 @@ def _cmd_solve(args):
     idata.to_netcdf(str(out / "posterior.nc"))
     posterior_grid([dict(samples=flat, truth=truth, y=y, operator=op, label=key, n_samples_shown=4)],
                    path=out / "posterior.png", title=f"{key} on {args.operator}")
-    info = {"method": key, "family": res.family, "options": res.options, "operator": args.operator,
+    info = {"method": key, "family": res.family, "options": opts, "operator": args.operator,
             "op_args": op_args, "noise_std": args.noise_std, "samples": int(flat.shape[0]), "seed": args.seed,
             "nfe_per_sample": res.nfe_per_sample, "seconds": res.seconds}
     if truth is not None:
@@ -235,6 +241,40 @@ def _cmd_solve(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------------------------
+def _add_methods(sub):
+    from .inference.registry import FAMILIES
+
+    fams = "\n".join(f"  {k:<12} {v}" for k, v in FAMILIES.items())
+    p = sub.add_parser("methods", help="list the registered solvers (name, family, needs, description)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="The registered solvers: the names `solve --method` and `benchmark gmm --solver` "
+                                   "take, the family each belongs to and what it needs from the problem.",
+                       epilog="families:\n" + fams)
+    p.add_argument("--family", choices=list(FAMILIES), default=None, help="only the solvers of this family")
+    p.set_defaults(func=_cmd_methods)
+
+
+def _print_methods(family: str | None = None, indent: str = "") -> None:
+    from .inference.registry import SOLVERS, available_solvers
+
+    avail = available_solvers()
+    for info in SOLVERS.values():
+        if family is not None and info.family != family:
+            continue
+        aliases = f" (also: {', '.join(info.aliases)})" if info.aliases else ""
+        mark = "" if info.name in avail else "   [not available in this installation]"
+        print(f"{indent}{info.name:<22} {info.family:<12} {info.needs:<11} {info.doc}{aliases}{mark}")
+
+
+def _cmd_methods(args):
+    print(f"{'name':<22} {'family':<12} {'needs':<11} description")
+    _print_methods(args.family)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # train-prior, priors
 # ---------------------------------------------------------------------------------------------
 def _add_train(sub):
@@ -244,15 +284,16 @@ def _add_train(sub):
                                    "samples.png, heldout.npy). Load it with --prior OUT or load_prior(OUT).")
     try:
         from .training import add_train_arguments
-
-        add_train_arguments(p)
-        p.set_defaults(func=_cmd_train)
-    except ImportError:  # pragma: no cover
-        p.set_defaults(func=lambda a: _unavailable(f"the training module is not available ({e})"))
+    except ImportError as e:
+        reason = str(e)
+        p.set_defaults(func=lambda a: _unavailable(f"the training module is not available ({reason})"))
+        return
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args):
-    from .demo import ensure_diffusers_importable
+    from .compat import ensure_diffusers_importable
     from .training import main_train
 
     ensure_diffusers_importable()
@@ -278,29 +319,47 @@ def _cmd_priors(args):
 # ---------------------------------------------------------------------------------------------
 # benchmark
 # ---------------------------------------------------------------------------------------------
+#: suite -> module with main(argv) (options passed with --extra)
 _BENCH_MODULES = {"images": "ppl_diffusion.bench.images", "speed": "ppl_diffusion.bench.overhead",
-                  "scaling": "ppl_diffusion.bench.scaling", "peers": "ppl_diffusion.bench.peers"}
+                  "scaling": "ppl_diffusion.bench.scaling", "peers": "ppl_diffusion.bench.peers",
+                  "kernels": "ppl_diffusion.bench.kernels", "smc": "ppl_diffusion.bench.smc",
+                  "variational": "ppl_diffusion.bench.variational",
+                  "diagnostics": "ppl_diffusion.bench.diagnostics_speed",
+                  "match-times": "ppl_diffusion.bench.mcgdiff_match_times"}
 
 
 def _add_benchmark(sub):
+    from .bench.gmm import SETTINGS
+    from .bench.report import RESULTS_DIR
+
+    settings = "; ".join(f"'{k}': {v}" for k, v in SETTINGS.items() if k != "gaussian")
+    suites = ["gmm", "gaussian", *_BENCH_MODULES]
     p = sub.add_parser(
-        "benchmark", help="run a benchmark: gmm, gaussian, images, speed, scaling, peers",
-        description="gmm: GMM posterior benchmark (exact posteriors; settings b / grid / quick), gaussian: the "
-                    "Gaussian closed-form check, both via ppl_diffusion.benchmarking (same as benchmarks/gmm.py); "
-                    "images / speed (cost of the Pyro layer) / scaling (SMC particles, guide batch) / peers "
-                    "(DeepInverse side by side): ppl_diffusion.bench.*, options passed with --extra, e.g. "
-                    "--extra='--help'. Each writes its table under benchmarks/results/.")
-    p.add_argument("suite", choices=["gmm", "gaussian", "images", "speed", "scaling", "peers"], help="which benchmark")
-    p.add_argument("--solver", default=None, help="registered solver name (gmm / gaussian); default: all registered")
-    p.add_argument("--setting", default="quick", choices=["b", "quick"],
-                   help="gmm: 'quick' (d=8, 3 problems per d_y, 500 draws; default) or 'b' (published setting B: "
-                        "20 problems, 1000 draws); the d=80/800 grid is `python benchmarks/gmm.py --setting grid`")
+        "benchmark", help="run a benchmark: " + ", ".join(suites),
+        description="gmm: GMM posterior benchmark (exact posteriors, --setting), gaussian: the Gaussian closed-form "
+                    "check, both by ppl_diffusion.bench.gmm.run_benchmark (as `python benchmarks/gmm.py`); images / "
+                    "speed (cost of the Pyro layer) / scaling (SMC particles, guide batch) / peers (DeepInverse side "
+                    "by side) / kernels / smc / variational / diagnostics (R-hat, ESS speed) / match-times (MCGDiff): "
+                    "ppl_diffusion.bench.*, options passed with --extra, e.g. --extra='--help'. Each writes its "
+                    "tables under --out.")
+    p.add_argument("suite", choices=suites, help="which benchmark")
+    p.add_argument("--solver", nargs="+", default=None,
+                   help="registered solver name(s) (gmm / gaussian; required except for --setting floor); "
+                        "see `ppl-diffusion methods`, plus the 'prior' baseline and 'pmc_red'")
+    p.add_argument("--setting", default="quick", choices=[k for k in SETTINGS if k != "gaussian"],
+                   help=f"gmm (default 'quick'): {settings}")
     p.add_argument("--problems", type=int, default=None, help="problems per d_y (gmm)")
     p.add_argument("--samples", type=int, default=None, help="posterior draws per problem (gmm)")
+    p.add_argument("--dys", type=int, nargs="+", default=[1, 2, 4], help="measurement dimensions (gmm; default 1 2 4)")
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 80, 800], help="dimensions of --setting grid")
+    p.add_argument("--schedule", default="mcgdiff", choices=["mcgdiff", "increasing", "linear"],
+                   help="noise schedule of the GMM problems (default mcgdiff)")
     p.add_argument("--options", default="{}", help="JSON object of solver options (gmm / gaussian)")
-    p.add_argument("--out", default=None, help="write the table (markdown) to this file")
+    p.add_argument("--out", default=RESULTS_DIR,
+                   help=f"output folder (default {RESULTS_DIR} under the current directory), a .md file, or - to "
+                        "print only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--extra", default="", help="arguments passed on to the images / speed / peers module, "
+    p.add_argument("--extra", default="", help="arguments passed on to the module of the other suites, "
                                                 "as one quoted string")
     p.set_defaults(func=_cmd_benchmark)
 
@@ -312,6 +371,7 @@ def _unavailable(msg):
 
 def _cmd_benchmark(args):
     import importlib
+    import shlex
 
     _threads(args)
     if args.suite in _BENCH_MODULES:
@@ -320,52 +380,30 @@ def _cmd_benchmark(args):
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
             if e.name == modname:
-                return _unavailable(f"the '{args.suite}' benchmark is not available yet in this installation "
+                return _unavailable(f"the '{args.suite}' benchmark is not available in this installation "
                                     f"({modname} is missing)")
             raise
-        if not hasattr(mod, "main"):
-            return _unavailable(f"{modname} has no main(argv) entry point")
-        import shlex
-
-        return int(mod.main(shlex.split(args.extra)) or 0)
+        mod.main(["--out", args.out, *shlex.split(args.extra)])  # returns its results, not an exit code
+        return 0
     return _run_gmm_bench(args)
 
 
 def _run_gmm_bench(args):
-    """The logic of benchmarks/gmm.py (settings quick / b / gaussian) on registered solvers."""
-    from . import benchmarking as B
+    """``gmm`` / ``gaussian``: :func:`ppl_diffusion.bench.gmm.run_benchmark`, as ``benchmarks/gmm.py``."""
+    import shlex
 
-    registered = B.available_solvers()
-    if not args.solver:
-        raise ValueError("--solver is required for the gmm / gaussian benchmark; registered: "
-                         + ", ".join(sorted(registered)))
-    if args.solver not in registered:
-        raise ValueError(f"unknown solver {args.solver!r}; registered: {', '.join(sorted(registered))}")
+    from .bench.gmm import run_benchmark
+
     try:
         opts = json.loads(args.options)
     except json.JSONDecodeError as e:
         raise ValueError(f"--options must be a JSON object ({e})") from e
-    command = "ppl-diffusion benchmark " + args.suite + f" --solver {args.solver} --setting {args.setting}"
-    if args.suite == "gaussian":
-        r = B.run_gaussian_check(args.solver, options=opts)
-        body = ("| solver | KL(fit ‖ exact) | KL floor | W2 | W2 floor | NFE/sample | ms/sample |\n"
-                "|---|---|---|---|---|---|---|\n"
-                f"| {r['solver']} | {r['kl']:.4g} | {r['kl_floor']:.4g} | {r['w2']:.4g} | {r['w2_floor']:.4g} | "
-                f"{r['nfe']:.0f} | {1e3 * r['sec_per_sample']:.3g} |")
-        title = f"Gaussian check — {args.solver}"
-    else:
-        if args.setting == "b":
-            rows = B.run_setting_b(args.solver, (1, 2, 4), args.problems or 20, options=opts,
-                                   n_samples=args.samples or 1000)
-        else:  # quick: d = 8, a few problems
-            rows = [B.run_gmm(args.solver, 8, dy, 100, None, args.problems or 3, args.samples or 500, 5000, "max_sw",
-                              "mcgdiff", 0, opts) for dy in (1, 2, 4)]
-        body = B.format_table(rows)
-        title = f"GMM benchmark ({args.setting}) — {args.solver}"
-    if args.out:
-        print(B.write_table(args.out, title, command, body))
-    else:
-        print(f"## {title}\n\n{body}")
+    if not isinstance(opts, dict):
+        raise ValueError(f"--options must be a JSON object, got {args.options!r}")
+    setting = "gaussian" if args.suite == "gaussian" else args.setting
+    command = "ppl-diffusion " + shlex.join(getattr(args, "argv", None) or ["benchmark", args.suite])
+    run_benchmark(setting, args.solver or [], problems=args.problems, samples=args.samples, dims=args.dims,
+                  dys=args.dys, schedule=args.schedule, options=opts, out=args.out, command=command)
     return 0
 
 
@@ -379,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     _add_demo(sub)
     _add_solve(sub)
+    _add_methods(sub)
     _add_train(sub)
     _add_priors(sub)
     _add_benchmark(sub)
@@ -387,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

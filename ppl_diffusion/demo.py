@@ -1,15 +1,14 @@
-"""The main job (``ppl-diffusion demo``) and the building blocks shared with ``ppl-diffusion solve``.
+"""The main job, ``ppl-diffusion demo``: five tasks on held-out images of a shipped prior, one method
+per family, PNG grids, netCDF InferenceData and ``summary.md`` / ``summary.csv``.
 
-* :func:`make_operator` — an operator by name with parameters (``inpainting``, ``box``, ``sr``,
-  ``blur``, ``phase``, ``identity``, ``cs``, ``mri``);
-* :func:`make_model` — the Pyro model ``x ~ DiffusionPrior; y ~ GaussianMeasurement(A, x, sigma_y)``;
-* :data:`METHODS` / :func:`run_method` — every solver of the library by name, run the way its family
-  runs (guide ``.sample``, ``REDDiff.run`` through SVI, vectorised MCMC chains, batched SMC runs),
-  returning samples ``(chain, draw, *event)``, per-sample network evaluations and wall time;
-* :func:`evaluate` — PSNR / SSIM of the posterior mean, coverage of 90 % pixel intervals,
-  correlation of the posterior std with ``|error|``;
-* :func:`run_demo` — the report: five tasks on held-out images of a shipped prior, one method per
-  family, PNG grids, netCDF InferenceData and ``summary.md`` / ``summary.csv``.
+Its building blocks live in modules of their own and stay importable from here:
+
+* :mod:`ppl_diffusion.tasks` — :func:`make_operator` (an operator by name with parameters),
+  :func:`make_model` (the Pyro model ``x ~ prior; y ~ GaussianMeasurement(A, x, sigma_y)``);
+* :mod:`ppl_diffusion.methods` — :func:`run_method`: any registered solver by name through its
+  ``draw()``, returning its ``Draws``;
+* :mod:`ppl_diffusion.evaluation` — :func:`evaluate`: PSNR / SSIM of the posterior mean, coverage
+  of 90 % pixel intervals, correlation of the posterior std with ``|error|``.
 """
 from __future__ import annotations
 
@@ -18,320 +17,19 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["OPERATORS", "METHODS", "make_operator", "make_model", "run_method", "MethodResult", "evaluate",
+from .compat import ensure_diffusers_importable
+from .evaluation import evaluate
+from .methods import METHOD_DEFAULTS, MethodResult, available_methods, method_key, run_method
+from .tasks import OPERATORS, make_model, make_operator, parse_op_args
+
+__all__ = ["OPERATORS", "make_operator", "make_model", "parse_op_args", "run_method", "MethodResult",
+           "METHOD_DEFAULTS", "method_key", "available_methods", "evaluate", "ensure_diffusers_importable",
            "run_demo", "DEMO_TASKS", "demo_config"]
-
-
-def ensure_diffusers_importable() -> None:
-    """Work around a broken optional torchvision (e.g. a CUDA build next to a CPU torch, which
-    raises ``operator torchvision::nms does not exist`` on import): diffusers imports torchvision
-    whenever it is installed, and the UNet does not need it, so tell diffusers it is absent."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        try:
-            import diffusers.utils.import_utils as iu
-
-            iu._torchvision_available = False
-        except Exception:  # pragma: no cover
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
-# operators by name
-# ---------------------------------------------------------------------------------------------
-OPERATORS = {
-    "inpainting": "random pixel inpainting; args: missing=0.5 (fraction of pixels removed), seed=0",
-    "box": "box inpainting; args: top, left, height, width (default: a centred box of half the side)",
-    "sr": "super-resolution by block averaging; args: factor=2",
-    "blur": "Gaussian deblurring (periodic FFT blur); args: sigma=1.0, size (odd kernel size, default 4*sigma+1)",
-    "phase": "Fourier phase retrieval y = |FFT(pad(x))|; args: oversampling=2.0",
-    "identity": "denoising (y = x + noise); no args",
-    "cs": "compressed sensing with a Gaussian matrix; args: m (measurements, default d/4), seed=0",
-    "mri": "Cartesian MRI (subsampled Fourier rows); args: acceleration=4, center_fraction=0.08, seed=0",
-}
-_ALIASES = {"random": "inpainting", "inpaint": "inpainting", "super_resolution": "sr", "superres": "sr",
-            "deblur": "blur", "phase_retrieval": "phase", "denoise": "identity", "denoising": "identity",
-            "compressed_sensing": "cs"}
-
-
-def parse_op_args(items) -> dict:
-    """``["factor=2", "sigma=1.5"]`` or ``"factor=2,sigma=1.5"`` -> ``{"factor": 2, "sigma": 1.5}``."""
-    if items is None:
-        return {}
-    if isinstance(items, dict):
-        return dict(items)
-    if isinstance(items, str):
-        items = [items]
-    out = {}
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" not in part:
-                raise ValueError(f"--op-args: expected key=value, got {part!r}")
-            k, v = part.split("=", 1)
-            try:
-                out[k.strip()] = json.loads(v)
-            except json.JSONDecodeError:
-                out[k.strip()] = v
-    return out
-
-
-def make_operator(name: str, shape, dtype=torch.float32, **args):
-    """An operator by name (see :data:`OPERATORS`) for images of ``shape`` ``(C, H, W)``."""
-    from .models import operators as O
-
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in OPERATORS:
-        raise ValueError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS)}")
-    shape = tuple(int(s) for s in shape)
-    args = dict(args)
-    allowed = {"inpainting": {"missing", "seed"}, "box": {"top", "left", "height", "width"}, "sr": {"factor"},
-               "blur": {"sigma", "size"}, "phase": {"oversampling"}, "identity": set(), "cs": {"m", "seed"},
-               "mri": {"acceleration", "center_fraction", "seed"}}[key]
-    unknown = set(args) - allowed
-    if unknown:
-        raise ValueError(f"operator {key!r}: unknown arguments {sorted(unknown)}; allowed: {sorted(allowed) or 'none'}")
-    H, W = shape[-2:]
-    if key == "inpainting":
-        g = torch.Generator().manual_seed(int(args.get("seed", 0)))
-        return O.Inpainting.random(shape, float(args.get("missing", 0.5)), generator=g, dtype=dtype)
-    if key == "box":
-        h, w = int(args.get("height", H // 2)), int(args.get("width", W // 2))
-        top, left = int(args.get("top", (H - h) // 2)), int(args.get("left", (W - w) // 2))
-        return O.Inpainting.box(shape, top, left, h, w, dtype=dtype)
-    if key == "sr":
-        f = int(args.get("factor", 2))
-        if f < 1 or H % f or W % f:
-            raise ValueError(f"operator 'sr': factor {f} must divide the image size {H}x{W}")
-        return O.SuperResolution(f, shape, dtype=dtype)
-    if key == "blur":
-        kw = {"size": int(args["size"])} if "size" in args else {}
-        return O.Blur.gaussian(shape, float(args.get("sigma", 1.0)), dtype=dtype, **kw)
-    if key == "phase":
-        return O.PhaseRetrieval(shape, oversampling=float(args.get("oversampling", 2.0)))
-    if key == "identity":
-        return O.Identity(shape, dtype=dtype)
-    if key == "cs":
-        g = torch.Generator().manual_seed(int(args.get("seed", 0)))
-        d = math.prod(shape)
-        return O.CompressedSensing(int(args.get("m", d // 4)), shape, generator=g, dtype=dtype)
-    g = torch.Generator().manual_seed(int(args.get("seed", 0)))
-    return O.MRI.cartesian(shape, acceleration=float(args.get("acceleration", 4.0)),
-                           center_fraction=float(args.get("center_fraction", 0.08)), generator=g, dtype=dtype)
-
-
-def make_model(prior, operator, noise_std: float):
-    """The Pyro model ``x ~ prior; y ~ GaussianMeasurement(operator, x, noise_std)``."""
-    import pyro
-
-    from .models.measurement import GaussianMeasurement
-
-    def model(y=None):
-        x = pyro.sample("x", prior)
-        return pyro.sample("y", GaussianMeasurement(operator, x, noise_std), obs=y)
-
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# methods by name
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class MethodSpec:
-    family: str                      # "guide", "variational", "kernel", "smc"
-    loader: Callable                 # () -> class
-    doc: str
-    needs_linear: bool = True
-
-
-def _cls(module: str, name: str):
-    def load():
-        import importlib
-
-        return getattr(importlib.import_module(f"ppl_diffusion.inference.{module}"), name)
-    return load
-
-
-METHODS: dict[str, MethodSpec] = {
-    # explicit approximations (Pyro guides)
-    "dps": MethodSpec("guide", _cls("guides", "DPS"), "DPS (Chung et al. 2023): any differentiable likelihood", False),
-    "pigdm": MethodSpec("guide", _cls("guides", "PiGDM"), "PiGDM (Song et al. 2023): linear Gaussian"),
-    "mmps": MethodSpec("guide", _cls("guides", "MMPS"), "MMPS (Rozet et al. 2024): Gaussian likelihood", False),
-    "mcg": MethodSpec("guide", _cls("guides", "MCG"), "MCG (Chung et al. 2022): linear Gaussian"),
-    "score_ald": MethodSpec("guide", _cls("guides", "ScoreALD"), "Score-ALD (Jalal et al. 2021): linear Gaussian"),
-    "snips": MethodSpec("guide", _cls("guides", "SNIPS"), "SNIPS (Kawar et al. 2021): operator with an SVD"),
-    "ddrm": MethodSpec("guide", _cls("guides", "DDRM"), "DDRM (Kawar et al. 2022): operator with an SVD"),
-    "ddnm": MethodSpec("guide", _cls("guides", "DDNM"), "DDNM (Wang et al. 2023): linear operator"),
-    "ddnm_plus": MethodSpec("guide", _cls("guides", "DDNMPlus"), "DDNM+ (Wang et al. 2023): operator with an SVD"),
-    "dds": MethodSpec("guide", _cls("guides", "DDS"), "DDS (Chung et al. 2024): linear operator (CG)"),
-    "diffpir": MethodSpec("guide", _cls("guides", "DiffPIR"), "DiffPIR (Zhu et al. 2023): operator with a prox"),
-    "repaint": MethodSpec("guide", _cls("guides", "RePaint"), "RePaint (Lugmayr et al. 2022): inpainting only"),
-    "ilvr": MethodSpec("guide", _cls("guides", "ILVR"), "ILVR (Choi et al. 2021): linear operator"),
-    "score_sde": MethodSpec("guide", _cls("guides", "ScoreSDE"), "Score-SDE PC (Song et al. 2021): operator with an SVD"),
-    "ks": MethodSpec("guide", _cls("guides", "KadkhodaieSimoncelli"),
-                     "Kadkhodaie & Simoncelli (2021): operator with an SVD"),
-    # variational
-    "red_diff": MethodSpec("variational", _cls("variational", "REDDiff"),
-                           "RED-Diff (Mardani et al. 2024) via SVI; samples from its Gaussian q (learn_scale)", False),
-    # MCMC kernels
-    "pnpdm": MethodSpec("kernel", _cls("kernels", "PnPDM"), "PnP-DM split Gibbs (Wu et al. 2024): any likelihood", False),
-    "pmc": MethodSpec("kernel", _cls("kernels", "PMC"), "Plug-and-play Monte Carlo (Sun et al. 2023)", False),
-    # SMC
-    "mcgdiff": MethodSpec("smc", _cls("smc", "MCGDiff"), "MCGDiff (Cardoso et al. 2024): operator with an SVD"),
-    "tds": MethodSpec("smc", _cls("smc", "TDS"), "TDS (Wu et al. 2023): differentiable likelihood", False),
-    "fps": MethodSpec("smc", _cls("smc", "FPS"), "FPS (Dou & Song 2024): linear Gaussian"),
-    "fps_smc": MethodSpec("smc", _cls("smc", "FPSSMC"), "FPS-SMC (Dou & Song 2024): linear Gaussian"),
-    "smcdiff": MethodSpec("smc", _cls("smc", "SMCDiff"), "SMCDiff (Trippe et al. 2023): inpainting"),
-}
-_METHOD_ALIASES = {"reddiff": "red_diff", "red-diff": "red_diff", "pnp-dm": "pnpdm", "pnp_dm": "pnpdm",
-                   "ddnm+": "ddnm_plus", "score-ald": "score_ald", "scoreald": "score_ald", "pigdm": "pigdm",
-                   "kadkhodaie_simoncelli": "ks", "fps-smc": "fps_smc"}
-
-
-def method_key(name: str) -> str:
-    key = _METHOD_ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return key
-
-
-def available_methods() -> dict:
-    """``{name: family}`` of the methods whose module imports in this installation."""
-    out = {}
-    for k, spec in METHODS.items():
-        try:
-            spec.loader()
-            out[k] = spec.family
-        except (ImportError, AttributeError):
-            pass
-    return out
-
-
-@dataclass
-class MethodResult:
-    samples: torch.Tensor            # (chain, draw, *event)
-    nfe_per_sample: float
-    seconds: float
-    method: str
-    family: str
-    stats: dict = field(default_factory=dict)  # name -> (chain, draw) tensors
-    options: dict = field(default_factory=dict)
-
-    def flat(self) -> torch.Tensor:
-        return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
-
-
-def run_method(name: str, model, y: torch.Tensor, num_samples: int = 8, generator: torch.Generator | None = None,
-               options: dict | None = None, progress: bool = False) -> MethodResult:
-    """Run the solver ``name`` on ``model`` conditioned on ``y``; ``options`` go to its constructor,
-    except these run-level keys: kernels ``chains`` (default: ``num_samples // 2``), ``warmup``
-    (burn-in iterations, 20), ``thin`` (1); SMC ``independent`` (True: one run per sample); RED-Diff
-    always uses ``learn_scale=True`` unless told otherwise, and its ``num_samples`` draws come from
-    the fitted Gaussian.
-    """
-    import pyro
-
-    from .inference.problem import Problem
-
-    key = method_key(name)
-    spec = METHODS[key]
-    try:
-        cls = spec.loader()
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"method {key!r} is not available in this installation ({e})") from e
-    n = int(num_samples)
-    if n < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    opts = dict(options or {})
-    used = dict(opts)
-    den = Problem.from_model(model, y=y).denoiser
-    den.reset_nfe()
-    t0 = time.perf_counter()
-    stats = {}
-    try:
-        if spec.family == "guide":
-            solver = cls(model, progress=progress, **opts)
-            x = solver.sample(n, y=y, generator=generator)
-            samples = x.detach()[None]
-            nfe = float(den.nfe)  # one batched call per step serves every sample
-        elif spec.family == "variational":
-            pyro.clear_param_store()
-            opts.setdefault("learn_scale", True)
-            solver = cls(model, generator=generator, progress=progress, **opts)
-            mu, trace = solver.run(y=y)
-            if solver.learn_scale:
-                scale = pyro.param(solver.scale_name).detach()
-                eps = torch.randn((n,) + tuple(mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
-                x = mu + scale * eps
-            else:
-                x = mu.expand((n,) + tuple(mu.shape)).clone()
-            samples = x[None]
-            nfe = float(den.nfe) / n  # one optimisation serves all draws
-            stats["final_loss"] = float(trace[-1]) if len(trace) else float("nan")
-        elif spec.family == "kernel":
-            chains = int(opts.pop("chains", max(1, n // 2)))
-            warmup = int(opts.pop("warmup", 20))
-            thin = int(opts.pop("thin", 1))
-            per_chain = -(-n // chains)
-            kernel = cls(model, **opts)
-            res = kernel.run_chains(y=y, num_chains=chains, num_samples=per_chain, warmup_steps=warmup, thin=thin,
-                                    generator=generator, progress=progress)
-            samples = res.samples.detach()
-            iters = warmup + per_chain * thin
-            nfe = float(res.nfe_per_iteration) * iters * chains / samples[0].shape[0] / chains
-            for k, v in res.stats.items():
-                v = torch.as_tensor(v)
-                if v.shape[:2] == samples.shape[:2]:
-                    stats[k] = v
-        elif spec.family == "smc":
-            independent = bool(opts.pop("independent", True))
-            sampler = cls(model, progress=progress, **opts)
-            runs = n if independent else 1
-            res = sampler.run(y=y, runs=runs, generator=generator)
-            samples = res.resample(n, generator).detach()[None]
-            per_particle = res.extra.get("particle_nfe") or sampler.steps
-            nfe = float(sampler.particles * per_particle * runs / n)
-            stats["log_evidence"] = res.log_evidence.detach().to(torch.float64).reshape(-1)[:1].expand(1, 1)
-        else:  # pragma: no cover
-            raise AssertionError(spec.family)
-    except TypeError as e:  # unknown keyword options
-        raise ValueError(f"method {key!r}: bad options {sorted(used)} ({e})") from e
-    seconds = time.perf_counter() - t0
-    if not torch.isfinite(samples).all():
-        bad = int((~torch.isfinite(samples)).flatten(2).any(-1).sum())
-        raise FloatingPointError(f"method {key!r}: {bad} samples are not finite; try more steps or smaller step sizes")
-    return MethodResult(samples, nfe, seconds, key, spec.family, stats, used)
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
-# ---------------------------------------------------------------------------------------------
-def evaluate(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.9) -> dict:
-    """PSNR / SSIM of the posterior mean (images in [-1, 1]), coverage of the ``level`` equal-tailed
-    pixel intervals, and correlation of the pixel std with ``|mean - truth|``."""
-    from .metrics import coverage, psnr, ssim, std_error_correlation
-
-    s = samples.reshape((-1,) + tuple(truth.shape)).to(torch.float64)
-    t = truth.to(torch.float64)
-    mean = s.mean(0)
-    out = {"psnr": float(psnr(mean, t)), "ssim": float(ssim(mean, t))}
-    if s.shape[0] >= 2:
-        out["coverage90"] = float(coverage(s, t, level=level))
-        c = std_error_correlation(s, t)
-        out["std_err_corr"] = float(c) if torch.isfinite(c) else float("nan")
-    else:
-        out["coverage90"] = out["std_err_corr"] = float("nan")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,14 +167,16 @@ def run_demo(out="report", prior="digits", fast: bool = False, images: int | Non
         idata.to_netcdf(str(out / "netcdf" / f"{task}_{m}.nc"))
         if m == jobs[0][1] and task == jobs[0][0]:  # one ArviZ trace figure for the first solve
             try:
-                plot_scalar_traces(idata, ["y"], group="log_likelihood", path=out / "figures" / f"loglik_trace_{task}_{m}.png")
+                plot_scalar_traces(idata, ["y"], group="log_likelihood",
+                                   path=out / "figures" / f"loglik_trace_{task}_{m}.png")
             except Exception as e:  # pragma: no cover - plotting must not sink the report
                 log(f"(log-likelihood trace figure skipped: {e})")
     bar.close()
     for task, rws in by_task.items():
         rws = sorted(rws, key=lambda r: r["label"])
+        opname, opargs = DEMO_TASKS[task]
         posterior_grid(rws, path=out / "figures" / f"{task}.png",
-                       title=f"{task}: {DEMO_TASKS[task][0]} {json.dumps(DEMO_TASKS[task][1]) if DEMO_TASKS[task][1] else ''}, "
+                       title=f"{task}: {opname} {json.dumps(opargs) if opargs else ''}, "
                              f"sigma_y={noise_std}, prior={prior}")
     seconds = time.perf_counter() - t_start
     _write_summary(out, rows, seconds, dict(prior=str(prior), fast=fast, images=[int(j) for j in idx], samples=n_s,
@@ -485,7 +185,8 @@ def run_demo(out="report", prior="digits", fast: bool = False, images: int | Non
 
 
 def _write_summary(out: Path, rows: list, seconds: float, meta: dict) -> None:
-    keys = ["task", "operator", "method", "family", "image", "psnr", "ssim", "coverage90", "std_err_corr", "nfe", "seconds"]
+    keys = ["task", "operator", "method", "family", "image", "psnr", "ssim", "coverage90", "std_err_corr", "nfe",
+            "seconds"]
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -509,13 +210,15 @@ def _write_summary(out: Path, rows: list, seconds: float, meta: dict) -> None:
         "| task | method | family | PSNR | SSIM | coverage 90% | corr(std, err) | NFE/draw | time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    def mean(rs, k):
+        v = [r[k] for r in rs if not (isinstance(r[k], float) and math.isnan(r[k]))]
+        return float(np.mean(v)) if v else float("nan")
+
     for (task, m), rs in groups.items():
-        def mean(k):
-            v = [r[k] for r in rs if not (isinstance(r[k], float) and math.isnan(r[k]))]
-            return float(np.mean(v)) if v else float("nan")
-        lines.append(f"| {task} | {m} | {rs[0]['family']} | {_fmt(mean('psnr'))} | {_fmt(mean('ssim'), 3)} | "
-                     f"{_fmt(mean('coverage90'), 3)} | {_fmt(mean('std_err_corr'), 2)} | {_fmt(mean('nfe'), 0)} | "
-                     f"{_fmt(mean('seconds'), 1)} |")
+        lines.append(f"| {task} | {m} | {rs[0]['family']} | {_fmt(mean(rs, 'psnr'))} | "
+                     f"{_fmt(mean(rs, 'ssim'), 3)} | {_fmt(mean(rs, 'coverage90'), 3)} | "
+                     f"{_fmt(mean(rs, 'std_err_corr'), 2)} | {_fmt(mean(rs, 'nfe'), 0)} | "
+                     f"{_fmt(mean(rs, 'seconds'), 1)} |")
     lines += ["", "Settings: `" + json.dumps(meta["config"]) + "`", "",
               "Figures: `figures/<task>.png` (truth, measurement, posterior mean, std, 3 draws, |error|); "
               "InferenceData: `netcdf/<task>_<method>.nc`.", ""]

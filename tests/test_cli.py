@@ -10,7 +10,7 @@ from ppl_diffusion.cli import main
 
 
 def make_tiny_prior_folder(folder, size=16, n_heldout=6, seed=0):
-    from ppl_diffusion.demo import ensure_diffusers_importable
+    from ppl_diffusion.compat import ensure_diffusers_importable
 
     ensure_diffusers_importable()
     from diffusers import UNet2DModel
@@ -179,7 +179,7 @@ def test_benchmark_subcommands(capsys):
     assert "usage: ppl-diffusion benchmark" in out and "gaussian" in out and "--solver" in out, out
     _err(capsys, ["benchmark", "gaussian"], "solver", "required")
     _err(capsys, ["benchmark", "gaussian", "--solver", "nosuch"], "unknown solver 'nosuch'")
-    rc = main(["benchmark", "gmm", "--solver", "ddrm", "--problems", "1", "--samples", "100"])
+    rc = main(["benchmark", "gmm", "--solver", "ddrm", "--problems", "1", "--samples", "100", "--out", "-"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| ddrm | 8 | 1 | 100 |" in out
@@ -194,3 +194,77 @@ def test_train_prior_subcommand(tmp_path, capsys):
 
     prior = load_prior(str(tmp_path / "p"))
     assert tuple(prior.event_shape) == (1, 16, 16)
+
+
+def test_methods_lists_the_registry(capsys):
+    from ppl_diffusion.inference.registry import SOLVERS
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, info in SOLVERS.items():
+        row = [ln for ln in lines if ln.split()[:1] == [name]]
+        assert len(row) == 1, (name, lines)
+        assert row[0].split()[1] == info.family and info.needs in row[0] and info.doc in row[0], row
+    assert main(["methods", "--family", "kernel"]) == 0
+    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert names == [k for k, v in SOLVERS.items() if v.family == "kernel"], names
+    # solve --method takes the registry's names and aliases
+    from ppl_diffusion.methods import method_key
+
+    assert method_key("DDNM+") == "ddnm_plus" and method_key("pnp-dm") == "pnpdm"
+
+
+def test_help_states_real_defaults_and_choices(capsys):
+    from ppl_diffusion.bench.gmm import SETTINGS
+    from ppl_diffusion.demo import demo_config
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default {demo_config()['images']}; {demo_config(fast=True)['images']} with --fast)" in out, out
+    assert f"(default {demo_config()['samples']}; {demo_config(fast=True)['samples']} with --fast)" in out, out
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    choices = [k for k in SETTINGS if k != "gaussian"]
+    assert "--setting {" + ",".join(choices) + "}" in out, out
+    assert "benchmarks/gmm.py --setting" not in out  # every setting it names is a choice
+
+
+def test_train_prior_without_training_module(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ppl_diffusion.training", None)  # the import fails
+    _err(capsys, ["train-prior"], "the training module is not available")
+
+
+def test_benchmark_writes_where_asked(tmp_path, monkeypatch, capsys):
+    argv = ["benchmark", "gmm", "--solver", "ddrm", "--problems", "1", "--samples", "50", "--dys", "1"]
+    assert main(argv + ["--out", str(tmp_path / "here")]) == 0
+    text = (tmp_path / "here" / "gmm_quick_ddrm.md").read_text()
+    assert "| ddrm | 8 | 1 | 100 |" in text and "ppl-diffusion benchmark gmm --solver ddrm" in text
+    monkeypatch.chdir(tmp_path)  # default: benchmarks/results under the current directory
+    assert main(argv) == 0
+    assert (tmp_path / "benchmarks" / "results" / "gmm_quick_ddrm.md").is_file()
+    assert main(argv + ["--out", str(tmp_path / "one.md")]) == 0
+    assert (tmp_path / "one.md").is_file()
+
+
+def test_benchmarking_module_is_a_deprecated_shim():
+    import importlib
+    import sys
+
+    sys.modules.pop("ppl_diffusion.benchmarking", None)
+    with pytest.warns(DeprecationWarning, match="ppl_diffusion.bench"):
+        B = importlib.import_module("ppl_diffusion.benchmarking")
+    from ppl_diffusion.bench import gmm, report
+
+    for name in ("run_gmm", "run_setting_b", "run_gaussian_check", "run_mode_weights", "format_table", "BenchRow",
+                 "SolverOutput", "available_solvers"):
+        assert getattr(B, name) is getattr(gmm, name), name
+    for name in ("MarkdownTable", "write_table"):
+        assert getattr(B, name) is getattr(report, name), name
+    solvers = B.available_solvers()
+    assert {"ddrm", "red_diff", "pnpdm", "mcgdiff", "prior", "pmc_red"} <= set(solvers)
+    row = B.run_gmm("ddrm", d=8, d_y=2, steps=5, n_problems=1, n_samples=50, n_ref=200)
+    assert row.solver == "ddrm" and row.nfe == 5 and len(row.values) == 1

@@ -1,23 +1,32 @@
-"""Benchmarks against peers and the cost of our layers (issue 7).
+"""The benchmarks of the library, one module per benchmark; ``benchmarks/*.py`` are thin scripts over them.
 
-Each module exposes ``main(argv=None)``: it prints a markdown table and writes it under
-``benchmarks/results/`` with machine, versions, seeds and date (``benchmarking.write_table``).
+Each module exposes ``main(argv=None)``: it prints markdown tables and writes them, with command,
+machine, versions and date (:mod:`.report`), under ``--out`` (default ``benchmarks/results`` under the
+current directory).
 
-* :mod:`.peers`    — DeepInverse's DPS / DDRM / DiffPIR against ours on the same denoiser.
+* :mod:`.gmm`      — the harness on GMM problems with exact posteriors (every registered solver through
+  its ``draw()``), the Gaussian closed-form check, mass per mixture component, the noise-floor spread.
+* :mod:`.kernels`  — MCMC kernels: GMM, coverage, Pyro's chains against vectorised chains, replica exchange.
+* :mod:`.smc`      — SMC samplers: particles, calibration, setting B, particle Gibbs, inpainting.
+* :mod:`.variational` — score prior / efficient score prior / RED-Diff on GMM problems.
+* :mod:`.images`   — every guide (and other families) on the shipped prior's held-out images.
 * :mod:`.overhead` — our solvers through the Pyro model against a bare torch loop (same arithmetic).
 * :mod:`.scaling`  — SMC wall time / peak memory per particle, guide throughput against batch size.
-* :mod:`.images`   — every guide on the shipped prior's held-out images for the BENCHMARKS.md §3 tasks.
+* :mod:`.peers`    — DeepInverse's DPS / DDRM / DiffPIR against ours on the same denoiser.
+* :mod:`.diagnostics_speed` — vectorised R-hat / ESS against ArviZ.
+* :mod:`.mcgdiff_match_times` — MCGDiff's capped matching times on Gaussian deblurring.
 """
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-__all__ = ["SCHEDULER_CONFIG", "PRIORS", "image_denoiser", "heldout", "median_time", "results_path"]
+from .report import RESULTS_DIR
+
+__all__ = ["SCHEDULER_CONFIG", "PRIORS", "RESULTS_DIR", "image_denoiser", "heldout", "median_time", "set_threads"]
 
 #: scheduler of the tiny random UNet (DDPM linear betas, epsilon prediction)
 SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
@@ -87,13 +96,6 @@ def median_time(fn, repeats: int = 3, warmup: int = 1):
         out = fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts), out
-
-
-def results_path(name: str) -> str:
-    """``benchmarks/results/<name>.md`` of the repository (or of the working directory)."""
-    root = Path(__file__).resolve().parents[2]
-    base = root / "benchmarks" / "results" if (root / "benchmarks").is_dir() else Path.cwd() / "benchmarks" / "results"
-    return str(base / f"{name}.md")
 
 
 def set_threads():

@@ -1,5 +1,5 @@
-"""Every guide, MCGDiff (SMC) and RED-Diff (variational) on the shipped prior's held-out images for
-the tasks of BENCHMARKS.md §3 (CPU size).
+"""Every guide, MCGDiff (SMC) and RED-Diff (variational) on the shipped prior's held-out images, for
+eight linear and nonlinear imaging tasks at CPU size.
 
 Tasks (sigma_y = 0.05 on [-1, 1] images, 1x16x16): random inpainting (70 % missing), box inpainting
 (8x8 centre), 2x / 4x super-resolution (block average), Gaussian deblur (std 1 px), motion-like deblur
@@ -8,9 +8,10 @@ Per (guide, task): PSNR / SSIM of the posterior mean, coverage of pixel-wise 90 
 correlation of the posterior std with |mean - truth|, NFE and wall time per sample. A guide whose
 requirements the task does not meet (e.g. DDRM on phase retrieval) is listed as ``n/a``.
 
-Guides run with ``steps`` and their default options; other families go through
-:func:`ppl_diffusion.demo.run_method` with :data:`OPTIONS` (MCGDiff: one independent run of
-``particles`` particles per draw; RED-Diff: ``learn_scale=True``, draws from its fitted Gaussian, ``init="zeros"``).
+Every method runs through the registry and its ``draw()`` (:func:`ppl_diffusion.methods.run_method`):
+guides with ``steps`` and their default options; other families with :data:`OPTIONS` (MCGDiff: one
+independent run of ``particles`` particles per draw; RED-Diff: ``learn_scale=True``, draws from its
+fitted Gaussian, ``init="zeros"``).
 
     python benchmarks/images.py [--images 4] [--samples 8] [--steps 50] [--guides dps,ddrm,...,mcgdiff,red_diff]
                                 [--prior digits|tiny]
@@ -23,13 +24,14 @@ import time
 import pyro
 import torch
 
-from . import PRIORS, heldout, image_denoiser, results_path, set_threads
+from .report import add_out_argument, write_result
+from . import PRIORS, heldout, image_denoiser, set_threads
 
 __all__ = ["main", "tasks", "evaluate"]
 
 GUIDES = ("ddrm", "ddnm", "ddnm_plus", "dds", "diffpir", "ilvr", "score_sde", "repaint", "ks",
           "dps", "pigdm", "mmps", "mcg", "score_ald", "snips")
-#: methods of other families run by default (any ``ppl_diffusion.demo.METHODS`` key may be passed)
+#: methods of other families run by default (any registered method may be passed)
 OTHERS = ("mcgdiff", "red_diff")
 #: options of the non-guide methods (``steps`` of MCGDiff comes from ``--steps``). RED-Diff starts from
 #: zeros: its default ``init="pinv"`` starts Gaussian deblurring from the untruncated pseudo-inverse,
@@ -57,21 +59,11 @@ def tasks(shape=(1, 16, 16), dtype=torch.float32, seed=0):
     }
 
 
-def _guide_class(name):
-    from ..inference import guides as G
-
-    return {"ddrm": G.DDRM, "ddnm": G.DDNM, "ddnm_plus": G.DDNMPlus, "dds": G.DDS, "diffpir": G.DiffPIR,
-            "ilvr": G.ILVR, "score_sde": G.ScoreSDE, "repaint": G.RePaint, "ks": G.KadkhodaieSimoncelli,
-            "dps": G.DPS, "pigdm": G.PiGDM, "mmps": G.MMPS, "mcg": G.MCG, "score_ald": G.ScoreALD,
-            "snips": G.SNIPS}[name]
-
-
 def evaluate(guide, task, op, den, x_true, n_samples, steps, seed=0, noise_std=0.05, options=None):
     """Metrics of one method on one task over the images ``x_true`` (N, C, H, W); ``error`` when not applicable.
 
-    ``guide``: a guide name of :data:`GUIDES` (``cls(model, steps=steps)``) or any other
-    :data:`ppl_diffusion.demo.METHODS` key (run through ``demo.run_method`` with :data:`OPTIONS`,
-    overridden by ``options``; MCGDiff gets ``steps`` too)."""
+    ``guide``: any registered method name, run through :func:`ppl_diffusion.methods.run_method` with
+    :data:`OPTIONS` overridden by ``options``; guides and SMC samplers get ``steps`` too."""
     from ..metrics import coverage, psnr, ssim
     from ..models import DiffusionPrior, GaussianMeasurement
 
@@ -81,31 +73,25 @@ def evaluate(guide, task, op, den, x_true, n_samples, steps, seed=0, noise_std=0
         x = pyro.sample("x", prior)
         return pyro.sample("y", GaussianMeasurement(op, x, noise_std), obs=y)
 
+    from ..inference.registry import get_solver
+    from ..methods import run_method
+
     opts = dict(OPTIONS.get(guide, {}))
-    if guide in ("mcgdiff", "tds", "fps_smc", "fps", "smcdiff"):
+    if get_solver(guide).family in ("guide", "smc"):
         opts.setdefault("steps", steps)
     opts.update(options or {})
     rows = []
     t_total, nfe, wild = 0.0, 0, 0
     g = torch.Generator().manual_seed(seed)
-    for i, xt in enumerate(x_true):
+    for xt in x_true:
         y = op(xt) + noise_std * torch.randn(op.out_shape, generator=g, dtype=xt.dtype)
         try:
-            if guide in GUIDES:
-                gd = _guide_class(guide)(model, steps=steps)
-                t0 = time.perf_counter()
-                xs = gd.sample(n_samples, y=y, generator=g).detach().reshape((n_samples,) + xt.shape)
-                t_total += time.perf_counter() - t0
-                nfe = gd.last_nfe
-            else:
-                from ..demo import run_method
-
-                res = run_method(guide, model, y, n_samples, generator=g, options=opts)
-                xs = res.flat().detach().reshape((n_samples,) + xt.shape)
-                t_total += res.seconds
-                nfe = res.nfe_per_sample
+            res = run_method(guide, model, y, n_samples, generator=g, options=opts)
         except Exception as e:  # requirement not met (ValueError ...), divergence etc.
             return dict(guide=guide, task=task, error=f"{type(e).__name__}: {str(e)[:60]}")
+        xs = res.flat()[:n_samples].detach().reshape((n_samples,) + xt.shape)
+        t_total += res.seconds
+        nfe = res.nfe_per_sample
         wild += int((xs.flatten(1).abs().amax(1) > 2).sum())
         m, sd = xs.mean(0), xs.std(0)
         err = (m - xt).abs().flatten()
@@ -132,20 +118,21 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-NOTES = """PSNR / SSIM of the posterior mean against the held-out image (data range 2), averaged over the
-images; coverage: fraction of pixels inside the equal-tailed 90 % interval of the samples; corr: Pearson
-correlation over pixels of the posterior std with |mean - truth|. NFE / sample: network evaluations
-each draw sees (guides: one batched call per step serves all draws; MCGDiff: particles x network steps,
-the steps including the matching times inserted into the grid, so more for operators with many
-distinct singular values; RED-Diff: 200 optimisation steps per image / 8 draws, one optimisation
-serving all draws). s / sample: wall time of the method call divided by the draws, on 2 shared CPU
-cores with 1 torch thread (noisy, up to 2x: other jobs share the machine, and the first task's rows
-include warm-up; the overhead and peers tables are the timing comparisons). Last column: draws (of images x samples) with some pixel beyond |x| = 2,
-i.e. diverged; one such draw is enough to wreck the PSNR of the mean. A method whose requirement the
-task does not meet is `n/a` with the error it raised.
+NOTES = """PSNR / SSIM of the posterior mean against the held-out image (data range 2), averaged over the images;
+coverage: fraction of pixels inside the equal-tailed 90 % interval of the samples; corr: Pearson
+correlation over pixels of the posterior std with |mean - truth|. NFE / sample: network evaluations each
+draw sees (guides: one batched call per step serves all draws; MCGDiff: particles x network steps, the
+steps including the matching times inserted into the grid, so more for operators with many distinct
+singular values; RED-Diff: the network evaluations of its whole fit, 200 optimisation steps, as for
+every variational solver's `Draws`: draws from the fitted q are free). s / sample: wall time of the
+method call divided by the draws, on 2 shared CPU cores with 1 torch thread (noisy, up to 2x: other jobs
+share the machine, and the first task's rows include warm-up; the overhead and peers tables are the
+timing comparisons). Last column: draws (of images x samples) with some pixel beyond |x| = 2, i.e.
+diverged; one such draw is enough to wreck the PSNR of the mean. A method whose requirement the task
+does not meet is `n/a` with the error it raised.
 
 Reading the low numbers (checked one by one; none is a wrapper bug, the guides are called as
-`Guide(model, steps=50).sample(8, y=y, generator=g)` with their defaults):
+`Guide(model, steps=50).draw(8, y=y, generator=g)` with their defaults):
 
 - Gaussian deblur has 135 of its 256 singular values below sigma_y = 0.05 (smallest 2e-4). The
   noise-unaware projections (DDNM, ILVR, Score-SDE and Kadkhodaie-Simoncelli, all built on `A^+ y`)
@@ -162,8 +149,9 @@ Reading the low numbers (checked one by one; none is a wrapper bug, the guides a
   is not tuned per task here. Its draws come from the fitted Gaussian, whose learned scale puts most
   draws beyond |x| = 2 on random inpainting and 4x SR (the last column) and keeps the PSNR of the
   8-draw mean below the guides'.
-- DDS on 4x SR (15 dB, no divergence) is the one low number not explained above; not investigated. MCGDiff runs 8 particles per draw, few for 256 dimensions: its
-  numbers are those of a small-N SMC, below DDRM on inpainting."""
+- DDS on 4x SR (15 dB, no divergence) is the one low number not explained above; not investigated.
+  MCGDiff runs 8 particles per draw, few for 256 dimensions: its numbers are those of a small-N SMC,
+  below DDRM on inpainting."""
 
 
 def main(argv=None):
@@ -172,12 +160,12 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guides", default=",".join(GUIDES + OTHERS),
-                   help="methods: guide names and any ppl_diffusion.demo method (mcgdiff, red_diff, tds, ...)")
+                   help="methods: any registered method (`ppl-diffusion methods`: ddrm, mcgdiff, red_diff, tds, ...)")
     p.add_argument("--tasks", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior", default="digits", choices=PRIORS,
                    help="the shipped digits prior, or a tiny random UNet (smoke tests)")
-    p.add_argument("--out", default=results_path("images"))
+    add_out_argument(p, "images")
     a = p.parse_args(argv)
     set_threads()
     den, dlabel = image_denoiser(a.prior)
@@ -197,10 +185,8 @@ def main(argv=None):
     body = (f"Denoiser: {dlabel}. Images: {ilabel}, {a.images} images x {a.samples} samples, {a.steps} steps, "
             f"default options of each guide; {others}; seed {a.seed}, float32, sigma_y = 0.05. "
             f"Total wall time {wall / 60:.1f} min.\n\n" + table(results))
-    from .overhead import write_table_safe
-
-    text = write_table_safe(a.out, "Image tasks (BENCHMARKS.md §3)", ("python benchmarks/images.py " + " ".join(argv or [])).strip(),
-                            body, NOTES)
+    cmd = ("python benchmarks/images.py " + " ".join(argv or [])).strip()
+    text = write_result(a.out, "images", "Image tasks", cmd, body, NOTES)
     print(text)
     return results
 

@@ -20,7 +20,8 @@ import statistics
 import pyro
 import torch
 
-from . import PRIORS, heldout, image_denoiser, median_time, results_path, set_threads
+from .report import add_out_argument, write_result
+from . import PRIORS, heldout, image_denoiser, median_time, set_threads
 
 __all__ = ["main", "setup", "measure", "bare_dps", "bare_ddrm", "bare_mcgdiff", "ours_dps", "ours_ddrm",
            "ours_mcgdiff"]
@@ -293,8 +294,8 @@ def measure(steps=50, n=8, repeats=5, seed=0, zeta=1.0, methods=("dps", "ddrm", 
 
 
 def table(rows) -> str:
-    lines = ["| method | steps | samples | ours through Pyro (s) | bare torch loop (s) | ratio ours/bare | max abs diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | steps | samples | ours through Pyro (s) | bare torch loop (s) | ratio ours/bare | "
+             "max abs diff |", "|---|---|---|---|---|---|---|"]
     for m, steps, n, to, tb, r, d in rows:
         lines.append(f"| {m} | {steps} | {n} | {to:.3f} | {tb:.3f} | {r:.3f} | {d:.1e} |")
     return "\n".join(lines)
@@ -306,17 +307,17 @@ machine; one 5-repeat run under load gave 1.073 for MCGDiff, nine pairs right af
 1.021). The outputs of both sides agree to the stated `max abs diff` (same generator, same draw
 order), so the same arithmetic is timed. Target: ratio <= 1.05 with a network denoiser.
 
-MCGDiff is called as `MCGDiff(model, particles=8, steps=50, resampling="multinomial", ess_threshold=1.0)`
-(resampling at every step, the official code's choice, whatever the library default) and its bare loop
-reproduces it bit for bit (max abs diff 0; a single differing weight bit could change a resampling
-draw and the whole output, so this is the check that the same arithmetic runs): the bare loop precomputes the matching-time grid
-(`inference.smc.mcgdiff_grid`; one matching time for inpainting, so 51 network steps), the potentials'
-means / variances and every DDIM coefficient, and runs the Kalman move, the look-ahead weights and
-multinomial resampling inline; ours runs the Feynman-Kac engine (`smc/engine.py`: state dicts,
-`gather_state`, ESS history, running log-evidence, a finiteness check per step) behind
-`MCGDiff(model).sample` (a Pyro trace of the model builds the `Problem`). cProfile of one run (2.67 s
-ours, 2.57 s bare): outside the UNet ours spends ~0.12 s (schedule interpolation for the DDIM
-coefficients at every step, 0.02 s; weights, moves, resampling, engine bookkeeping), the bare loop
+MCGDiff is called as `MCGDiff(model, particles=8, steps=50, resampling="multinomial",
+ess_threshold=1.0)` (resampling at every step, the official code's choice, whatever the library default)
+and its bare loop reproduces it bit for bit (max abs diff 0; a single differing weight bit could change
+a resampling draw and the whole output, so this is the check that the same arithmetic runs): the bare
+loop precomputes the matching-time grid (`inference.smc.mcgdiff_grid`; one matching time for inpainting,
+so 51 network steps), the potentials' means / variances and every DDIM coefficient, and runs the Kalman
+move, the look-ahead weights and multinomial resampling inline; ours runs the Feynman-Kac engine
+(`smc/engine.py`: state dicts, `gather_state`, ESS history, running log-evidence, a finiteness check per
+step) behind `MCGDiff(model).sample` (a Pyro trace of the model builds the `Problem`). cProfile of one
+run (2.67 s ours, 2.57 s bare): outside the UNet ours spends ~0.12 s (schedule interpolation for the
+DDIM coefficients at every step, 0.02 s; weights, moves, resampling, engine bookkeeping), the bare loop
 ~0.05 s. The network dominates at 64 images per call, so nothing was changed in `smc/`."""
 
 
@@ -330,7 +331,7 @@ def main(argv=None):
     p.add_argument("--particles", type=int, default=8, help="MCGDiff particles per run (one run per draw)")
     p.add_argument("--prior", default="digits", choices=PRIORS,
                    help="the shipped digits prior, or a tiny random UNet (smoke tests)")
-    p.add_argument("--out", default=results_path("overhead"))
+    add_out_argument(p, "overhead")
     a = p.parse_args(argv)
     set_threads()
     rows, label = measure(a.steps, a.n, a.repeats, a.seed, methods=tuple(a.methods.split(",")),
@@ -340,19 +341,9 @@ def main(argv=None):
             f"float32, seed {a.seed}. MCGDiff: {a.n} independent runs of {a.particles} particles (one draw "
             f"each), batched in one network call per step ({a.n * a.particles} images).\n\n" + table(rows))
     cmd = "python benchmarks/overhead.py " + " ".join(argv if argv is not None else [])
-    text = write_table_safe(a.out, "Cost of the Pyro layer", cmd.strip(), body, NOTES)
+    text = write_result(a.out, "overhead", "Cost of the Pyro layer", cmd.strip(), body, NOTES)
     print(text)
     return rows
-
-
-def write_table_safe(path, title, command, body, notes):
-    from ..benchmarking import write_table
-
-    if path in ("", "-"):
-        from ..benchmarking import environment_header
-
-        return environment_header(title, command) + "\n" + body + "\n\n" + notes + "\n"
-    return write_table(path, title, command, body, notes)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,11 @@
 """DeepInverse's DPS, DDRM and DiffPIR against ours, side by side in one run, on the SAME denoiser.
 
 Images: our ``UNetDenoiser`` (the shipped ``digits`` prior; ``--prior tiny``: a tiny random UNet for
-smoke tests) is wrapped as a deepinv denoiser ``D(x, sigma)`` (:class:`DeepinvDenoiser`, exactly ``denoiser.denoise_ve``), so both
-sides call the same network on the same inputs; same operator (random inpainting, 50 % missing, the
-same mask), same measurement noise (sigma_y = 0.05 on [-1, 1]), same NFE (counted on both sides).
-Reported: median wall time over ``--repeats`` interleaved runs, time ratio deepinv/ours pair by pair,
-PSNR / SSIM of the sample mean against the first held-out image.
+smoke tests) is wrapped as a deepinv denoiser ``D(x, sigma)`` (:class:`DeepinvDenoiser`, exactly
+``denoiser.denoise_ve``), so both sides call the same network on the same inputs; same operator (random
+inpainting, 50 % missing, the same mask), same measurement noise (sigma_y = 0.05 on [-1, 1]), same NFE
+(counted on both sides). Reported: median wall time over ``--repeats`` interleaved runs, time ratio
+deepinv/ours pair by pair, PSNR / SSIM of the sample mean against the first held-out image.
 
 GMM: the same three solvers on ``gmm_benchmark_problem(d=8, d_y, seed)`` with the exact GMM denoiser
 wrapped the same way, our SVD handed to a deepinv ``DecomposablePhysics``; sliced Wasserstein of each
@@ -33,7 +33,8 @@ import time
 import pyro
 import torch
 
-from . import PRIORS, image_denoiser, results_path, set_threads
+from .report import add_out_argument, write_result
+from . import PRIORS, image_denoiser, set_threads
 
 __all__ = ["import_deepinv", "DeepinvDenoiser", "deepinv_dps", "deepinv_dps_matched_weight", "main", "run_pair",
            "setup", "gmm_setup", "gmm_physics", "gmm_run"]
@@ -446,7 +447,7 @@ def main(argv=None):
     p.add_argument("--gmm-ref", type=int, default=10000, help="exact posterior reference samples")
     p.add_argument("--gmm-steps", type=int, default=100)
     p.add_argument("--no-images", action="store_true", help="GMM section only")
-    p.add_argument("--out", default=results_path("peers"))
+    add_out_argument(p, "peers")
     a = p.parse_args(argv)
     set_threads()
     dinv = import_deepinv()
@@ -473,9 +474,7 @@ def main(argv=None):
                      f"Mean ± 95 % interval over problems; time ratio: median over problems of one run each.\n\n"
                      + gmm_table(runs))
     cmd = ("python benchmarks/peers.py " + " ".join(argv or [])).strip()
-    from .overhead import write_table_safe
-
-    text = write_table_safe(a.out, "DeepInverse vs ppl_diffusion (same denoiser, operator, noise, NFE)", cmd,
+    text = write_result(a.out, "peers", "DeepInverse vs ppl_diffusion (same denoiser, operator, noise, NFE)", cmd,
                             "\n\n".join(parts), NOTES)
     print(text)
     return rows, runs

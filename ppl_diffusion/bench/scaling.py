@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from . import results_path, set_threads
+from .report import add_out_argument, write_result
+from . import set_threads
 
 __all__ = ["main", "smc_one", "guide_throughput"]
 
@@ -68,7 +69,7 @@ def main(argv=None):
     p.add_argument("--batches", default="1,4,16,64,256")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=results_path("scaling"))
+    add_out_argument(p, "scaling")
     a = p.parse_args(argv)
     set_threads()
     smc = []
@@ -80,17 +81,17 @@ def main(argv=None):
     lines = ["| particles | steps | wall (s) | ms / particle | peak extra memory (MiB) | KiB / particle |",
              "|---|---|---|---|---|---|"]
     for r in smc:
-        lines.append(f"| {r['particles']} | {r['steps']} | {r['seconds']:.3f} | {1e3 * r['seconds'] / r['particles']:.2f} | "
-                     f"{r['peak_mib']:.1f} | {1024 * r['peak_mib'] / r['particles']:.1f} |")
+        lines.append(f"| {r['particles']} | {r['steps']} | {r['seconds']:.3f} | "
+                     f"{1e3 * r['seconds'] / r['particles']:.2f} | {r['peak_mib']:.1f} | "
+                     f"{1024 * r['peak_mib'] / r['particles']:.1f} |")
     gt = guide_throughput([int(v) for v in a.batches.split(",")], a.steps, a.seed)
     lines += ["", "| DDRM batch size | steps | wall (s) | samples / s |", "|---|---|---|---|"]
     lines += [f"| {b} | {s} | {dt:.3f} | {thr:.1f} |" for b, s, dt, thr in gt]
     body = (f"Denoiser: {smc[0]['label']}; MCGDiff, 1 run, seed {a.seed}; torch threads {torch.get_num_threads()}.\n\n"
             + "\n".join(lines))
-    from .overhead import write_table_safe
-
-    text = write_table_safe(a.out, "SMC and guide scaling", ("python benchmarks/scaling.py " + " ".join(argv or [])).strip(),
-                            body, "Target: flat per-particle cost (ms / particle and KiB / particle constant in N).")
+    cmd = ("python benchmarks/scaling.py " + " ".join(argv or [])).strip()
+    text = write_result(a.out, "scaling", "SMC and guide scaling", cmd, body,
+                        "Target: flat per-particle cost (ms / particle and KiB / particle constant in N).")
     print(text)
     return smc, gt
 
