@@ -65,7 +65,7 @@ def check_number(name: str, value, method: str, low: float | None = None, high: 
 def check_choice(name: str, value, choices, method: str):
     """``value`` if it is one of ``choices``, else an :class:`OptionError` listing them."""
     if value not in choices:
-        raise OptionError(f"{method}: {name} must be one of {sorted(choices)}, got {value!r}")
+        raise OptionError(f"{method}: {name} must be one of {sorted(choices, key=repr)}, got {value!r}")
     return value
 
 

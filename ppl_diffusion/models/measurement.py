@@ -30,7 +30,9 @@ class GaussianMeasurement(TorchDistribution):
 
         if not isinstance(operator, Operator):
             raise ValueError(f"operator must be a ppl_diffusion Operator, got {type(operator).__name__}")
-        scale = noise_std if isinstance(noise_std, torch.Tensor) else torch.tensor(float(noise_std), dtype=torch.float64)
+        scale = noise_std
+        if not isinstance(scale, torch.Tensor):
+            scale = torch.tensor(float(noise_std), dtype=torch.float64)
         if scale.is_complex() or not bool(torch.isfinite(scale.detach()).all()) or bool((scale.detach() < 0).any()):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         operator.check_input(x)

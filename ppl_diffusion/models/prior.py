@@ -140,7 +140,8 @@ class DiffusionPrior(TorchDistribution):
                 if not xr.requires_grad:
                     xr.requires_grad_(True)
                 D = self.denoiser.denoise_ve(xr, rho)
-                eye = torch.eye(d, dtype=xt.dtype, device=xt.device).reshape((d,) + (1,) * len(batch) + tuple(self.event_shape))
+                eye = torch.eye(d, dtype=xt.dtype, device=xt.device)
+                eye = eye.reshape((d,) + (1,) * len(batch) + tuple(self.event_shape))
                 (g,) = torch.autograd.grad((D * eye).sum(), xr, create_graph=create_graph)
                 diag = (g * eye).reshape((d,) + tuple(batch) + (d,)).sum(-1).sum(0)  # sum_i dD_i/dx_i
                 v = xt - D[0]
@@ -236,8 +237,10 @@ class DiffusionPrior(TorchDistribution):
         diff = 0.5 * (lam_max - lam_min) * ((eps - eps_hat) ** 2).reshape((n_samples,) + tuple(batch) + (d,)).sum(-1)
         a1, s1 = float(sched.alpha(t1)), float(sched.sigma(t1))
         flat = x.reshape(tuple(batch) + (d,))
-        kl = 0.5 * ((s1**2 - 1 - 2 * math.log(s1)) * d + a1**2 * (flat**2).sum(-1)) if getattr(sched, "kind", "vp") == "vp" \
-            else 0.5 * (a1**2 * (flat**2).sum(-1) / s1**2)
+        if getattr(sched, "kind", "vp") == "vp":
+            kl = 0.5 * ((s1**2 - 1 - 2 * math.log(s1)) * d + a1**2 * (flat**2).sum(-1))
+        else:
+            kl = 0.5 * (a1**2 * (flat**2).sum(-1) / s1**2)
         rho0 = self.rho_min
         recon = -0.5 * d * (math.log(2 * math.pi * rho0**2) + 1.0)
         return -kl - diff.mean(0) + recon
