@@ -92,6 +92,8 @@ class Draws:
     extra: dict = field(default_factory=dict)
     site: str = "x"
     observation: torch.Tensor | None = None
+    #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
+    plate_dims: tuple = ()
 
     @property
     def num_chains(self) -> int:
@@ -113,6 +115,15 @@ class Draws:
         stats = {k: torch.as_tensor(v) for k, v in self.stats.items()
                  if tuple(torch.as_tensor(v).shape[:2]) == (C, S)}
         obs = None if self.observation is None else {"y": self.observation}
+        if self.plate_dims and "dims" not in kwargs:
+            from ..diagnostics import _event_dim_names
+
+            p = len(self.plate_dims)
+            dims = {self.site: ["chain", "draw", *self.plate_dims]
+                    + _event_dim_names(self.site, self.samples.dim() - 2 - p, True, None)}
+            if obs is not None:
+                dims["y"] = [*self.plate_dims] + _event_dim_names("y", self.observation.dim() - p, False, None)
+            kwargs["dims"] = dims
         return to_inference_data({self.site: self.samples}, sample_stats=stats or None, observed_data=obs,
                                  var_name=self.site, **kwargs)
 
@@ -221,8 +232,10 @@ class Solver:
     def _draws(self, samples, meter: measure, problem: Problem, n: int, stats=None, extra=None,
                nfe_per_sample: float | None = None) -> Draws:
         nfe = meter.evals / max(n, 1) if nfe_per_sample is None else float(nfe_per_sample)
+        plates = tuple(f.name for f in problem.plates)
+        plate_dims = ("measurement",) if len(plates) == 1 else plates
         return Draws(samples.detach(), float(nfe), meter.seconds, self.name, self.family, dict(stats or {}),
-                     dict(extra or {}), problem.prior_site, problem.observation)
+                     dict(extra or {}), problem.prior_site, problem.observation, plate_dims)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k, v)!r}' for k, v in self.options().items())})"
