@@ -38,7 +38,7 @@ def nonzero_singular(s: torch.Tensor, rtol: float = ZERO_SINGULAR_VALUE) -> torc
     all-False mask, an empty ``s`` an empty one."""
     if s.numel() == 0:
         return s > 0
-    return s > float(rtol) * float(s.max())
+    return s > float(rtol) * float(s.detach().max())
 
 
 # ----------------------------------------------------------------------------------------------
