@@ -160,12 +160,13 @@ def test_prior_support_has_the_event_dims():
     assert prior.support.event_dim == len(prior.event_shape) == 3
 
 
-def test_second_derivative_through_the_shipped_digits_prior():
+@pytest.mark.parametrize("name", ["digits", "patches"])
+def test_second_derivative_through_the_shipped_priors(name):
     """Score Prior / Trace_ELBO need grad-of-grad through the UNet's attention (fails with the fused
     CPU attention kernel: 'derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward')."""
     from ppl_diffusion import load_prior
 
-    den = load_prior("digits").denoiser
+    den = load_prior(name).denoiser
     x = torch.randn(2, *den.event_shape, requires_grad=True)
     x0 = den(x, torch.tensor(0.5))
     (g,) = torch.autograd.grad(x0.sum(), x, create_graph=True)
@@ -219,3 +220,29 @@ def test_gibbs_refuses_mcgdiff_and_models_without_theta(pb):
         Gibbs(_sigma_model(pb), x_kernel=lambda m: ParticleGibbs(MCGDiff(m, particles=8)))
     with pytest.raises(ValueError, match="no latent site besides"):
         Gibbs(pb.model(SCHED), x_kernel=lambda m: ParticleGibbs(MCGDiff(m, particles=8)))
+
+
+def test_score_prior_svi_steps_on_the_shipped_digits_prior():
+    """The SVI family on a shipped UNet prior: Score Prior's exact-ODE prior term differentiates the
+    network twice; two SVI steps run and change the flow's parameters."""
+    from ppl_diffusion import load_prior
+    from ppl_diffusion.inference.variational import ScorePrior
+    from ppl_diffusion.models.operators import SuperResolution
+    from ppl_diffusion.models.zoo import heldout_images
+
+    prior = load_prior("digits")
+    x_true = heldout_images("digits")[0]
+    op = SuperResolution(2, x_true.shape)
+
+    def model(y=None):
+        x = pyro.sample("x", prior)
+        return pyro.sample("y", GaussianMeasurement(op, x, 0.05), obs=y)
+
+    pyro.clear_param_store()
+    sp = ScorePrior(model, progress=False, n_layers=2, hidden=(32,), num_particles=2, ode_steps=2)
+    sp.run(y=op(x_true), steps=1)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    trace = sp.run(y=op(x_true), steps=1)  # continues from the param store
+    after = dict(pyro.get_param_store().items())
+    assert torch.isfinite(torch.as_tensor(trace)).all()
+    assert before and any(not torch.equal(before[k], after[k].detach()) for k in before)
