@@ -124,8 +124,8 @@ def posterior_grid(rows: Sequence[dict], path=None, title: str | None = None, vm
     # std and |error| share one colour scale per row (comparable within a posterior, readable across
     # methods of very different accuracy)
     umaxes = [max([float(np.nanmax(img)) for (_, img, k) in p if k in ("std", "error")] + [1e-6]) for p in panel_rows]
-    fig, axes = plt.subplots(len(panel_rows), ncol, figsize=(cell * ncol, cell * len(panel_rows) + (0.4 if title else 0)),
-                             squeeze=False)
+    figsize = (cell * ncol, cell * len(panel_rows) + (0.4 if title else 0))
+    fig, axes = plt.subplots(len(panel_rows), ncol, figsize=figsize, squeeze=False)
     cmap_img = plt.get_cmap("gray").with_extremes(bad="tab:blue")
     for r, (panels, row) in enumerate(zip(panel_rows, rows)):
         umax = umaxes[r]

@@ -52,7 +52,8 @@ def _plate_model(pb, B, mask=False):
 def test_problem_finds_theta_and_plates(pb):
     prob = Problem.from_model(_sigma_model(pb), allow_unobserved=True)
     assert list(prob.observed) == ["y"] and prob.free_latents == ["sigma"] and not prob.plates
-    fixed = Problem.from_model(pyro.condition(_sigma_model(pb), data={"sigma": torch.tensor(0.1, dtype=torch.float64)}), y=pb.y)
+    sigma = torch.tensor(0.1, dtype=torch.float64)
+    fixed = Problem.from_model(pyro.condition(_sigma_model(pb), data={"sigma": sigma}), y=pb.y)
     assert fixed.free_latents == [] and list(fixed.observed) == ["y"] and fixed.linear_gaussian().noise_std == 0.1
     plated = Problem.from_model(_plate_model(pb, 3), y=torch.zeros(3, 2, dtype=torch.float64))
     assert [f.name for f in plated.plates] == ["images"] and plated.num_measurements == 3
@@ -110,7 +111,8 @@ def test_plate_of_measurements_conditions_each_sample_on_its_own(name):
         alone = cls(one, **opts).sample(400, y=Y[b], generator=torch.Generator().manual_seed(2 + b))
         sw_plate = float(sliced_wasserstein(plated.samples[0, :, b], ref, generator=torch.Generator().manual_seed(0)))
         sw_alone = float(sliced_wasserstein(alone, ref, generator=torch.Generator().manual_seed(0)))
-        floor = float(sliced_wasserstein(exact.sample(400, generator=g), ref, generator=torch.Generator().manual_seed(0)))
+        floor = float(sliced_wasserstein(exact.sample(400, generator=g), ref,
+                                         generator=torch.Generator().manual_seed(0)))
         # a sample conditioned on another measurement scores far away (measured: 5-20x the floor)
         assert sw_plate < 1.5 * sw_alone + 2 * floor, (b, sw_plate, sw_alone, floor)
 
