@@ -180,7 +180,7 @@ def sliced_wasserstein(
     """Sliced Wasserstein distance between the point clouds ``x`` (n, d) and ``y`` (m, d).
 
     ``mean_theta W_p(theta#x, theta#y)`` over ``n_projections`` random unit directions (variant (a)
-    of BENCHMARKS.md with the default ``p=1``); ``max_sliced=True`` returns
+    of ``docs/benchmarks.md`` with the default ``p=1``); ``max_sliced=True`` returns
     ``max_theta W_p(theta#x, theta#y)`` instead. Each 1-D ``W_p`` is exact between the empirical
     measures, also when ``n != m``. Note the mean is over ``W_p``, not over ``W_p^p`` as in POT's
     ``sliced_wasserstein_distance`` (identical for ``p=1``). ``projections`` (d, L) fixes the

@@ -70,8 +70,9 @@ def test_gmm_exact_posterior(gmm, name):
 
 
 def test_gaussian_check_small():
-    """BENCHMARKS.md §2, smaller (d=20, d_y=10): W2 of DDRM's / DDNM's Gaussian fit to the closed-form
-    posterior, within a stated multiple of the noise floor (W2 of the fit of as many exact draws)."""
+    """The Gaussian closed-form check of docs/benchmarks.md, smaller (d=20, d_y=10): W2 of DDRM's /
+    DDNM's Gaussian fit to the closed-form posterior, within a stated multiple of the noise floor (W2 of
+    the fit of as many exact draws)."""
     pb = gaussian_check_problem(d=20, d_y=10, seed=0)
     model = pb.model(VPSchedule.linear())
     m_p, C_p = pb.posterior.means[0], pb.posterior.full_covs()[0]

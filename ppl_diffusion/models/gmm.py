@@ -11,7 +11,7 @@ closed-form:
 
 Covariances are either isotropic (``covs`` of shape (K,), meaning ``c_k I``; fast path) or full
 (K, d, d), kept as eigendecompositions. :func:`gmm_benchmark_problem` is the benchmark of the SMC
-diffusion literature (BENCHMARKS.md §1).
+diffusion literature (Cardoso et al., ICLR 2024; ``docs/benchmarks.md``).
 """
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ class GMMDenoiser(Denoiser):
 
 @dataclass
 class GMMProblem:
-    """A GMM inverse problem with its exact posterior (BENCHMARKS.md §1/§2)."""
+    """A GMM inverse problem with its exact posterior (``docs/benchmarks.md``)."""
 
     prior: GaussianMixture
     A: torch.Tensor
@@ -303,7 +303,7 @@ def _grid_means(d: int, dtype=torch.float64) -> torch.Tensor:
 
 
 def gmm_benchmark_problem(d: int = 8, d_y: int = 1, seed: int = 0, dtype=torch.float64) -> GMMProblem:
-    """The 25-component GMM inverse problem of MCGDiff (Cardoso et al., ICLR 2024), BENCHMARKS.md §1.
+    """The 25-component GMM inverse problem of MCGDiff (Cardoso et al., ICLR 2024).
 
     Means ``(-8i, -8j, -8i, -8j, ...)`` for i, j in {-2..2}, identity covariances, weights
     ``z^2 / sum z^2`` with ``z ~ N(0, I_25)``; ``A = U diag(s) V[:d_y]`` from the SVD of a Gaussian
@@ -326,8 +326,8 @@ def gmm_benchmark_problem(d: int = 8, d_y: int = 1, seed: int = 0, dtype=torch.f
 
 def gaussian_check_problem(d: int = 100, d_y: int = 50, noise_std: float = 0.1, seed: int = 0,
                            dtype=torch.float64) -> GMMProblem:
-    """BENCHMARKS.md §2: zero-mean Gaussian prior with a random SPD covariance, ``A`` with N(0,1)
-    entries, ``sigma_y = 0.1``: the posterior is one Gaussian."""
+    """The Gaussian closed-form check (``docs/benchmarks.md``): zero-mean Gaussian prior with a random
+    SPD covariance, ``A`` with N(0,1) entries, ``sigma_y = 0.1``: the posterior is one Gaussian."""
     g = torch.Generator().manual_seed(seed)
     B = torch.randn(d, d, generator=g, dtype=dtype) / math.sqrt(d)
     evals = torch.linspace(0.05, 2.0, d, dtype=dtype)
