@@ -22,6 +22,14 @@ iteration index that drives annealing):
   denoiser evaluation for all chains) and returns a :class:`ChainResult` with samples
   ``(chain, draw, *event)``; ``.to_inference_data()`` gives an ``InferenceData`` with chain/draw dims.
   :meth:`DiffusionKernel.draw` (the solver contract) runs them and returns a :class:`Draws`.
+
+A plate of ``B`` measurements (``with pyro.plate("images", B)`` around the prior and the likelihood,
+``y`` of shape ``(B, *out)``): ``C`` chains per measurement run as ONE batch of ``C * B`` chains on
+:meth:`Problem.expand_measurements` (chain ``i`` of measurement ``b`` at batch index ``i * B + b``,
+each conditioned on its own ``y_b``; one network call per denoiser evaluation for the whole plate),
+and the samples come back ``(chain, draw, *plate_shape, *event)``. Under ``pyro.infer.MCMC`` the
+state of one Pyro chain is ``(*plate_shape, *event)``: the ``B`` measurements' posteriors are
+independent, so one transition moves ``B`` chains, one per measurement, as one batch.
 """
 from __future__ import annotations
 
@@ -39,11 +47,15 @@ __all__ = ["DiffusionKernel", "ChainResult", "stub_model", "require_differentiab
 
 
 def require_differentiable(problem: Problem, method: str) -> None:
-    """Raise ValueError unless ``log p(y | x)`` has a finite autograd gradient at ``x = 0``."""
+    """Raise ValueError unless ``log p(y | x)`` has a finite autograd gradient at ``x = 0`` (for a
+    plate, at ``x = 0`` for every measurement)."""
     if problem.is_gaussian and problem._gaussian.noise_std == 0:
         raise ValueError(f"{method}: the log-likelihood of a noiseless measurement (noise_std=0) is not "
                          "defined; use a linear operator with an SVD or a positive noise_std")
-    x = torch.zeros((1,) + tuple(problem.event_shape), dtype=problem.dtype, device=problem.device)
+    n = problem.num_measurements
+    if problem.plates:
+        problem = problem.expand_measurements(1)
+    x = torch.zeros((n,) + tuple(problem.event_shape), dtype=problem.dtype, device=problem.device)
     try:
         ll, g = problem.grad_log_likelihood(x)
     except (RuntimeError, NotImplementedError, TypeError) as exc:
@@ -68,12 +80,14 @@ def stub_model(model):
 class ChainResult:
     """Output of :meth:`DiffusionKernel.run_chains`."""
 
-    samples: torch.Tensor          # (chain, draw, *event)
-    stats: dict = field(default_factory=dict)   # name -> (chain, draw) or (draw,) tensors
+    samples: torch.Tensor          # (chain, draw, *event); with a plate (chain, draw, *plate_shape, *event)
+    stats: dict = field(default_factory=dict)   # name -> (chain, draw[, *plate_shape]) or (draw,) tensors
     nfe_per_iteration: float = 0.0  # network evaluations per chain per iteration (averaged)
     seconds: float = 0.0
     site: str = "x"
     observation: torch.Tensor | None = None
+    #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
+    plate_dims: tuple = ()
 
     @property
     def num_chains(self) -> int:
@@ -106,8 +120,30 @@ class ChainResult:
         stats = self.stats_per_draw()
         stats.setdefault("diverging", torch.zeros(C, S, dtype=torch.bool))
         obs = None if self.observation is None else {"y": self.observation}
+        if self.plate_dims and "dims" not in kwargs:
+            kwargs["dims"] = _plate_dims(self.site, self.samples, self.observation, self.plate_dims, stats)
         return to_inference_data({self.site: self.samples}, sample_stats=stats, observed_data=obs,
                                  var_name=self.site, **kwargs)
+
+
+def _plate_dims(site: str, samples, observation, plate_dims: tuple, stats: dict) -> dict:
+    """ArviZ dim names of a plated run: ``(chain, draw, *plate_dims, *event)`` for the samples,
+    ``(*plate_dims, *out)`` for ``y``, ``(chain, draw, *plate_dims)`` for per-measurement stats."""
+    from ...diagnostics import _event_dim_names
+
+    p = len(plate_dims)
+    dims = {site: ["chain", "draw", *plate_dims] + _event_dim_names(site, samples.dim() - 2 - p, True, None)}
+    if observation is not None:
+        dims["y"] = [*plate_dims] + _event_dim_names("y", observation.dim() - p, False, None)
+    for k, v in stats.items():
+        if torch.as_tensor(v).dim() == 2 + p:
+            dims[k] = ["chain", "draw", *plate_dims]
+    return dims
+
+
+def _plate_names(problem: Problem) -> tuple:
+    names = tuple(f.name for f in problem.plates)
+    return ("measurement",) if len(names) == 1 else names
 
 
 class DiffusionKernel(MCMCKernel, Solver):
@@ -129,6 +165,7 @@ class DiffusionKernel(MCMCKernel, Solver):
     name = "kernel"
     family = "kernel"
     requires: tuple = ("likelihood",)
+    supports_plates = True
 
     def __init__(self, model, *, prior_site: str | None = None, init="randn", init_scale: float = 1.0,
                  progress: bool = False):
@@ -144,6 +181,7 @@ class DiffusionKernel(MCMCKernel, Solver):
         self._warmup_steps = 0
         self._last = {}
         self.current_problem: Problem | None = None
+        self.plate_problem: Problem | None = None  # the plated problem whose view is current (None: no plate)
         structure = self.setup_solver(model, prior_site, progress)
         self.user_model = model
         self.model = stub_model(model)       # arviz.from_pyro traces this; no reverse diffusion
@@ -171,11 +209,22 @@ class DiffusionKernel(MCMCKernel, Solver):
         return problem
 
     def _problem(self, *args, **kwargs) -> Problem:
-        """Build the problem of ``model(*args, **kwargs)``, make it current and :meth:`prepare` it."""
+        """Build the problem of ``model(*args, **kwargs)``, make it current and :meth:`prepare` it (a
+        plated problem: its view for one chain per measurement, see :meth:`_bind`)."""
         problem = self.problem(*args, **kwargs)
-        self.current_problem = problem
-        self.prepare(problem)
+        self._bind(problem, 1)
         return problem
+
+    def _bind(self, problem: Problem, chains: int) -> Problem:
+        """Make ``problem`` current and :meth:`prepare` it; for a plate of ``B`` measurements its
+        :meth:`~ppl_diffusion.inference.problem.Problem.expand_measurements` view for ``chains``
+        chains per measurement (a batch of ``chains * B`` chains, chain ``i`` of measurement ``b`` at
+        index ``i * B + b``). Returns the problem the chains run on."""
+        self.plate_problem = problem if problem.plates else None
+        run = problem.expand_measurements(chains) if problem.plates else problem
+        self.current_problem = run
+        self.prepare(run)
+        return run
 
     def initial_state(self, problem: Problem, n: int, generator=None) -> torch.Tensor:
         shape = (n,) + tuple(problem.event_shape)
@@ -207,8 +256,16 @@ class DiffusionKernel(MCMCKernel, Solver):
         if self._user_init is not None:
             x0 = self._user_init.to(problem.dtype)
         else:
-            x0 = self.initial_state(problem, 1)[0]
+            x0 = self.initial_state(self.current_problem, problem.num_measurements)
+            x0 = x0.reshape(self._state_shape)
         self._initial_params = {self.site: x0}
+
+    @property
+    def _state_shape(self) -> tuple:
+        """Shape of one Pyro chain's state: ``(*plate_shape, *event)``."""
+        p = self.current_problem
+        plate = tuple(self.plate_problem.plate_shape) if self.plate_problem is not None else ()
+        return plate + tuple(p.event_shape)
 
     @property
     def initial_params(self):
@@ -223,13 +280,17 @@ class DiffusionKernel(MCMCKernel, Solver):
         if self.current_problem is None:
             raise ValueError(f"{self.name}: call setup() (MCMC.run does) before sample()")
         x = params[self.site]
-        with torch.no_grad():
-            new, bad = self._safe_step(x[None], self._t, None)
-        if bool(bad[0]) and self._t >= self._warmup_steps:
+        ev = tuple(self.current_problem.event_shape)
+        if tuple(x.shape) != self._state_shape:
+            raise ValueError(f"{self.name}: the state of site {self.site!r} must have shape {self._state_shape}, "
+                             f"got {tuple(x.shape)}")
+        with torch.no_grad():  # a plate: its B measurements move as B chains of one batch
+            new, bad = self._safe_step(x.reshape((-1,) + ev), self._t, None)
+        if bool(bad.any()) and self._t >= self._warmup_steps:
             self._divergences.append(self._t - self._warmup_steps)
         self._last = self.schedule_info(self._t)
         self._t += 1
-        return {self.site: new[0]}
+        return {self.site: new.reshape(self._state_shape)}
 
     def diagnostics(self):
         return OrderedDict([("divergences", list(self._divergences)), ("acceptance rate", 1.0)])
@@ -253,25 +314,43 @@ class DiffusionKernel(MCMCKernel, Solver):
         """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations, then
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns samples
         ``(chain, draw, *event)``; the model's arguments (e.g. ``y=y``) go in ``*args, **kwargs``;
-        ``progress=None`` follows the constructor's ``progress``."""
+        ``progress=None`` follows the constructor's ``progress``.
+
+        A plate of ``B`` measurements: ``num_chains`` chains PER measurement, run as one batch of
+        ``num_chains * B`` chains (see the module docstring); samples ``(chain, draw, *plate_shape,
+        *event)``, ``diverging`` ``(chain, draw, *plate_shape)``."""
         C = check_int("num_chains", num_chains, self.name)
         S = check_int("num_samples", num_samples, self.name)
         thin = check_int("thin", thin, self.name)
         warmup_steps = check_int("warmup_steps", warmup_steps, self.name, minimum=0)
-        problem = self._problem(*args, **kwargs)
+        problem = self.problem(*args, **kwargs)
         return self._chains(problem, C, S, warmup_steps, thin, generator, init,
                             self.progress if progress is None else progress)
 
+    def _initial_chains(self, problem: Problem, run: Problem, C: int, init, generator) -> torch.Tensor:
+        """The ``C * B`` starting states (``B = 1`` without a plate), chain ``i`` of measurement ``b``
+        at ``i * B + b``. ``init``: ``(*event)`` (every chain), ``(*plate_shape, *event)`` (per
+        measurement), ``(C, *plate_shape, *event)`` (per chain) or ``None`` (the kernel's ``init``)."""
+        B = problem.num_measurements
+        if init is None:
+            return self.initial_state(run, C * B, generator)
+        ev, plate = tuple(problem.event_shape), tuple(problem.plate_shape)
+        x = torch.as_tensor(init).to(problem.dtype).to(problem.device)
+        if tuple(x.shape) == ev:
+            x = x.expand((C * B,) + ev)
+        elif plate and tuple(x.shape) == plate + ev:
+            x = x.reshape((1, B) + ev).expand((C, B) + ev)
+        accepted = [(C,) + plate + ev] + ([plate + ev] if plate else [])
+        if tuple(x.shape) not in accepted and tuple(x.shape) != (C * B,) + ev:
+            raise ValueError(f"{self.name}: init must have shape {ev} or "
+                             f"{' or '.join(str(a) for a in accepted)}, got {tuple(x.shape)}")
+        return x.reshape((C * B,) + ev).clone()
+
     def _chains(self, problem: Problem, C: int, S: int, warmup_steps: int, thin: int, generator, init,
                 progress: bool) -> ChainResult:
-        if init is not None:
-            x = torch.as_tensor(init).to(problem.dtype).to(problem.device)
-            if tuple(x.shape) == tuple(problem.event_shape):
-                x = x.expand((C,) + tuple(x.shape)).clone()
-            if tuple(x.shape) != (C,) + tuple(problem.event_shape):
-                raise ValueError(f"{self.name}: init must have shape {(C,) + tuple(problem.event_shape)}")
-        else:
-            x = self.initial_state(problem, C, generator)
+        run = self._bind(problem, C)
+        B = problem.num_measurements
+        x = self._initial_chains(problem, run, C, init, generator)
         den = problem.denoiser
         evals0 = den.sample_evals
         keep, div = [], []
@@ -293,12 +372,18 @@ class DiffusionKernel(MCMCKernel, Solver):
                         info.setdefault(key, []).append(float(v))
         secs = time.perf_counter() - t0
         samples = torch.stack(keep, 1)
-        stats = {"diverging": torch.stack(div, 1)}
+        diverging = torch.stack(div, 1)
+        if problem.plates:  # (C * B, S, ...) with chain i of measurement b at i * B + b -> (C, S, *plate, ...)
+            plate, ev = tuple(problem.plate_shape), tuple(problem.event_shape)
+            samples = samples.reshape((C, B, S) + ev).transpose(1, 2).reshape((C, S) + plate + ev)
+            diverging = diverging.reshape(C, B, S).transpose(1, 2).reshape((C, S) + plate)
+        stats = {"diverging": diverging}
         for key, v in info.items():
             stats[key] = torch.tensor(v, dtype=torch.float64)
         # per chain: evaluated samples / chains (a call may batch several replicas or skip idle ones)
-        nfe = (den.sample_evals - evals0) / (C * max(total, 1))
-        return ChainResult(samples, stats, nfe, secs, self.site, problem.observation)
+        nfe = (den.sample_evals - evals0) / (C * B * max(total, 1))
+        return ChainResult(samples, stats, nfe, secs, self.site, problem.observation,
+                           _plate_names(problem) if problem.plates else ())
 
     # -- the solver contract ----------------------------------------------------------------
     def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int = 20, thin: int = 1,
@@ -306,7 +391,9 @@ class DiffusionKernel(MCMCKernel, Solver):
         """Posterior draws from ``chains`` vectorised chains (default ``max(1, num_samples // 2)``):
         ``warmup`` discarded iterations (annealing included), then ``ceil(num_samples / chains)`` draws
         per chain every ``thin`` iterations, so ``chains x ceil(num_samples / chains) >= num_samples``
-        draws with ``(chain, draw, *event)`` dims.
+        draws with ``(chain, draw, *event)`` dims. A plate of ``B`` measurements: that many chains
+        and draws PER measurement, all ``chains * B`` chains in one batch, samples ``(chain, draw,
+        *plate_shape, *event)`` (``nfe_per_sample`` per draw of one measurement).
 
         ``nfe_per_sample`` = network evaluations per chain and iteration x iterations / draws per
         chain (every iteration's cost, burn-in and thinning included, charged to the kept draws);
@@ -318,7 +405,7 @@ class DiffusionKernel(MCMCKernel, Solver):
         warmup = check_int("warmup", warmup, self.name, minimum=0)
         thin = check_int("thin", thin, self.name)
         per_chain = -(-n // chains)
-        problem = self._problem(*args, **kwargs)
+        problem = self.problem(*args, **kwargs)
         with measure(problem.denoiser) as meter:
             res = self._chains(problem, chains, per_chain, warmup, thin, generator, init, self.progress)
         iters = warmup + per_chain * thin

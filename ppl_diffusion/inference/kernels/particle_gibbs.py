@@ -15,7 +15,9 @@ Invariance is checked against the closed form of the SMC's own target on a Gauss
 Note: on the GMM benchmark schedule (decreasing betas, coarse near t = 0) that target is visibly
 narrower than the exact posterior at 20-30 steps — a property of the discretised prior, not of PG.
 ``C`` chains run as one batch of ``C`` independent conditional-SMC runs. FPS-SMC and SMCDiff draw
-auxiliary measurement trajectories at each run and are not supported.
+auxiliary measurement trajectories at each run and are not supported. A plate of measurements is
+refused (with the error naming the plate): loop over the measurements, or use the SMC sampler's
+``draw`` / the kernels PnPDM and PMC, which batch plates.
 
 Usable with ``pyro.infer.MCMC(ParticleGibbs(MCGDiff(model, particles=32)), num_samples=..., warmup_steps=0)``
 (pass ``y=`` to ``mcmc.run``).
@@ -65,6 +67,11 @@ class ParticleGibbs(MCMCKernel):
             raise ValueError("ParticleGibbs: FPS-SMC / SMCDiff redraw auxiliary trajectories; use MCGDiff or TDS")
         if sampler.particles < 2:
             raise ValueError(f"ParticleGibbs: needs particles >= 2, got {sampler.particles}")
+        from ..problem import Problem
+
+        structure = Problem.from_model(sampler.model, prior_site=sampler.prior_site, allow_unobserved=True)
+        if structure.plates:  # conditional SMC pins one reference path per run; not laid out per measurement
+            raise structure.plate_error("ParticleGibbs")
         sampler.resampling, sampler.ess_threshold = "multinomial", 1.0
         self.sampler, self.generator = sampler, generator
         self.chains = check_int("chains", chains, "ParticleGibbs")
@@ -92,6 +99,8 @@ class ParticleGibbs(MCMCKernel):
     def setup(self, warmup_steps, *args, **kwargs):
         self._args, self._kwargs = args, kwargs
         problem = self.sampler.problem(*args, **kwargs)
+        if problem.plates:
+            raise problem.plate_error("ParticleGibbs")
         self._problem = problem
         self._fk = self.sampler.fk_model(problem)
         with torch.no_grad():

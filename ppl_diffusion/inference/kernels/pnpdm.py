@@ -32,6 +32,11 @@ needed (only x is kept: the next sweep redraws z from ``z | x``). The coldest ch
 returned) keeps the rho_min target; hot chains cross between modes and hand the crossings down. Its
 hot states live on the kernel between calls (reset by ``setup`` / ``run_chains``).
 
+A plate of ``B`` measurements (see :mod:`.base`): the chains run on the
+:meth:`~ppl_diffusion.inference.problem.Problem.expand_measurements` view, whose ``y`` has one row per
+chain; the closed-form likelihood steps use each chain's own row (``U^T y`` per chain in the SVD step,
+``y`` per chain in the proximal step) and replicas share their chain's row.
+
 Needs: any likelihood (closed forms for GaussianMeasurement with a linear operator). Cost per
 iteration: the grid points below rho_k network calls (about 30 at rho = 0.3), no backprop through
 the network; with replicas, the sum over the couplings (batched: one call per grid point).
@@ -163,16 +168,24 @@ class PnPDM(DiffusionKernel):
 
     def prepare(self, problem: Problem) -> None:
         self.mode = self._mode(problem)
+        self._y_batch = ()
+        self._replica_views = {}
+        # chains of a plate's view (its y has one row per chain)
+        self._chains_total = len(next(iter(problem.observed.values()))["value"]) if self.plate_problem else None
         self._hot = None
         self.exchange.reset()
         self._ne = len(problem.event_shape)
         if self.mode in ("svd", "prox"):
             lg = problem.linear_gaussian(self.name)
             self.op, self.y, self.noise_std = lg.operator, lg.y.to(problem.dtype), float(lg.noise_std)
+            # a plate's view: one row of y per chain, (chains, *out); else y itself, (*out)
+            self._y_batch = tuple(self.y.shape[: self.y.dim() - len(self.op.out_shape)])
         if self.mode == "svd":
             s = self.op.singular_values.to(problem.dtype).to(problem.device).reshape(-1)
             self.s = s
-            self.ybar = self.op.Ut(self.y).reshape(-1)[: s.numel()]  # spectral observation coordinates
+            uty = self.op.Ut(self.y)
+            # spectral observation coordinates: (r,), or (chains, r) for a plate's view
+            self.ybar = uty.reshape(self._y_batch + (-1,))[..., : s.numel()]
 
     # ------------------------------------------------------------------------------------
     def _likelihood_svd(self, x, rho, generator):
@@ -184,13 +197,14 @@ class PnPDM(DiffusionKernel):
         zb = xb + rho * noise                            # unobserved coordinates: N(x, rho^2)
         xo, no = xb[:, :r], noise[:, :r]
         nz = nonzero_singular(s)
+        ybar = self._rows(self.ybar, xb.shape[0])
         if sy > 0:
             prec = s**2 / sy**2 + 1.0 / rho**2
             lam = 1.0 / prec
-            mean = lam * (s * self.ybar / sy**2 + xo / rho**2)
+            mean = lam * (s * ybar / sy**2 + xo / rho**2)
             zo = mean + lam.sqrt() * no
         else:
-            zo = torch.where(nz, self.ybar / torch.where(nz, s, torch.ones_like(s)), xo + rho * no)
+            zo = torch.where(nz, ybar / torch.where(nz, s, torch.ones_like(s)), xo + rho * no)
         zb = torch.cat([zo, zb[:, r:]], -1)
         return op.V(zb).reshape(x.shape)
 
@@ -198,7 +212,8 @@ class PnPDM(DiffusionKernel):
         sy = self.noise_std
         rho = rho.to(x.dtype)
         xp = x + _per_sample(rho, x) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        y = self.y.expand((x.shape[0],) + tuple(self.y.shape))
+        y = self._rows(self.y, x.shape[0])
+        y = y.expand((x.shape[0],) + tuple(y.shape[len(self._y_batch):]))
         yp = y + sy * torch.randn(y.shape, generator=generator, dtype=x.dtype, device=x.device)
         return self.op.prox(xp, yp, sy**2 / rho**2)
 
@@ -207,10 +222,42 @@ class PnPDM(DiffusionKernel):
         c = gamma / _per_sample(rho.to(x.dtype), x) ** 2
         z = x.clone()
         for _ in range(self.langevin_steps):
-            _, g = self.current_problem.grad_log_likelihood(z)
+            g = self._grad_log_likelihood(z)
             z = z + gamma * g - c * (z - x) + math.sqrt(2 * gamma) * torch.randn(
                 z.shape, generator=generator, dtype=z.dtype, device=z.device)
         return z
+
+    def _rows(self, v: torch.Tensor, n: int) -> torch.Tensor:
+        """The per-chain observation ``v`` (``(chains, ...)`` on a plate's view) for a batch of ``n``
+        samples: the chains themselves, or their replicas (chain-major, ``c * K + k``) sharing the
+        chain's row; ``v`` unchanged without a plate (it broadcasts)."""
+        if not self._y_batch:
+            return v
+        m = v.shape[0]
+        if n == m:
+            return v
+        if n % m:
+            raise ValueError(f"{self.name}: a batch of {n} is not a whole number of {m} chains")
+        return v.repeat_interleave(n // m, 0)
+
+    def _grad_log_likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """``grad log p(y | z)`` for the batch ``z``: the chains, or their replicas (chain-major). On a
+        plate's view the likelihood conditions element ``i * B + b`` on measurement ``b``, so the
+        replicas (``(chain, replica)`` order) are put replica-major first, on the view for
+        ``replicas x chains`` samples per measurement."""
+        p = self.current_problem
+        plated = self.plate_problem
+        M = self._chains_total if plated is not None else None
+        if plated is None or z.shape[0] == M:
+            return p.grad_log_likelihood(z)[1]
+        K = z.shape[0] // M
+        rest = tuple(z.shape[1:])
+        view = self._replica_views.get(K)
+        if view is None:
+            view = self._replica_views[K] = plated.expand_measurements(K * M // plated.num_measurements)
+        zt = z.reshape((M, K) + rest).transpose(0, 1).reshape(z.shape)
+        g = view.grad_log_likelihood(zt)[1]
+        return g.reshape((K, M) + rest).transpose(0, 1).reshape(z.shape)
 
     def _sigma_table(self, rho: torch.Tensor) -> torch.Tensor:
         """Noise levels of the prior step for each coupling in ``rho`` (R,): row i is ``rho_i``

@@ -22,6 +22,14 @@ deterministic steps, where the ancestor stays 0).
 
 Network calls on ``R * N`` particles are split into chunks of ``max_batch`` (:func:`chunked`) so that
 large particle counts fit a memory budget.
+
+A plate of ``B`` measurements (``with pyro.plate("images", B)`` around the prior and the likelihood,
+``y`` of shape ``(B, *out)``): :class:`SMCSampler` builds the Feynman–Kac model on the problem's
+:meth:`~ppl_diffusion.inference.problem.Problem.expand_measurements` view for ``R`` runs per
+measurement, whose observation has one row per run (``(R * B, *out)``, run ``i * B + b`` conditioned
+on measurement ``b``); the model uses that row wherever it uses ``y`` (broadcast over the run's
+particles as ``(R * B, 1, ...)``) and the engine runs the ``R * B`` runs as one batch (one network
+call per step for the whole plate). :meth:`FeynmanKac.observation_rows` gives the layout.
 """
 from __future__ import annotations
 
@@ -124,6 +132,25 @@ class FeynmanKac:
         self.dtype, self.device = problem.dtype, problem.device
         self.max_batch = max_batch
 
+    def observation_rows(self, y: torch.Tensor, out_shape) -> tuple:
+        """``(rows, y)``: a plate's per-run observation ``(R * B, *out)`` as ``(R * B, 1, *out)`` (it
+        broadcasts over each run's particles) with ``rows = R * B``; a single observation ``(*out)``
+        unchanged with ``rows = None``. Stores ``rows`` as ``self.obs_rows`` (checked by
+        :meth:`check_runs`)."""
+        batch = tuple(y.shape[: y.dim() - len(tuple(out_shape))])
+        if len(batch) > 1:
+            raise ValueError(f"{getattr(self, 'name', 'smc')}: expected y of shape (runs, *out) or out, "
+                             f"got {tuple(y.shape)}")
+        self.obs_rows = batch[0] if batch else None
+        return self.obs_rows, (y if not batch else y[:, None])
+
+    def check_runs(self, R: int) -> None:
+        """A model built for a plate's per-run observation runs exactly one run per row."""
+        rows = getattr(self, "obs_rows", None)
+        if rows is not None and int(R) != rows:
+            raise ValueError(f"{getattr(self, 'name', 'smc')}: this Feynman-Kac model holds one observation per "
+                             f"run ({rows} runs: a plate's measurements x runs per measurement); got R = {R}")
+
     def sample_initial(self, R: int, N: int, generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -170,6 +197,8 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
     if ancestor_sampling and not hasattr(model, "ancestor_log_weight"):
         raise ValueError(f"{getattr(model, 'name', 'this model')}: ancestor sampling is not available")
     K = model.n_steps
+    if hasattr(model, "check_runs"):
+        model.check_runs(R)
     x0 = model.sample_initial(R, N, generator)
     if reference is not None:
         x0 = x0.clone()
@@ -258,6 +287,14 @@ class SMCSampler(Solver):
     :meth:`draw` / :meth:`sample` return ``n`` plain draws, each from its own independent run (the
     published MCGDiff protocol), unless ``independent=False`` (one run, resampled ``n`` times).
 
+    A plate of ``B`` measurements: ``run(y=Y, runs=R)`` performs ``R`` runs PER measurement as one
+    batch of ``R * B`` runs, run ``i * B + b`` conditioned on measurement ``b`` (the
+    :meth:`~ppl_diffusion.inference.problem.Problem.expand_measurements` layout); the
+    :class:`SMCResult` holds ``(R * B, N, *event)`` particles and ``(R * B,)`` log-evidences in that
+    layout (``log_evidence.reshape(R, *plate_shape)`` puts the measurements last), and its ``extra``
+    holds ``measurements`` (``B``) and ``plate_shape``. :meth:`draw` returns ``(1, n, *plate_shape,
+    *event)`` samples.
+
     Args (shared by every sampler; each subclass lists its own defaults):
         model: Pyro model with a diffusion-prior site and an observed likelihood.
         particles: particles per run (``N``).
@@ -278,6 +315,7 @@ class SMCSampler(Solver):
     name = "smc"
     family = "smc"
     requires: tuple = ("linear",)
+    supports_plates = True
 
     def __init__(self, model, *, particles: int = 64, steps: int = 100, eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
@@ -299,20 +337,30 @@ class SMCSampler(Solver):
     # user API ----------------------------------------------------------------------------
     def run(self, *args, runs: int = 1, generator: torch.Generator | None = None,
             reference: list | None = None, keep_history: bool = False, **kwargs) -> SMCResult:
-        """``runs`` independent SMC runs of ``self.particles`` particles, batched."""
+        """``runs`` independent SMC runs of ``self.particles`` particles, batched (a plate of ``B``
+        measurements: ``runs`` per measurement, ``runs * B`` in all, run ``i * B + b`` on measurement
+        ``b``)."""
         runs = check_int("runs", runs, self.name)
         return self._run(self.problem(*args, **kwargs), runs, generator, reference, keep_history)
 
     def _run(self, problem, runs: int, generator, reference=None, keep_history: bool = False) -> SMCResult:
-        fk = self.fk_model(problem)
+        B = problem.num_measurements
+        if problem.plates:
+            if reference is not None:
+                raise ValueError(f"{self.name}: conditional SMC (reference=) does not take a plate of measurements")
+            fk = self.fk_model(problem.expand_measurements(runs))
+        else:
+            fk = self.fk_model(problem)
         den = problem.denoiser
         start = den.nfe
         with torch.no_grad():
-            res = run_smc(fk, runs, self.particles, self.resampling, self.ess_threshold, generator,
+            res = run_smc(fk, runs * B, self.particles, self.resampling, self.ess_threshold, generator,
                           reference=reference, keep_history=keep_history)
         res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)
         res.extra["particle_nfe"] = getattr(fk, "particle_nfe", fk.n_steps)
         res.method = self.name
+        if problem.plates:
+            res.extra["measurements"], res.extra["plate_shape"] = B, tuple(problem.plate_shape)
         self.last_nfe = res.nfe
         self.last_fk = fk
         return res
@@ -324,13 +372,22 @@ class SMCSampler(Solver):
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the call divided by the draws); ``extra`` holds each
-        run's ``log_evidence`` and final ``ess`` (``(runs,)``) and the :class:`SMCResult` as ``result``."""
+        run's ``log_evidence`` and final ``ess`` (``(runs,)``) and the :class:`SMCResult` as ``result``.
+
+        A plate of ``B`` measurements: ``num_samples`` draws PER measurement from ``num_samples * B``
+        runs (one batch; ``B`` runs with ``independent=False``), samples ``(1, n, *plate_shape,
+        *event)``; ``log_evidence`` / ``ess`` are per run, ``(runs * B,)`` with run ``i * B + b`` on
+        measurement ``b``; ``nfe_per_sample`` per draw of one measurement."""
         n = check_int("num_samples", num_samples, self.name)
         problem = self.problem(*args, **kwargs)
+        B = problem.num_measurements
         with measure(problem.denoiser) as meter:
             res = self._run(problem, n if independent else 1, generator)
-            x = res.resample(n, generator)
-        nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / n
+            # sample j from run j mod (runs * B): j = i * B + b is measurement b
+            x = res.resample(n * B, generator)
+        if problem.plates:
+            x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
+        nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
                                                              "result": res}, nfe_per_sample=nfe)
 

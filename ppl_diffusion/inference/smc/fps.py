@@ -11,7 +11,9 @@ coordinate on the pseudo-observation ``u_{t'} ~ N(s x_{t'}, ab_{t'} sigma_y^2)``
 particle by ``N(u_{t'}; s x, ab' sigma_y^2) N(x; mu, var) / N(x; m, Sigma)`` (the predictive
 ``p(u_{t'} | x_t)``) and resamples with the engine default (systematic when ESS < N/2; the official code:
 multinomial every step, ``resampling="multinomial", ess_threshold=1.0``). FPS is one particle without
-weights. ``sigma_y`` is floored at 1e-4. Needs an SVD operator. Cost: M network calls per step, no backprop.
+weights. ``sigma_y`` is floored at 1e-4. A plate of measurements (:mod:`.engine`): each run's
+y-trajectory starts from its own measurement (``u`` per run, ``(R * B, n_obs)``). Needs an SVD
+operator. Cost: M network calls per step, no backprop.
 
 Checked against the official code (ZehaoDou-official/FPS-SMC-2023, ``gaussian_diffusion.py`` and the
 ``epsilon`` mean processor): same y-recursion coefficients, kernel mean/variance and weight. Differences
@@ -65,7 +67,10 @@ class _FPSFK(FeynmanKac):
         obs = nonzero_singular(s)
         self.obs_idx = torch.nonzero(obs).flatten()
         self.s = s[self.obs_idx].to(self.dtype)
-        self.u_obs = self.op.Ut(lg.y.to(self.dtype)).reshape(-1)[: s.numel()][self.obs_idx]
+        rows, _ = self.observation_rows(lg.y, self.op.out_shape)
+        uty = self.op.Ut(lg.y.to(self.dtype))
+        uty = uty.reshape(-1)[: s.numel()] if rows is None else uty.reshape(rows, -1)[:, : s.numel()]
+        self.u_obs = uty[..., self.obs_idx]  # (n_obs,), or per run (R * B, n_obs) on a plate's view
         self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.ab = self.sched.alpha_bar(self.times).to(self.dtype).to(self.device)

@@ -50,6 +50,11 @@ restores only a fraction ~``q^2`` of the conditional variance ``Var(x0 | x_t)`` 
 well-observed coordinates come out too narrow at coarse grids: 90 % coverage 0.919 at 50 steps (over
 -covering), 0.904 at 200 steps with sliced W at the noise floor (GMM d = 8, d_y = 2, N = 256).
 
+A plate of measurements (:mod:`.engine`): the grid, matching times and potentials' variances depend
+only on the operator and ``sigma_y``, shared by every measurement; the rescaled observations
+``y~`` (and ``U^T y`` of the final correction) are per run, ``(R * B, 1, n_obs)``, so run ``i * B + b``
+targets the posterior of measurement ``b`` and its log-evidence estimates ``log p(y_b)``.
+
 Needs: a linear operator with an SVD (``has_svd``), ``sigma_y >= 0``. Cost: N network calls per
 step per run, no backprop; uncapped, every distinct matching time adds a step, so operators with many
 distinct singular values (a 32x32 Gaussian blur: ~330 distinct matching times) run many more steps
@@ -81,11 +86,14 @@ class _MCGDiffFK(FeynmanKac):
         s = torch.as_tensor(self.op.singular_values, dtype=torch.float64).flatten().to(self.device)
         r = s.numel()
         y = lg.y.to(self.dtype)
-        uty = self.op.Ut(y).to(torch.float64).reshape(-1)[:r]
+        rows, _ = self.observation_rows(y, self.op.out_shape)
+        uty = self.op.Ut(y).to(torch.float64)
+        uty = uty.reshape(-1)[:r] if rows is None else uty.reshape(rows, -1)[:, :r]
         obs = nonzero_singular(s)
         self.obs_idx = torch.nonzero(obs).flatten()
         self.s_obs = s[self.obs_idx]
-        self.uty = uty[self.obs_idx]
+        # (U^T y)_obs: (n_obs,), or per run (R * B, 1, n_obs) on a plate's view (broadcast over particles)
+        self.uty = uty[..., self.obs_idx] if rows is None else uty[:, None, self.obs_idx]
         self.ybar = self.uty / self.s_obs
         times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid,
                              max_match_times=max_match_times).to(torch.float64)

@@ -18,6 +18,10 @@ class SMCResult:
     * ``ess_history``: ``(R, n_steps)`` ESS before each resampling decision;
     * ``resampled``: ``(R, n_steps)`` bool, whether that step resampled;
     * ``nfe``: network evaluations of the whole call (all runs, all particles).
+
+    A plate of ``B`` measurements (``SMCSampler.run(y=Y, runs=R)`` on a plated model): ``R * B``
+    runs, run ``i * B + b`` conditioned on measurement ``b``, so ``log_evidence.reshape(R, B)[:, b]``
+    are measurement ``b``'s estimates of ``log p(y_b)``; ``extra["measurements"]`` is ``B``.
     """
 
     particles: torch.Tensor

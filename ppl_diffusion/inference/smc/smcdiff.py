@@ -6,7 +6,8 @@ each step is an ancestral (DDIM eta=1) step from ``p(.|x_t)`` with mean ``mu`` a
 entries are sampled, the observed ones replaced by ``y_{t'}``; log-weight
 ``sum_obs log N(y_{t'}; mu_obs, c^2)``; resampling with the engine default (systematic when ESS < N/2;
 the paper resamples multinomially at every step: ``resampling="multinomial", ess_threshold=1.0``);
-final observed entries = y.
+final observed entries = y. A plate of measurements (:mod:`.engine`): each run's trajectory starts
+from its own measurement's observed entries.
 Cost: N network calls per step. Exact only asymptotically and under the idealised assumption that
 the model's forward/backward marginals match.
 """
@@ -30,7 +31,10 @@ class _SMCDiffFK(FeynmanKac):
         self.op = lg.operator
         self.bind(problem, max_batch)
         self.mask = self.op.mask.reshape(-1).to(self.device)
-        self.y = lg.y.to(self.dtype).reshape(-1)[self.mask]
+        rows, _ = self.observation_rows(lg.y, self.op.out_shape)
+        y = lg.y.to(self.dtype)
+        # observed entries: (n_mask,), or per run (R * B, n_mask) on a plate's view
+        self.y = y.reshape(-1)[self.mask] if rows is None else y.reshape(rows, -1)[:, self.mask]
         self.times = time_grid(self.sched, steps, grid)
         self.n_steps = steps
         self.particle_nfe = steps

@@ -9,8 +9,9 @@ gradient through the denoiser, one network call + one backprop per particle), va
 (DDIM eta=1). Incremental weight ``p(x_s|x_t) p~_s(y|x_s) / (p~_t(y|x_t) q~(x_s|x_t))``, the next
 twist cached from the same network call; systematic resampling (adaptive on ``ess_threshold``).
 Last step: ``x_0`` = the untwisted mean with weight ``p(y|x_0)/p~_t(y|x_t)`` (noisy problems), so the
-target is the posterior of the discretised prior. Needs a Gaussian likelihood (any differentiable
-operator); ``sigma_y > 0``.
+target is the posterior of the discretised prior. A plate of measurements (:mod:`.engine`): the
+twist and the final weight use each run's own ``y`` (``(R * B, 1, *out)``). Needs a Gaussian
+likelihood (any differentiable operator); ``sigma_y > 0``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class _TDSFK(FeynmanKac):
 
     def __init__(self, problem, steps, twist_var, tau2, max_batch, grid="auto"):
         lg = problem.gaussian("TDS")
-        self.op, self.y, self.noise = lg.operator, lg.y, float(lg.noise_std)
+        self.op, self.noise = lg.operator, float(lg.noise_std)
+        # y, or per run (R * B, 1, *out) on a plate's view (broadcast over the run's particles)
+        _, self.y = self.observation_rows(lg.y, self.op.out_shape)
         self.bind(problem, max_batch)
         self.twist_var, self.tau2 = twist_var, tau2
         self.times = time_grid(self.sched, steps, grid)
@@ -56,13 +59,17 @@ class _TDSFK(FeynmanKac):
         var = self.noise ** 2 + self._r2(k)
         t = self.times[k].to(self.dtype)
         flat = x.reshape((R * N,) + self.event_shape)
+        y = self.y
+        if self.obs_rows is not None:  # one row per particle: (R * N, *out)
+            y = y.expand((R, N) + tuple(y.shape[2:])).reshape((R * N,) + tuple(y.shape[2:]))
         mb = self.max_batch or flat.shape[0]
         lps, grads, x0s = [], [], []
         for s0 in range(0, flat.shape[0], mb):
             with torch.enable_grad():
                 xx = flat[s0:s0 + mb].detach().requires_grad_(True)
                 x0 = self.den(xx, t)
-                r = (self.y - self.op(x0)).reshape(xx.shape[0], -1)
+                yy = y if self.obs_rows is None else y[s0:s0 + mb]
+                r = (yy - self.op(x0)).reshape(xx.shape[0], -1)
                 m = r.shape[1]
                 log_var = torch.log(torch.as_tensor(var, dtype=torch.float64))
                 lp = -0.5 * (r ** 2).sum(-1) / var - 0.5 * m * (log_var + LOG2PI)
@@ -117,7 +124,9 @@ class _TDSFK(FeynmanKac):
         dims = tuple(range(2, 2 + self.ne))
         if k == self.n_steps - 1:
             if self.noise > 0:
-                r = (self.y - self.op(x_new.reshape((-1,) + self.event_shape))).reshape(x_new.shape[:2] + (-1,))
+                ax = self.op(x_new.reshape((-1,) + self.event_shape))
+                ax = ax.reshape(tuple(x_new.shape[:2]) + tuple(ax.shape[1:]))
+                r = (self.y - ax).reshape(x_new.shape[:2] + (-1,))
                 ll = normal_logpdf(r, 0.0, self.noise ** 2).sum(-1)
                 return st, ll - state["logtw"]
             return st, -state["logtw"]
