@@ -1,7 +1,8 @@
 """Models with a latent site besides the diffusion prior, against exact posteriors by quadrature.
 
-``python benchmarks/latents.py --problems 3`` runs ``Gibbs(ParticleGibbs(TDS) for x, NUTS for
-theta)`` on the Gaussian-mixture problems of :mod:`ppl_diffusion.models.gmm_theta`:
+``python benchmarks/latents.py --problems 3 [--method gibbs|pmmh]`` runs ``Gibbs(ParticleGibbs(TDS)
+for x, NUTS for theta)`` or ``PMMH(TDS)`` on the Gaussian-mixture problems of
+:mod:`ppl_diffusion.models.gmm_theta`:
 
 * ``noise``: ``sigma ~ LogNormal(-1, 0.5)``, ``y = A x + sigma n`` (an unknown noise level);
 * ``gain``: ``gain ~ LogNormal(0, 0.3)``, ``y = gain A x + 0.1 n`` (an unknown operator parameter);
@@ -34,20 +35,29 @@ __all__ = ["gibbs_run", "bench_gibbs", "main"]
 PROBLEMS = {"noise": unknown_noise_problem, "gain": unknown_gain_problem}
 
 
-def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, steps: int, seed: int):
-    """``chains`` Pyro chains of ``Gibbs(ParticleGibbs(TDS(particles, steps)), NUTS)``: theta
-    ``(chains, draws)``, x ``(chains, draws, d)``, seconds."""
-    from pyro.infer import MCMC, NUTS
+def make_kernel(method: str, model, particles: int, steps: int):
+    """``Gibbs(ParticleGibbs(TDS), NUTS)`` or ``PMMH(TDS)`` on ``model``."""
+    from pyro.infer import NUTS
 
-    from ..inference.kernels import Gibbs, ParticleGibbs
+    from ..inference.kernels import PMMH, Gibbs, ParticleGibbs
     from ..inference.smc.tds import TDS
+
+    if method == "pmmh":
+        return PMMH(model, sampler=lambda m: TDS(m, particles=particles, steps=steps))
+    return Gibbs(model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=particles, steps=steps)), theta_kernel=NUTS)
+
+
+def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, steps: int, seed: int,
+              method: str = "gibbs"):
+    """``chains`` Pyro chains of :func:`make_kernel`: theta ``(chains, draws)``, x ``(chains, draws, d)``,
+    seconds."""
+    from pyro.infer import MCMC
 
     pyro.set_rng_seed(seed)
     thetas, xs = [], []
     t0 = time.perf_counter()
     for _ in range(chains):
-        kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=particles, steps=steps)),
-                       theta_kernel=NUTS)
+        kernel = make_kernel(method, problem.model, particles, steps)
         mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
         mcmc.run(y=problem.y)
         s = mcmc.get_samples()
@@ -57,15 +67,15 @@ def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, ste
 
 
 def bench_gibbs(kind: str, n_problems: int, chains: int, draws: int, warmup: int, particles: int, steps: int,
-                out=None, cmd: str = "") -> str:
+                out=None, cmd: str = "", method: str = "gibbs") -> str:
     sched = VPSchedule.gmm_benchmark("mcgdiff")
-    table = MarkdownTable("problem", "theta true", "exact mean ± std", "Gibbs mean (err / exact std)",
-                          "exact 90 % interval", "Gibbs 90 % interval", "true in Gibbs 90 %", "R-hat", "ESS",
+    table = MarkdownTable("problem", "theta true", "exact mean ± std", "sampler mean (err / exact std)",
+                          "exact 90 % interval", "sampler 90 % interval", "true in sampler 90 %", "R-hat", "ESS",
                           "x SW / floor", "x 90 % coverage", "s")
     inside, errs, rhats, covs, ratios = [], [], [], [], []
     for seed in range(n_problems):
         pb = PROBLEMS[kind](d=8, d_y=4, seed=seed, schedule=sched)
-        theta, x, secs = gibbs_run(pb, chains, draws, warmup, particles, steps, seed)
+        theta, x, secs = gibbs_run(pb, chains, draws, warmup, particles, steps, seed, method)
         ex = pb.exact
         mean = float(theta.mean())
         lo, hi = (float(q) for q in theta.flatten().quantile(torch.tensor([0.05, 0.95], dtype=torch.float64)))
@@ -86,19 +96,27 @@ def bench_gibbs(kind: str, n_problems: int, chains: int, draws: int, warmup: int
                   "yes" if ok else "no", f"{rhat:.4f}", f"{ess:.0f}", f"{sw:.3f} / {floor:.3f}", f"{cov:.3f}",
                   f"{secs:.0f}")
     n = len(inside)
-    summary = (f"\nSummary over {n} problems: true theta inside the Gibbs 90 % interval {sum(inside)}/{n}; "
+    summary = (f"\nSummary over {n} problems: true theta inside the sampler's 90 % interval {sum(inside)}/{n}; "
                f"mean |error| / exact std {sum(errs) / n:.3f}; max R-hat {max(rhats):.4f}; "
                f"mean x SW / floor {sum(ratios) / n:.2f}; mean x 90 % coverage {sum(covs) / n:.3f}.\n")
-    title = f"Gibbs(ParticleGibbs(TDS) + NUTS) with an unknown {'noise level' if kind == 'noise' else 'gain'}"
+    what = "noise level" if kind == "noise" else "gain"
+    if method == "pmmh":
+        title = f"PMMH(TDS) with an unknown {what}"
+        how = "particle marginal MH on theta (random walk, scale adapted in warm-up to 30 % acceptance)"
+    else:
+        title = f"Gibbs(ParticleGibbs(TDS) + NUTS) with an unknown {what}"
+        how = "ParticleGibbs for x, NUTS on theta (one step per iteration)"
     settings = (f"d = 8, d_y = 4, {chains} chains x {draws} draws after {warmup} warm-up iterations, "
-                f"TDS {particles} particles x {steps} steps, NUTS on theta (one step per iteration).")
-    return write_result(out, f"latents_gibbs_{kind}", title, cmd, settings + "\n\n" + str(table) + "\n" + summary)
+                f"TDS {particles} particles x {steps} steps; {how}.")
+    name = f"latents_{method}_{kind}"
+    return write_result(out, name, title, cmd, settings + "\n\n" + str(table) + "\n" + summary)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=sorted(PROBLEMS) + ["all"], default="all")
+    p.add_argument("--method", choices=["gibbs", "pmmh"], default="gibbs")
     p.add_argument("--problems", type=int, default=3)
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--draws", type=int, default=250)
@@ -106,12 +124,12 @@ def main(argv=None):
     p.add_argument("--particles", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small tensors)")
-    add_out_argument(p, "latents_gibbs_<kind>")
+    add_out_argument(p, "latents_<method>_<kind>")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cmd = shlex.join(["python", "benchmarks/latents.py"] + argv)
     for kind in (sorted(PROBLEMS) if a.kind == "all" else [a.kind]):
-        print(bench_gibbs(kind, a.problems, a.chains, a.draws, a.warmup, a.particles, a.steps, a.out, cmd))
+        print(bench_gibbs(kind, a.problems, a.chains, a.draws, a.warmup, a.particles, a.steps, a.out, cmd, a.method))
 
 
 if __name__ == "__main__":

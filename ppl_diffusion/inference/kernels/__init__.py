@@ -6,12 +6,14 @@ and through the solver contract (``kernel.draw(n, y=y)`` -> :class:`~ppl_diffusi
 * :class:`PMC` — Plug-and-Play Monte Carlo, PnP and RED variants (Sun et al., 2023)
 * :class:`ParticleGibbs` — conditional SMC around an SMC sampler (Andrieu, Doucet & Holenstein 2010)
 * :class:`Gibbs` — ``x | theta, y`` by one of the above, ``theta | x, y`` by a Pyro kernel (NUTS / HMC)
+* :class:`PMMH` — particle marginal Metropolis-Hastings: theta and x moved jointly by SMC evidence
 """
 from .base import ChainResult, DiffusionKernel
 from .gibbs import Gibbs
+from .pmmh import PMMH
 from .particle_gibbs import ParticleGibbs
 from .pmc import PMC
 from .pnpdm import PnPDM
 from .replica_exchange import ReplicaExchange
 
-__all__ = ["DiffusionKernel", "ChainResult", "PnPDM", "PMC", "ParticleGibbs", "ReplicaExchange", "Gibbs"]
+__all__ = ["DiffusionKernel", "ChainResult", "PnPDM", "PMC", "ParticleGibbs", "ReplicaExchange", "Gibbs", "PMMH"]
