@@ -208,8 +208,9 @@ class Problem:
             f"{method}: the model has latent site(s) {names} besides the diffusion prior {self.prior_site!r}, "
             f"and {method} does not infer them (it would condition on one random draw). Either fix them: "
             f"pyro.condition(model, data={{{example}}}) (or Problem.from_model(..., latent_values=...)), or infer "
-            "them jointly: pyro.infer.MCMC(Gibbs(model, x_kernel=PnPDM or ParticleGibbs(TDS), theta_kernel=NUTS)) "
-            "(ppl_diffusion.inference.kernels.Gibbs).")
+            "them jointly: pyro.infer.MCMC(PMMH(model, sampler=lambda m: TDS(m))) or "
+            "pyro.infer.MCMC(Gibbs(model, x_kernel=PnPDM or ParticleGibbs(TDS), theta_kernel=NUTS)) "
+            "(ppl_diffusion.inference.kernels).")
 
     def plate_error(self, method: str) -> ValueError:
         names = [f.name for f in self.plates]
@@ -377,6 +378,70 @@ class Problem:
                     raise ValueError(f"cannot batch the likelihood of site {name!r} over {n} samples")
             total = total + lp.reshape(n, -1).sum(-1)
         return total.reshape(batch)
+
+    def log_likelihood_theta(self, x: torch.Tensor, theta: dict, batched: bool = True, form: str = "loglik"):
+        """``(log p(y | x, theta), log p(theta))`` with the free latent sites at ``theta`` (gradients flow
+        to both ``x`` and ``theta``), by tracing the model with the prior site at ``x``.
+
+        * ``batched=True``: one theta per sample, ``theta[name]`` of shape ``(n, *site_shape)``; ``x`` of
+          shape ``(n, *event)``, or ``(n * B, *event)`` on the view of :meth:`expand_measurements`
+          (element ``i * B + b`` uses ``theta[i]``). Returns ``(ll (n[*B],), log_prior (n,))``. The
+          model must broadcast a leading sample dim of its theta sites (a value ``(n, 1, ..., 1,
+          *site_shape)`` aligned left of its plates); callers check it (see ``inference/theta.py``).
+        * ``batched=False``: ``theta[name]`` of the site's own shape, shared by every element of ``x``
+          (``(*batch, *event)``; ``(*plate_shape, *event)`` on a plated problem). Returns
+          ``(ll (*batch,), log_prior ())``.
+
+        ``form="sqnorm"`` returns ``||y - A_theta(x)||^2`` per element instead of the log-likelihood
+        (a GaussianMeasurement likelihood; DPS's norm form). Free latent sites missing from ``theta``
+        keep the problem's values."""
+        flat, batch = self._flatten(x)
+        m = flat.shape[0]
+        expanded = getattr(self, "_expanded", None)
+        B = expanded[1] if expanded is not None else 1
+        if m % B:
+            raise ValueError(f"a batch of {m} is not a whole number of {B} measurements")
+        data = dict(self.latent_values)
+        data[self.prior_site] = flat.reshape((m // B, B) + tuple(self.event_shape)) if expanded else flat
+        nest = 1 if expanded else 0  # plate dims right of the sample dim (expand_measurements: one plate)
+        n = m // B
+        for name, value in theta.items():
+            if name not in self.latent:
+                raise ValueError(f"{name!r} is not a latent site of the model; latent sites: {list(self.latent)}")
+            site = self.latent[name]
+            shape = tuple(torch.as_tensor(site["value"]).shape)
+            if not batched:
+                data[name] = value
+                continue
+            if tuple(value.shape) != (n,) + shape:
+                raise ValueError(f"theta[{name!r}] must have shape {(n,) + shape} (one value per sample), "
+                                 f"got {tuple(value.shape)}")
+            pad = max(0, nest - len(site["fn"].batch_shape))
+            data[name] = value.reshape((n,) + (1,) * pad + shape)
+        with poutine.block(), _StubPrior(data):
+            tr = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
+        total = torch.zeros(m, dtype=flat.dtype, device=flat.device)
+        for name in self.observed:
+            site = tr.nodes[name]
+            if form == "sqnorm":
+                g = unwrap_distribution(site["fn"])
+                if not isinstance(g, GaussianMeasurement):
+                    raise ValueError(f"form='sqnorm' needs a GaussianMeasurement at {name!r}")
+                lp = (site["value"] - g.loc).pow(2)
+                lp = lp.reshape(tuple(lp.shape[: lp.dim() - len(g.event_shape)]) + (-1,)).sum(-1)
+            else:
+                lp = site["fn"].log_prob(site["value"])
+            if lp.dim() == 0:
+                lp = lp.expand(m)
+            if lp.numel() % m:
+                raise ValueError(f"cannot batch the likelihood of site {name!r} over {m} samples")
+            total = total + lp.reshape(m, -1).sum(-1)
+        log_prior = torch.zeros(n if batched else (), dtype=flat.dtype, device=flat.device)
+        for name in theta:
+            site = tr.nodes[name]
+            lp = site["fn"].log_prob(site["value"])
+            log_prior = log_prior + (lp.reshape(n, -1).sum(-1) if batched else lp.sum())
+        return total.reshape(batch), log_prior
 
     def grad_log_likelihood(self, x: torch.Tensor):
         """``(log p(y|x), d log p(y|x) / dx)``, batched, by autograd (nonlinear operators included)."""
