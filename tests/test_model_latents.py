@@ -190,7 +190,7 @@ def _gibbs_run(problem, chains, draws, warmup, seed):
     pyro.set_rng_seed(seed)
     thetas, xs = [], []
     for _ in range(chains):
-        kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=16, steps=20)),
+        kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=32, steps=20)),
                        theta_kernel=NUTS)
         mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
         mcmc.run(y=problem.y)
@@ -202,21 +202,21 @@ def _gibbs_run(problem, chains, draws, warmup, seed):
 
 def test_gibbs_recovers_the_exact_noise_posterior():
     """Gibbs(ParticleGibbs(TDS) for x, NUTS for sigma) against quadrature over sigma: the chains mix
-    (bulk ESS > 20 of 240 draws; measured 39), sigma's posterior mean lies within 4 Monte Carlo
+    (bulk ESS > 25 of 300 draws; measured 71-100 over seeds 0-3), sigma's posterior mean lies within 4 Monte Carlo
     standard errors of the exact one, and x is far closer to the exact marginal posterior than the
     prior is. (An unknown gain couples theta and x so strongly that Gibbs mixes slowly: measured
     R-hat 1.7-3.1 over 8 x 400 draws, benchmarks/results/latents_gibbs_gain.md.)"""
     problem = unknown_noise_problem(d=8, d_y=4, seed=0, schedule=SCHED)
-    theta, x = _gibbs_run(problem, chains=2, draws=120, warmup=40, seed=0)
+    theta, x = _gibbs_run(problem, chains=2, draws=150, warmup=60, seed=0)
     ess = float(az.ess(az.convert_to_dataset(theta.numpy()))["x"])
-    assert ess > 20, ess
+    assert ess > 25, ess
     exact = problem.exact
     se = exact.std / math.sqrt(max(ess, 1.0))
     assert abs(float(theta.mean()) - exact.mean) < 4 * se + 0.02 * exact.std, (float(theta.mean()), exact.mean, ess)
     g = torch.Generator().manual_seed(0)
     _, ref = exact.sample(2000, generator=g)
     sw = float(sliced_wasserstein(x.reshape(-1, 8).double(), ref, generator=g))
-    sw_prior = float(sliced_wasserstein(problem.prior.sample(240, generator=g), ref, generator=g))
+    sw_prior = float(sliced_wasserstein(problem.prior.sample(300, generator=g), ref, generator=g))
     assert sw < 0.25 * sw_prior, (sw, sw_prior)
 
 
