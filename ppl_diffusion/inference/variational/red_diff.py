@@ -23,6 +23,22 @@ With ``weighting="score"`` (``w_t = lam * sqrt(SNR)``, ``lam = 1``) the expected
 is ``-grad log p_rho(x)`` of the prior smoothed at ``rho = sigma/alpha``, so the descending sweep
 ends at the MAP of the (slightly smoothed) posterior; ``antithetic=True`` removes the probe noise
 exactly for Gaussian priors.
+
+Latent sites besides x (theta: an unknown noise level, an operator parameter): a
+``pyro.infer.autoguide`` on the free theta sites (``theta_guide="normal"``: AutoNormal, a mean-field
+Gaussian in each site's unconstrained space; ``"delta"``: AutoDelta, a point estimate) sits beside the
+guide of x, and the loss gains theta's ELBO terms,
+
+    loss = -obs_weight * log p(y | x, theta) + reg(x) - log p(theta) + log q(theta),   theta ~ q
+
+so ``pyro.infer.SVI(model, red.guide, optim, loss=red.loss)`` fits both (``q(x) q(theta)``, a
+mean-field family: x and theta are drawn independently). With a point mass on x
+(``learn_scale=False``) theta sees the residual of one estimate of x, which underestimates a noise
+level (x fits part of the noise); ``learn_scale=True`` adds x's spread to the residual.
+
+Plates of measurements (``with pyro.plate("images", B)``): ``mu`` has shape
+``(*plate_shape, *event)``, each measurement's data and regulariser terms enter the (summed) loss, and
+a global theta is shared by them.
 """
 from __future__ import annotations
 
@@ -34,8 +50,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from ..problem import Problem
+from ..problem import LinearGaussian, Problem
 from ..solver import Draws, OptionError, Solver, check_choice, check_int, check_number, measure
+from ..theta import THETA_GUIDES, autoguide_draws, theta_autoguide, theta_transforms
 from ._svi import NonFiniteLossError, svi_steps
 
 
@@ -118,13 +135,24 @@ class _REDDiffLoss:
             eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=o.generator)
             eps = torch.stack([eps, -eps]) if o.antithetic else eps.unsqueeze(0)
             x_t = alpha * x.detach().unsqueeze(0) + sigma * eps
-            x0 = den(x_t, torch.tensor(t, dtype=x.dtype, device=x.device))
+            ev = tuple(problem.event_shape)
+            x0 = den(x_t.reshape((-1,) + ev), torch.tensor(t, dtype=x.dtype, device=x.device)).reshape(x_t.shape)
             eps_hat = (x_t - alpha * x0) / sigma
             g = (eps_hat - eps).mean(0)
         self.nfe += n_probe
-        ll = problem.log_likelihood(x.reshape((-1,) + tuple(problem.event_shape))).sum()
+        flat = x.reshape((-1,) + tuple(problem.event_shape))
+        theta_names = problem.free_latents
+        if theta_names:  # theta ~ q(theta) from the autoguide: its ELBO terms join the loss
+            theta = {k: gtr.nodes[k]["value"] for k in theta_names}
+            ll, log_p_theta = problem.log_likelihood_theta(flat, theta, batched=False)
+            ll = ll.sum()
+            log_q_theta = sum(s["fn"].log_prob(s["value"]).sum() for n, s in gtr.nodes.items()
+                              if s["type"] == "sample" and n != problem.prior_site)
+        else:
+            ll = problem.log_likelihood(flat).sum()
+            log_p_theta = log_q_theta = 0.0
         reg = w * (g * x).sum()
-        loss = -o.obs_weight * ll + reg
+        loss = -o.obs_weight * ll + reg - log_p_theta + log_q_theta
         if o.learn_scale:
             loss = loss + site["fn"].log_prob(x).sum()  # -entropy (reparameterised)
         self.step += 1
@@ -160,6 +188,10 @@ class REDDiff(Solver):
         betas: Adam's ``(beta1, beta2)`` (pyro ClippedAdam).
         lr_decay: factor applied to the learning rate after every step.
         clip_norm: gradient-norm clip.
+        theta_guide: autoguide on the model's free latent sites besides x (theta): ``"normal"``
+            (AutoNormal) or ``"delta"`` (AutoDelta, a point estimate); unused without such sites.
+        theta_lr: Adam learning rate of theta's guide parameters (``None``: ``lr``).
+        theta_init_scale: initial scale of the AutoNormal guide (unconstrained space).
         prior_site: name of the diffusion-prior site when the model has several.
         name: prefix of the parameters in Pyro's param store.
         generator: random generator of the probe noise ``eps`` (``None``: torch's global one).
@@ -169,11 +201,14 @@ class REDDiff(Solver):
     name = "red_diff"
     family = "variational"
     requires = ("likelihood",)
+    infers_latents = True
+    supports_plates = True
 
     def __init__(self, model, *, steps: int = 1000, lr: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0,
                  weighting: str = "linear", t_start: float = 1.0, t_end: float = 0.0, learn_scale: bool = False,
                  init_scale: float = 1e-2, init="pinv", antithetic: bool = False, paper_balance: bool = False,
-                 betas=(0.9, 0.99), lr_decay: float = 1.0, clip_norm: float = 1e12, prior_site: str | None = None,
+                 betas=(0.9, 0.99), lr_decay: float = 1.0, clip_norm: float = 1e12, theta_guide: str = "normal",
+                 theta_lr: float | None = None, theta_init_scale: float = 0.1, prior_site: str | None = None,
                  name: str = "red_diff", generator: torch.Generator | None = None, progress: bool = True):
         m = type(self).name
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS, m)
@@ -192,6 +227,9 @@ class REDDiff(Solver):
         self.betas = tuple(check_number("betas", b, m, 0.0, 1.0) for b in betas)
         self.lr_decay = check_number("lr_decay", lr_decay, m, low=0.0, low_open=True)
         self.clip_norm = check_number("clip_norm", clip_norm, m, low=0.0, low_open=True)
+        self.theta_guide = check_choice("theta_guide", theta_guide, THETA_GUIDES, m)
+        self.theta_lr = None if theta_lr is None else check_number("theta_lr", theta_lr, m, low=0.0, low_open=True)
+        self.theta_init_scale = check_number("theta_init_scale", theta_init_scale, m, low=0.0, low_open=True)
         self.generator = generator
         # the sweep starts at t_start but a VP schedule's sigma/alpha is finite there; t = 0 is kept
         # off sigma = 0 by the discrete schedule (sigma(0) > 0)
@@ -199,6 +237,14 @@ class REDDiff(Solver):
         structure = self.setup_solver(model, prior_site, progress)
         self.name = name
         self.site, self.event_shape = structure.prior_site, structure.event_shape
+        #: the free latent sites besides x, fitted by :attr:`theta_autoguide`
+        self.theta_names = list(structure.free_latents)
+        theta_transforms(structure, method=m)  # continuous theta only
+        if self.paper_balance and self.theta_names:
+            raise OptionError(f"{m}: paper_balance needs a known noise level, but the model has free latent "
+                              f"site(s) {self.theta_names}")
+        self._theta_autoguide = None
+        self._plate_nesting = len(structure.plates)
         # sigma(t) = 0 at t = 0 on a continuous schedule: the sweep stops at rho = rho_min / 10 of the prior
         self.t_floor = float(structure.prior.schedule.t_of_rho(
             torch.tensor(structure.prior.rho_min / 10, dtype=torch.float64)))
@@ -210,24 +256,45 @@ class REDDiff(Solver):
         if not self.paper_balance:
             return self.lam
         lg = problem.gaussian("RED-Diff paper_balance")
-        m = float(lg.y.numel())
+        m = float(lg.y.numel()) / problem.num_measurements
         d = float(torch.Size(problem.event_shape).numel())
         return self.lam * m / (d * lg.noise_std**2 * max(self.obs_weight, 1e-300))
 
     def initial_mean(self, problem: Problem) -> torch.Tensor:
+        """``mu``'s start: shape ``(*plate_shape, *event)`` (``init`` per measurement on a plate)."""
         dtype, device = problem.dtype, problem.device
+        shape = tuple(problem.plate_shape) + tuple(problem.event_shape)
         if isinstance(self.init, torch.Tensor):
             x = self.init.to(dtype=dtype, device=device)
-            if tuple(x.shape) != tuple(problem.event_shape):
-                raise ValueError(f"init must have shape {tuple(problem.event_shape)}, got {tuple(x.shape)}")
+            if tuple(x.shape) == tuple(problem.event_shape):
+                x = x.expand(shape)
+            if tuple(x.shape) != shape:
+                raise ValueError(f"init must have shape {tuple(problem.event_shape)} or {shape}, got {tuple(x.shape)}")
             return x.clone()
         if self.init == "pinv":
             try:
                 lg = problem.linear_gaussian("RED-Diff init='pinv'")
-                return regularised_pinv(lg).to(dtype).reshape(problem.event_shape).clone()
             except ValueError:
-                pass
-        return torch.zeros(problem.event_shape, dtype=dtype, device=device)
+                lg = None
+            if lg is not None:
+                ne = len(lg.operator.out_shape)
+                ys = lg.y.reshape((-1,) + tuple(lg.y.shape[lg.y.dim() - ne:]))
+                xs = [regularised_pinv(LinearGaussian(lg.operator, yb, lg.noise_std)).to(dtype) for yb in ys]
+                return torch.stack(xs).reshape(shape).clone()
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def theta_autoguide(self):
+        """The autoguide on :attr:`theta_names` (``None`` without free latent sites; built on first use,
+        rebuilt by ``run(reset=True)``); its parameters are ``{name}.theta.*`` in Pyro's param store."""
+        if self.theta_names and self._theta_autoguide is None:
+            self._theta_autoguide = theta_autoguide(self.model, self.theta_names, self.theta_guide,
+                                                    prefix=self.theta_prefix, init_scale=self.theta_init_scale)
+        return self._theta_autoguide
+
+    @property
+    def theta_prefix(self) -> str:
+        return f"{self.name}.theta"
 
     @property
     def mean_name(self) -> str:
@@ -238,10 +305,21 @@ class REDDiff(Solver):
         return f"{self.name}.scale"
 
     def guide(self, *args, **kwargs):
-        """Pyro guide: ``Delta(mu)`` (or ``Normal(mu, scale)`` with ``learn_scale``) at the prior site."""
+        """Pyro guide: ``Delta(mu)`` (or ``Normal(mu, scale)`` with ``learn_scale``) at the prior site,
+        after the theta autoguide's draw of the free latent sites (if any). ``mu`` starts from the
+        problem with theta at the autoguide's median."""
         site = self.site
-        mu = pyro.param(self.mean_name, lambda: self.initial_mean(
-            Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)))
+        tg = self.theta_autoguide
+        if tg is not None:
+            tg(*args, **kwargs)
+
+        def init():
+            with poutine.block():  # AutoDelta.median runs the guide: keep it out of an enclosing trace
+                values = tg.median(*args, **kwargs) if tg is not None else None
+            return self.initial_mean(Problem.from_model(self.model, *args, prior_site=self.prior_site,
+                                                        latent_values=values, **kwargs))
+
+        mu = pyro.param(self.mean_name, init)
         ne = len(self.event_shape)
         if self.learn_scale:
             scale = pyro.param(self.scale_name, lambda: torch.full_like(mu, self.init_scale),
@@ -267,15 +345,18 @@ class REDDiff(Solver):
             self.lr = check_number("lr", lr, type(self).name, low=0.0, low_open=True)
         store = pyro.get_param_store()
         if reset:
-            for n in (self.mean_name, self.scale_name):
-                if n in store:
-                    del store[n]
+            for n in [n for n in store.keys() if n in (self.mean_name, self.scale_name)
+                      or n.startswith(self.theta_prefix + ".")]:
+                del store[n]
+            self._theta_autoguide = None
             self.loss.reset()
-        optim = pyro.optim.ClippedAdam({"lr": self.lr, "betas": self.betas, "lrd": self.lr_decay,
-                                        "clip_norm": self.clip_norm})
+        base = {"lr": self.lr, "betas": self.betas, "lrd": self.lr_decay, "clip_norm": self.clip_norm}
+        theta = dict(base, lr=self.lr if self.theta_lr is None else self.theta_lr)
+        optim = pyro.optim.ClippedAdam(lambda name: theta if name.startswith(self.theta_prefix + ".") else base)
         svi = pyro.infer.SVI(self.model, self.guide, optim, loss=self.loss)
         self.guide(*args, **kwargs)  # create the parameters
-        names = [n for n in (self.mean_name, self.scale_name) if n in store]
+        names = [n for n in store.keys() if n in (self.mean_name, self.scale_name)
+                 or n.startswith(self.theta_prefix + ".")]
         good = {}
 
         def snapshot():
@@ -324,7 +405,18 @@ class REDDiff(Solver):
         else:
             x = mu.expand((n,) + tuple(mu.shape)).clone()
         extra = {"loss_trace": trace, "stopped_reason": self.stopped_reason}
+        if self.theta_names:
+            extra["theta"] = {k: v[None] for k, v in self.theta_draws(n, *args, generator=gen, **kwargs).items()}
         return self._draws(x[None], meter, problem, n, extra=extra, nfe_per_sample=meter.evals)
+
+    def theta_draws(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> dict:
+        """``name -> (num_samples, *site_shape)`` draws of the free latent sites from the fitted
+        autoguide (independent of x: the family is ``q(x) q(theta)``)."""
+        if not self.theta_names:
+            return {}
+        draws, _ = autoguide_draws(self.theta_autoguide, self.theta_names, int(num_samples), *args,
+                                   nest=self._plate_nesting, generator=generator, **kwargs)
+        return draws
 
 
 def _unconstrained(store, name, constrained_value):

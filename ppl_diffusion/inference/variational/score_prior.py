@@ -22,6 +22,14 @@ weights ``log p(y, x) - log q(x)`` (exact ODE prior, float64) give a self-normal
 ESS diagnostic (:meth:`ScorePrior.importance_sample`, :meth:`ScorePrior.ess`).
 Parameters live in Pyro's param store (``pyro.get_param_store().save/load``, or :meth:`save`/:meth:`load`
 which also keep the optimiser state so that training resumes).
+
+Latent sites besides x (theta: an unknown noise level, an operator parameter): a
+``pyro.infer.autoguide`` on the free theta sites (``theta_guide="normal"``: AutoNormal;
+``"delta"``: AutoDelta) joins the flow in the guide, so that the same ``Trace_ELBO`` fits
+``q_phi(x) q(theta)`` (mean field: x and theta are drawn independently) against the model's own
+``log p(y | x, theta) + log p(theta)``; :meth:`ScorePrior.draw` returns theta draws in
+``extra["theta"]`` and :meth:`ScorePrior.importance_sample` weighs joint draws. The particles are
+vectorised when the model broadcasts a batch of theta values (checked once), else run one by one.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pyro.distributions.transforms as T
 import torch
 from pyro.poutine.messenger import Messenger
@@ -36,6 +45,7 @@ from pyro.poutine.messenger import Messenger
 from ...models.prior import DiffusionPrior
 from ..problem import Problem, unwrap_distribution
 from ..solver import Draws, OptionError, Solver, check_choice, check_int, check_number, measure
+from ..theta import THETA_GUIDES, ThetaLikelihood, autoguide_draws, prior_draws, theta_autoguide, theta_transforms
 from ._svi import NonFiniteLossError, svi_steps
 from .red_diff import regularised_pinv
 
@@ -108,6 +118,9 @@ class ScorePrior(Solver):
             for a linear-Gaussian likelihood, else zeros), "zeros",
             "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor.
         init_scale: initial flow scale (a factor of the prior std with ``init="prior"``).
+        theta_guide: autoguide on the model's free latent sites besides x (theta): ``"normal"``
+            (AutoNormal) or ``"delta"`` (AutoDelta, a point estimate); unused without such sites.
+        theta_init_scale: initial scale of the AutoNormal guide (unconstrained space).
         prior_site: name of the diffusion-prior site when the model has several.
         name: param-store prefix (the same name reloads saved parameters; default the solver's name).
         seed: seed of the permutations (fixed so that a saved flow can be rebuilt).
@@ -119,14 +132,18 @@ class ScorePrior(Solver):
     family = "variational"
     requires = ("likelihood",)
     method = "Score Prior"
+    infers_latents = True
 
     def __init__(self, model, *, flow: str = "realnvp", n_layers: int = 8, hidden=(64, 64), count_bins: int = 8,
                  bound: float = 4.0, num_particles: int = 16, lr: float = 1e-3, clip_norm: float = 10.0,
                  lr_decay: float = 1.0, steps: int = 1000, ode_steps: int | None = 12,
                  hutchinson_probes: int | None = None, exact_divergence_max_dim: int | None = None, init="pinv",
-                 init_scale: float = 1.0, prior_site: str | None = None, name: str | None = None, seed: int = 0,
-                 progress: bool = True, dtype=None):
+                 init_scale: float = 1.0, theta_guide: str = "normal", theta_init_scale: float = 0.1,
+                 prior_site: str | None = None, name: str | None = None, seed: int = 0, progress: bool = True,
+                 dtype=None):
         m = type(self).name
+        self.theta_guide = check_choice("theta_guide", theta_guide, THETA_GUIDES, m)
+        self.theta_init_scale = check_number("theta_init_scale", theta_init_scale, m, low=0.0, low_open=True)
         self.flow = check_choice("flow", flow, ("realnvp", "spline"), m)
         self.n_layers = check_int("n_layers", n_layers, m)
         self.num_particles = check_int("num_particles", num_particles, m)
@@ -153,6 +170,12 @@ class ScorePrior(Solver):
         self.dtype = dtype or structure.dtype
         self.device = structure.device
         self.name = name or type(self).name
+        #: the free latent sites besides x, fitted by :attr:`theta_autoguide`
+        self.theta_names = list(structure.free_latents)
+        theta_transforms(structure, method=m)  # continuous theta only
+        self._theta_autoguide = None
+        self._plate_nesting = len(structure.plates)
+        self._vectorize: bool | None = None if self.theta_names else True
         self.stopped_reason: str | None = None
         self.train_nfe = 0
         self.steps_done = 0
@@ -198,7 +221,10 @@ class ScorePrior(Solver):
             return xs.mean(0)
         if self.init == "pinv" and (args or kwargs):
             try:
-                problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
+                with poutine.block():  # AutoDelta.median runs the guide: keep it out of an enclosing trace
+                    values = self.theta_autoguide.median(*args, **kwargs) if self.theta_names else None
+                problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, latent_values=values,
+                                             **kwargs)
                 lg = problem.linear_gaussian(self.method)
                 return regularised_pinv(lg).to(self.dtype).reshape(-1).clone()
             except ValueError:
@@ -221,9 +247,31 @@ class ScorePrior(Solver):
             transforms.append(T.ReshapeTransform(torch.Size([self.d]), self.event_shape))
         return dist.TransformedDistribution(base, transforms)
 
+    @property
+    def theta_autoguide(self):
+        """The autoguide on :attr:`theta_names` (``None`` without free latent sites); its parameters
+        are ``{name}.theta.*`` in Pyro's param store."""
+        if self.theta_names and self._theta_autoguide is None:
+            self._theta_autoguide = theta_autoguide(self.model, self.theta_names, self.theta_guide,
+                                                    prefix=f"{self.name}.theta", init_scale=self.theta_init_scale)
+        return self._theta_autoguide
+
     def guide(self, *args, **kwargs):
-        """Pyro guide: the flow at the prior site (works with ``Predictive(..., parallel=True)`` too)."""
+        """Pyro guide: the theta autoguide (if the model has free latent sites), then the flow at the
+        prior site (works with ``Predictive(..., parallel=True)`` too)."""
+        if self.theta_autoguide is not None:
+            self.theta_autoguide(*args, **kwargs)
         return pyro.sample(self.site, self.distribution(*args, **kwargs))
+
+    def _vectorizes(self, *args, **kwargs) -> bool:
+        """Whether the model broadcasts a batch of theta values (the particles can be vectorised)."""
+        if self._vectorize is None:
+            problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn((3,) + tuple(self.event_shape), generator=gen, dtype=problem.dtype)
+            theta = prior_draws(problem, 3, gen)
+            self._vectorize = ThetaLikelihood(problem)._check(x.to(problem.device), theta, "loglik")
+        return self._vectorize
 
     # ------------------------------------------------------------------------------------
     def _denoiser(self):
@@ -242,7 +290,8 @@ class ScorePrior(Solver):
             self.num_particles = check_int("num_particles", num_particles, m)
         if self._optim is None:
             self._optim = pyro.optim.ClippedAdam({"lr": self.lr, "clip_norm": self.clip_norm, "lrd": self.lr_decay})
-        elbo = pyro.infer.Trace_ELBO(num_particles=self.num_particles, vectorize_particles=True,
+        elbo = pyro.infer.Trace_ELBO(num_particles=self.num_particles,
+                                     vectorize_particles=self._vectorizes(*args, **kwargs),
                                      max_plate_nesting=getattr(self, "max_plate_nesting", 0))
 
         def loss_and_grads(model, guide, *a, **k):
@@ -294,26 +343,48 @@ class ScorePrior(Solver):
         x = self.sample(n, *args, **kwargs)
         extra = {"train_nfe": self.train_nfe, "train_evals": meter.evals, "train_s": meter.seconds,
                  "train_steps": len(trace), "loss_trace": trace, "stopped_reason": self.stopped_reason}
+        if self.theta_names:
+            extra["theta"] = {k: v[None] for k, v in self.theta_draws(n, *args, **kwargs).items()}
         return self._draws(x[None], meter, problem, n, extra=extra, nfe_per_sample=self.train_nfe)
 
+    def theta_draws(self, num_samples: int, *args, generator: torch.Generator | None = None, **kwargs) -> dict:
+        """``name -> (num_samples, *site_shape)`` draws of the free latent sites from the fitted
+        autoguide (independent of the flow's x)."""
+        if not self.theta_names:
+            return {}
+        return autoguide_draws(self.theta_autoguide, self.theta_names, int(num_samples), *args,
+                               nest=self._plate_nesting, generator=generator, **kwargs)[0]
+
     def importance_sample(self, num_samples: int, *args, ode_steps: int | None = None,
-                          generator: torch.Generator | None = None, **kwargs):
+                          generator: torch.Generator | None = None, return_theta: bool = False, **kwargs):
         """``(x, log_w)`` with ``log_w = log p(y|x) + log p(x) - log q(x)`` in float64, where
-        ``log p(x)`` is the exact PF-ODE density (``ode_steps`` RK4 steps, default the training ones)."""
+        ``log p(x)`` is the exact PF-ODE density (``ode_steps`` RK4 steps, default the training ones).
+
+        With free latent sites theta the draws are joint, ``(x, theta) ~ q(x) q(theta)``, and
+        ``log_w = log p(y | x, theta) + log p(x) + log p(theta) - log q(x) - log q(theta)``;
+        ``return_theta=True`` returns ``(x, theta, log_w)``."""
         problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
         with torch.no_grad():
             q = self.distribution(*args, **kwargs)
             x = q.sample((int(num_samples),))
             log_q = q.log_prob(x)
+        theta, log_p_theta = {}, 0.0
+        if self.theta_names:
+            theta, log_q_theta = autoguide_draws(self.theta_autoguide, self.theta_names, int(num_samples), *args,
+                                                 nest=self._plate_nesting, generator=generator, **kwargs)
+            with torch.no_grad():
+                ll, lp = ThetaLikelihood(problem, None if self._vectorize is None else self._vectorize)(x, theta)
+            log_p_theta = lp.to(torch.float64) - log_q_theta
         opts = dict(self.ode_options)
         if ode_steps is not None:
             opts["ode_steps"] = int(ode_steps)
         prior = problem.prior.with_options(**opts)
         with torch.no_grad():
             log_prior = prior.log_prob(x)
-            ll = problem.log_likelihood(x)
-        log_w = ll.to(torch.float64) + log_prior.to(torch.float64) - log_q.to(torch.float64)
-        return x, log_w
+            if not self.theta_names:
+                ll = problem.log_likelihood(x)
+        log_w = ll.to(torch.float64) + log_prior.to(torch.float64) - log_q.to(torch.float64) + log_p_theta
+        return (x, theta, log_w) if return_theta else (x, log_w)
 
     @staticmethod
     def ess(log_weights: torch.Tensor) -> float:
@@ -379,6 +450,9 @@ class EfficientScorePrior(ScorePrior):
             for a linear-Gaussian likelihood, else zeros), "zeros",
             "prior" (mean / std of prior draws: a broad start over the whole prior), or a tensor.
         init_scale: initial flow scale (a factor of the prior std with ``init="prior"``).
+        theta_guide: autoguide on the model's free latent sites besides x (theta): ``"normal"``
+            (AutoNormal) or ``"delta"`` (AutoDelta, a point estimate); unused without such sites.
+        theta_init_scale: initial scale of the AutoNormal guide (unconstrained space).
         prior_site: name of the diffusion-prior site when the model has several.
         name: param-store prefix (the same name reloads saved parameters; default the solver's name).
         seed: seed of the permutations (fixed so that a saved flow can be rebuilt).
@@ -393,14 +467,16 @@ class EfficientScorePrior(ScorePrior):
                  hidden=(64, 64), count_bins: int = 8, bound: float = 4.0, num_particles: int = 16, lr: float = 1e-3,
                  clip_norm: float = 10.0, lr_decay: float = 1.0, steps: int = 1000, ode_steps: int | None = 12,
                  hutchinson_probes: int | None = None, exact_divergence_max_dim: int | None = None, init="pinv",
-                 init_scale: float = 1.0, prior_site: str | None = None, name: str | None = None, seed: int = 0,
-                 progress: bool = True, dtype=None):
+                 init_scale: float = 1.0, theta_guide: str = "normal", theta_init_scale: float = 0.1,
+                 prior_site: str | None = None, name: str | None = None, seed: int = 0, progress: bool = True,
+                 dtype=None):
         self.elbo_samples = check_int("elbo_samples", elbo_samples, type(self).name)
         super().__init__(model, flow=flow, n_layers=n_layers, hidden=hidden, count_bins=count_bins, bound=bound,
                          num_particles=num_particles, lr=lr, clip_norm=clip_norm, lr_decay=lr_decay, steps=steps,
                          ode_steps=ode_steps, hutchinson_probes=hutchinson_probes,
                          exact_divergence_max_dim=exact_divergence_max_dim, init=init, init_scale=init_scale,
-                         prior_site=prior_site, name=name, seed=seed, progress=progress, dtype=dtype)
+                         theta_guide=theta_guide, theta_init_scale=theta_init_scale, prior_site=prior_site,
+                         name=name, seed=seed, progress=progress, dtype=dtype)
 
     def prior_term(self, prior: DiffusionPrior) -> DiffusionPrior:
         return _ELBOPrior(prior, self.elbo_samples)
