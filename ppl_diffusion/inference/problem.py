@@ -217,8 +217,8 @@ class Problem:
         return ValueError(
             f"{method}: the model puts the prior site {self.prior_site!r} in plate(s) {names} "
             f"({self.num_measurements} measurements); {method} solves one measurement at a time. Loop over "
-            "the measurements with a model without the plate, or use a solver that batches plates (the guides, "
-            "e.g. DPS, DDRM).")
+            "the measurements with a model without the plate, or use a solver that batches plates (every solver "
+            "with supports_plates: the guides, RED-Diff, PnP-DM, PMC and the SMC samplers).")
 
     def check_model(self, method: str, latents: bool = False, plates: bool = False) -> None:
         """Refuse free latent sites unless ``latents``, plates unless ``plates`` (see the errors)."""
