@@ -290,3 +290,13 @@ def test_pmmh_refuses_models_without_theta(pb):
 
     with pytest.raises(ValueError, match="no latent site besides"):
         PMMH(pb.model(SCHED), sampler=lambda m: MCGDiff(m, particles=8))
+
+
+def test_inference_data_carries_jointly_inferred_theta():
+    from ppl_diffusion.inference.guides import DPS
+
+    problem = unknown_noise_problem(d=8, d_y=4, seed=0, schedule=SCHED)
+    d = DPS(problem.model, steps=10).draw(5, y=problem.y, generator=torch.Generator().manual_seed(0))
+    post = d.to_inference_data().posterior
+    assert post["sigma"].dims == ("chain", "draw") and post["x"].shape == (1, 5, 8)
+    assert torch.allclose(torch.as_tensor(post["sigma"].values), d.extra["theta"]["sigma"].double())

@@ -124,8 +124,12 @@ class Draws:
             if obs is not None:
                 dims["y"] = [*self.plate_dims] + _event_dim_names("y", self.observation.dim() - p, False, None)
             kwargs["dims"] = dims
-        return to_inference_data({self.site: self.samples}, sample_stats=stats or None, observed_data=obs,
-                                 var_name=self.site, **kwargs)
+        post = {self.site: self.samples}
+        for name, v in (self.extra.get("theta") or {}).items():  # jointly inferred latent sites
+            v = torch.as_tensor(v)
+            if tuple(v.shape[:2]) == (C, S):
+                post[name] = v
+        return to_inference_data(post, sample_stats=stats or None, observed_data=obs, var_name=self.site, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Draws(method={self.method!r}, family={self.family!r}, samples={tuple(self.samples.shape)}, "
