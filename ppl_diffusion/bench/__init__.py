@@ -15,6 +15,10 @@ current directory).
 * :mod:`.peers`    — DeepInverse's DPS / DDRM / DiffPIR against ours on the same denoiser.
 * :mod:`.diagnostics_speed` — vectorised R-hat / ESS against ArviZ.
 * :mod:`.mcgdiff_match_times` — MCGDiff's capped matching times on Gaussian deblurring.
+* :mod:`.latents`  — PMMH / Gibbs on GMM problems with an unknown noise level or gain, against exact
+  posteriors by quadrature over theta.
+* :mod:`.latents_joint` — joint DPS and RED-Diff's autoguide on theta, on the same problems.
+* :mod:`.plates`   — a plate of measurements against separate runs on the shipped digits prior.
 """
 from __future__ import annotations
 
