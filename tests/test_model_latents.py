@@ -300,3 +300,21 @@ def test_inference_data_carries_jointly_inferred_theta():
     post = d.to_inference_data().posterior
     assert post["sigma"].dims == ("chain", "draw") and post["x"].shape == (1, 5, 8)
     assert torch.allclose(torch.as_tensor(post["sigma"].values), d.extra["theta"]["sigma"].double())
+
+
+def test_theta_kernels_refuse_a_discrete_theta_at_construction(pb):
+    from ppl_diffusion.inference.kernels import PMMH, Gibbs, PnPDM
+    from ppl_diffusion.inference.smc.tds import TDS
+
+    prior = pb.prior.diffusion_prior(SCHED)
+    op = Matrix(pb.A)
+
+    def model(y=None):
+        k = pyro.sample("k", dist.Categorical(torch.tensor([0.5, 0.5])))
+        x = pyro.sample("x", prior)
+        pyro.sample("y", GaussianMeasurement(op, x, 0.1 * (1.0 + k)), obs=y)
+
+    with pytest.raises(ValueError, match="'k'"):
+        PMMH(model, sampler=lambda m: TDS(m, particles=8))
+    with pytest.raises(ValueError, match="'k'"):
+        Gibbs(model, x_kernel=PnPDM)

@@ -301,3 +301,18 @@ def autoguide_draws(guide, names: list, n: int, *args, nest: int = 0, generator:
         lq = site["log_prob"]
         log_q = log_q + (lq.reshape(n, -1).sum(-1) if lq.dim() and lq.shape[0] == n else lq.sum()).to(torch.float64)
     return out, log_q
+
+
+def theta_structure(model, prior_site: str | None, method: str, run_directly: str):
+    """The structure a theta kernel (Gibbs, PMMH) needs: ``(problem, theta names, current values)``.
+    Refuses a model without a free latent site besides the prior (``run_directly`` says what to
+    use instead) and a discrete theta site, both at construction."""
+    structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
+    structure.check_model(method, latents=True)
+    names = structure.free_latents
+    if not names:
+        raise ValueError(f"{method}: the model has no latent site besides the diffusion prior "
+                         f"{structure.prior_site!r}; {run_directly}")
+    theta_transforms(structure, names, method)
+    values = {n: structure.latent[n]["value"].detach() for n in names}
+    return structure, names, values

@@ -42,7 +42,7 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.poutine.messenger import Messenger
 
-from ..problem import Problem
+from ..theta import theta_structure
 
 __all__ = ["Gibbs", "fix_site"]
 
@@ -89,18 +89,13 @@ class Gibbs(MCMCKernel):
                              "lambda m: ParticleGibbs(TDS(m, particles=64))")
         if int(theta_steps) != theta_steps or theta_steps < 1:
             raise ValueError(f"Gibbs: theta_steps must be a positive integer, got {theta_steps!r}")
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
-        structure.check_model("Gibbs", latents=True)
-        self.theta_names = structure.free_latents
-        if not self.theta_names:
-            raise ValueError("Gibbs: the model has no latent site besides the diffusion prior "
-                             f"{structure.prior_site!r}; run the x kernel directly")
+        structure, self.theta_names, theta = theta_structure(model, prior_site, "Gibbs", "run the x kernel directly")
         self.user_model, self.site, self.prior_site = model, structure.prior_site, prior_site
         self.event_shape = tuple(structure.event_shape)
         self.batch_shape = tuple(structure.plate_shape)
         self.theta_steps = int(theta_steps)
         # theta values the x kernel conditions on (updated in place: the conditioned model reads them)
-        self._theta = {n: s["value"].detach() for n, s in structure.latent.items() if n in self.theta_names}
+        self._theta = theta
         self.x_model = pyro.condition(model, data=self._theta)
         self.x_kernel = x_kernel(self.x_model)
         self._check_x_kernel()

@@ -16,9 +16,8 @@ raise the acceptance rate. Unlike Gibbs, it moves theta and x jointly, so it doe
 they are strongly coupled (a gain and the image's scale). The random-walk scale adapts during
 warm-up towards 30 % acceptance (then stays fixed).
 
-Usable with ``pyro.infer.MCMC(PMMH(model, sampler=lambda m: MCGDiff(m, particles=64)), ...)``;
-``draw()`` runs several chains one after the other (independent SMC runs cannot be batched across
-different thetas).
+Usable with ``pyro.infer.MCMC(PMMH(model, sampler=lambda m: MCGDiff(m, particles=64)), ...)``; run
+several chains as several MCMC runs (independent SMC runs at different thetas are not batched).
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch.distributions import biject_to
 
-from ..problem import Problem
+from ..theta import theta_structure
 
 __all__ = ["PMMH"]
 
@@ -59,15 +58,10 @@ class PMMH(MCMCKernel):
             raise ValueError(f"PMMH: step_size must be a finite number > 0, got {step_size!r}")
         if not 0 < target_accept < 1:
             raise ValueError(f"PMMH: target_accept must lie in (0, 1), got {target_accept!r}")
-        structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
-        structure.check_model("PMMH", latents=True)
-        self.theta_names = structure.free_latents
-        if not self.theta_names:
-            raise ValueError("PMMH: the model has no latent site besides the diffusion prior "
-                             f"{structure.prior_site!r}; run the SMC sampler directly")
+        structure, self.theta_names, self._theta = theta_structure(model, prior_site, "PMMH",
+                                                                   "run the SMC sampler directly")
         self.site = structure.prior_site
         self.user_model = model
-        self._theta = {n: structure.latent[n]["value"].detach() for n in self.theta_names}
         self._dists = {n: structure.latent[n]["fn"] for n in self.theta_names}
         self.sampler = sampler(pyro.condition(model, data=self._theta))
         if not hasattr(self.sampler, "run") or not hasattr(self.sampler, "fk_model"):
