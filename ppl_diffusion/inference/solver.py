@@ -26,7 +26,7 @@ import torch
 
 from .problem import Problem
 
-__all__ = ["Solver", "Draws", "OptionError", "check_int", "check_number", "check_choice", "measure"]
+__all__ = ["Solver", "Draws", "ChainDraws", "OptionError", "check_int", "check_number", "check_choice", "measure"]
 
 
 class OptionError(ValueError, TypeError):
@@ -69,8 +69,26 @@ def check_choice(name: str, value, choices, method: str):
     return value
 
 
+class ChainDraws:
+    """Accessors shared by results whose ``samples`` are ``(chain, draw, ...)``."""
+
+    samples: torch.Tensor
+
+    @property
+    def num_chains(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return self.samples.shape[1]
+
+    def flat(self) -> torch.Tensor:
+        """All draws pooled: ``(chain * draw, *event)``."""
+        return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
+
+
 @dataclass
-class Draws:
+class Draws(ChainDraws):
     """Posterior draws of one :meth:`Solver.draw` call and what they cost.
 
     * ``samples``: ``(chain, draw, *event)``; guides, SMC and variational solvers return one chain,
@@ -94,18 +112,6 @@ class Draws:
     observation: torch.Tensor | None = None
     #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
     plate_dims: tuple = ()
-
-    @property
-    def num_chains(self) -> int:
-        return self.samples.shape[0]
-
-    @property
-    def num_draws(self) -> int:
-        return self.samples.shape[1]
-
-    def flat(self) -> torch.Tensor:
-        """All draws pooled: ``(chain * draw, *event)``."""
-        return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
 
     def to_inference_data(self, **kwargs):
         """ArviZ ``InferenceData`` with the draws as ``posterior[site]`` and the per-draw stats."""

@@ -41,7 +41,7 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..problem import Problem, _StubPrior
-from ..solver import Draws, OptionError, Solver, check_int, check_number, measure
+from ..solver import ChainDraws, Draws, OptionError, Solver, check_int, check_number, measure
 
 __all__ = ["DiffusionKernel", "ChainResult", "stub_model", "require_differentiable"]
 
@@ -77,7 +77,7 @@ def stub_model(model):
 
 
 @dataclass
-class ChainResult:
+class ChainResult(ChainDraws):
     """Output of :meth:`DiffusionKernel.run_chains`."""
 
     samples: torch.Tensor          # (chain, draw, *event); with a plate (chain, draw, *plate_shape, *event)
@@ -88,18 +88,6 @@ class ChainResult:
     observation: torch.Tensor | None = None
     #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
     plate_dims: tuple = ()
-
-    @property
-    def num_chains(self) -> int:
-        return self.samples.shape[0]
-
-    @property
-    def num_draws(self) -> int:
-        return self.samples.shape[1]
-
-    def flat(self) -> torch.Tensor:
-        """All draws pooled: ``(chain * draw, *event)``."""
-        return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
 
     def stats_per_draw(self) -> dict:
         """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""
