@@ -34,20 +34,35 @@ def _model(guide_models, name):
     return guide_models["mask" if get_solver(name).needs == "mask" else "svd"]
 
 
-@pytest.mark.parametrize("name", GUIDES)
-def test_every_guide_lists_and_rejects_options(guide_models, name):
-    cls = get_solver(name).load()
-    model, _ = _model(guide_models, name)
+def _args_section(doc: str) -> str:
+    return doc[doc.index("Args:"):]
+
+
+def _checked_options(cls, name, required) -> dict:
+    """The constructor's options after checking the contract: ``model`` first, no ``*args`` /
+    ``**kwargs``, every option keyword-only with a default and named in the Args docstring, and
+    ``cls.options()`` equal to the signature's defaults."""
+    import re
+
     params = inspect.signature(cls).parameters
     assert list(params)[0] == "model"
     assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()), name
     options = {n: p for n, p in params.items() if n != "model"}
-    assert {"steps", "eta", "grid", "prior_site", "progress"} <= set(options), name
+    assert required <= set(options), name
+    args = _args_section(cls.__doc__)
     for opt, p in options.items():
         assert p.default is not p.empty, f"{name}: option {opt} has no default"
         assert p.kind is p.KEYWORD_ONLY, f"{name}: option {opt} is not keyword-only"
-        assert f"{opt}:" in cls.__doc__, f"{name}: option {opt} missing from the Args docstring"
+        assert re.search(rf"\b{opt}\b", args), f"{name}: option {opt} missing from the Args docstring"
     assert cls.options() == {n: p.default for n, p in options.items()}
+    return options
+
+
+@pytest.mark.parametrize("name", GUIDES)
+def test_every_guide_lists_and_rejects_options(guide_models, name):
+    cls = get_solver(name).load()
+    model, _ = _model(guide_models, name)
+    options = _checked_options(cls, name, {"steps", "eta", "grid", "prior_site", "progress"})
     guide = cls(model)
     for opt, p in options.items():
         if opt not in ("prior_site", "progress"):
@@ -86,27 +101,11 @@ _SMALL = {
 }
 
 
-def _args_section(doc: str) -> str:
-    return doc[doc.index("Args:"):]
-
-
 @pytest.mark.parametrize("name", OTHERS)
 def test_every_other_solver_lists_and_rejects_options(guide_models, name):
-    import re
-
     cls = get_solver(name).load()
     model, _ = _model(guide_models, name)
-    params = inspect.signature(cls).parameters
-    assert list(params)[0] == "model"
-    assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()), name
-    options = {n: p for n, p in params.items() if n != "model"}
-    assert {"prior_site", "progress"} <= set(options), name
-    args = _args_section(cls.__doc__)
-    for opt, p in options.items():
-        assert p.default is not p.empty, f"{name}: option {opt} has no default"
-        assert p.kind is p.KEYWORD_ONLY, f"{name}: option {opt} is not keyword-only"
-        assert re.search(rf"\b{opt}\b", args), f"{name}: option {opt} missing from the Args docstring"
-    assert cls.options() == {n: p.default for n, p in options.items()}
+    _checked_options(cls, name, {"prior_site", "progress"})
     with pytest.raises(ValueError, match="bogus") as err:
         cls(model, bogus=1)
     assert "valid options" in str(err.value) and "prior_site" in str(err.value)
