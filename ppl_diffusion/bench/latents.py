@@ -35,20 +35,25 @@ __all__ = ["gibbs_run", "bench_gibbs", "main"]
 PROBLEMS = {"noise": unknown_noise_problem, "gain": unknown_gain_problem}
 
 
-def make_kernel(method: str, model, particles: int, steps: int):
-    """``Gibbs(ParticleGibbs(TDS), NUTS)`` or ``PMMH(TDS)`` on ``model``."""
+def make_kernel(method: str, model, particles: int, steps: int, x_sampler: str = "tds"):
+    """``Gibbs(ParticleGibbs(TDS), NUTS)`` or ``PMMH(TDS | MCGDiff)`` on ``model``."""
     from pyro.infer import NUTS
 
     from ..inference.kernels import PMMH, Gibbs, ParticleGibbs
+    from ..inference.smc.mcgdiff import MCGDiff
     from ..inference.smc.tds import TDS
 
     if method == "pmmh":
-        return PMMH(model, sampler=lambda m: TDS(m, particles=particles, steps=steps))
+        smc = MCGDiff if x_sampler == "mcgdiff" else TDS
+        return PMMH(model, sampler=lambda m: smc(m, particles=particles, steps=steps))
+    if x_sampler != "tds":
+        raise ValueError("Gibbs takes ParticleGibbs(TDS) for x (ParticleGibbs(MCGDiff) is refused: its time grid "
+                         "depends on the noise level); use --method pmmh for MCGDiff")
     return Gibbs(model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=particles, steps=steps)), theta_kernel=NUTS)
 
 
 def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, steps: int, seed: int,
-              method: str = "gibbs"):
+              method: str = "gibbs", x_sampler: str = "tds"):
     """``chains`` Pyro chains of :func:`make_kernel`: theta ``(chains, draws)``, x ``(chains, draws, d)``,
     seconds."""
     from pyro.infer import MCMC
@@ -57,7 +62,7 @@ def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, ste
     thetas, xs = [], []
     t0 = time.perf_counter()
     for _ in range(chains):
-        kernel = make_kernel(method, problem.model, particles, steps)
+        kernel = make_kernel(method, problem.model, particles, steps, x_sampler)
         mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
         mcmc.run(y=problem.y)
         s = mcmc.get_samples()
@@ -67,15 +72,15 @@ def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, ste
 
 
 def bench_gibbs(kind: str, n_problems: int, chains: int, draws: int, warmup: int, particles: int, steps: int,
-                out=None, cmd: str = "", method: str = "gibbs") -> str:
+                out=None, cmd: str = "", method: str = "gibbs", x_sampler: str = "tds") -> str:
     sched = VPSchedule.gmm_benchmark("mcgdiff")
     table = MarkdownTable("problem", "theta true", "exact mean ± std", "sampler mean (err / exact std)",
                           "exact 90 % interval", "sampler 90 % interval", "true in sampler 90 %", "R-hat", "ESS",
-                          "x SW / floor", "x 90 % coverage", "s")
-    inside, errs, rhats, covs, ratios = [], [], [], [], []
+                          "x SW / floor", "x ESS", "x SW / floor at ESS", "x 90 % coverage", "s")
+    inside, errs, rhats, covs, ratios, ess_ratios = [], [], [], [], [], []
     for seed in range(n_problems):
         pb = PROBLEMS[kind](d=8, d_y=4, seed=seed, schedule=sched)
-        theta, x, secs = gibbs_run(pb, chains, draws, warmup, particles, steps, seed, method)
+        theta, x, secs = gibbs_run(pb, chains, draws, warmup, particles, steps, seed, method, x_sampler)
         ex = pb.exact
         mean = float(theta.mean())
         lo, hi = (float(q) for q in theta.flatten().quantile(torch.tensor([0.05, 0.95], dtype=torch.float64)))
@@ -87,27 +92,36 @@ def bench_gibbs(kind: str, n_problems: int, chains: int, draws: int, warmup: int
         _, same = ex.sample(flat.shape[0], generator=g)
         sw = float(sliced_wasserstein(flat, ref, generator=torch.Generator().manual_seed(0)))
         floor = float(sliced_wasserstein(same, ref, generator=torch.Generator().manual_seed(0)))
+        # MCMC draws are correlated: beside the floor of as many exact draws, the floor of as many exact
+        # draws as the chains' effective sample size of x (median bulk ESS over the coordinates)
+        x_ess = int(az.ess(az.convert_to_dataset(x.numpy()))["x"].median())
+        _, same_ess = ex.sample(max(x_ess, 2), generator=g)
+        floor_ess = float(sliced_wasserstein(same_ess, ref, generator=torch.Generator().manual_seed(0)))
         cov = float(coverage(flat, ref[:2000]))
         err = (mean - ex.mean) / ex.std
         ok = lo <= pb.theta_true <= hi
         inside.append(ok), errs.append(abs(err)), rhats.append(rhat), covs.append(cov), ratios.append(sw / floor)
+        ess_ratios.append(sw / floor_ess)
         table.add(seed, f"{pb.theta_true:.4f}", f"{ex.mean:.4f} ± {ex.std:.4f}", f"{mean:.4f} ({err:+.2f})",
                   f"[{ex.quantile(0.05):.4f}, {ex.quantile(0.95):.4f}]", f"[{lo:.4f}, {hi:.4f}]",
-                  "yes" if ok else "no", f"{rhat:.4f}", f"{ess:.0f}", f"{sw:.3f} / {floor:.3f}", f"{cov:.3f}",
+                  "yes" if ok else "no", f"{rhat:.4f}", f"{ess:.0f}", f"{sw:.3f} / {floor:.3f}", x_ess,
+                  f"{sw / floor_ess:.2f}", f"{cov:.3f}",
                   f"{secs:.0f}")
     n = len(inside)
     summary = (f"\nSummary over {n} problems: true theta inside the sampler's 90 % interval {sum(inside)}/{n}; "
                f"mean |error| / exact std {sum(errs) / n:.3f}; max R-hat {max(rhats):.4f}; "
-               f"mean x SW / floor {sum(ratios) / n:.2f}; mean x 90 % coverage {sum(covs) / n:.3f}.\n")
+               f"mean x SW / floor {sum(ratios) / n:.2f} "
+               f"({sum(ess_ratios) / n:.2f} against exact draws as many as the ESS of x); "
+               f"mean x 90 % coverage {sum(covs) / n:.3f}.\n")
     what = "noise level" if kind == "noise" else "gain"
     if method == "pmmh":
-        title = f"PMMH(TDS) with an unknown {what}"
+        title = f"PMMH({'MCGDiff' if x_sampler == 'mcgdiff' else 'TDS'}) with an unknown {what}"
         how = "particle marginal MH on theta (random walk, scale adapted in warm-up to 30 % acceptance)"
     else:
         title = f"Gibbs(ParticleGibbs(TDS) + NUTS) with an unknown {what}"
         how = "ParticleGibbs for x, NUTS on theta (one step per iteration)"
     settings = (f"d = 8, d_y = 4, {chains} chains x {draws} draws after {warmup} warm-up iterations, "
-                f"TDS {particles} particles x {steps} steps; {how}.")
+                f"{'MCGDiff' if x_sampler == 'mcgdiff' else 'TDS'} {particles} particles x {steps} steps; {how}.")
     name = f"latents_{method}_{kind}"
     return write_result(out, name, title, cmd, settings + "\n\n" + str(table) + "\n" + summary)
 
@@ -121,6 +135,8 @@ def main(argv=None):
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--draws", type=int, default=250)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--x-sampler", choices=["tds", "mcgdiff"], default="tds",
+                   help="the SMC sampler of x (PMMH takes either; Gibbs takes ParticleGibbs(TDS))")
     p.add_argument("--particles", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small tensors)")
@@ -129,7 +145,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     cmd = shlex.join(["python", "benchmarks/latents.py"] + argv)
     for kind in (sorted(PROBLEMS) if a.kind == "all" else [a.kind]):
-        print(bench_gibbs(kind, a.problems, a.chains, a.draws, a.warmup, a.particles, a.steps, a.out, cmd, a.method))
+        print(bench_gibbs(kind, a.problems, a.chains, a.draws, a.warmup, a.particles, a.steps, a.out, cmd, a.method,
+                          a.x_sampler))
 
 
 if __name__ == "__main__":
