@@ -325,7 +325,9 @@ _BENCH_MODULES = {"images": "ppl_diffusion.bench.images", "speed": "ppl_diffusio
                   "kernels": "ppl_diffusion.bench.kernels", "smc": "ppl_diffusion.bench.smc",
                   "variational": "ppl_diffusion.bench.variational",
                   "diagnostics": "ppl_diffusion.bench.diagnostics_speed",
-                  "match-times": "ppl_diffusion.bench.mcgdiff_match_times"}
+                  "match-times": "ppl_diffusion.bench.mcgdiff_match_times",
+                  "latents": "ppl_diffusion.bench.latents", "latents-joint": "ppl_diffusion.bench.latents_joint",
+                  "plates": "ppl_diffusion.bench.plates"}
 
 
 def _add_benchmark(sub):
@@ -339,7 +341,9 @@ def _add_benchmark(sub):
         description="gmm: GMM posterior benchmark (exact posteriors, --setting), gaussian: the Gaussian closed-form "
                     "check, both by ppl_diffusion.bench.gmm.run_benchmark (as `python benchmarks/gmm.py`); images / "
                     "speed (cost of the Pyro layer) / scaling (SMC particles, guide batch) / peers (DeepInverse side "
-                    "by side) / kernels / smc / variational / diagnostics (R-hat, ESS speed) / match-times (MCGDiff): "
+                    "by side) / kernels / smc / variational / diagnostics (R-hat, ESS speed) / match-times (MCGDiff) / "
+                    "latents (Gibbs, PMMH: an unknown noise level or gain, exact by quadrature) / latents-joint "
+                    "(joint DPS, RED-Diff on theta) / plates (a plate of measurements against separate runs): "
                     "ppl_diffusion.bench.*, options passed with --extra, e.g. --extra='--help'. Each writes its "
                     "tables under --out.")
     p.add_argument("suite", choices=suites, help="which benchmark")
