@@ -23,8 +23,17 @@ from torch.distributions import constraints
 
 from ..denoisers import Denoiser
 from ..schedules import time_grid
+from .probe import called_from_pyro_trace, in_predictive_probe
 
-__all__ = ["DiffusionPrior"]
+__all__ = ["DiffusionPrior", "TraceLogProbError", "TRACE_LOG_PROB"]
+
+#: what :meth:`DiffusionPrior.log_prob` does when Pyro's trace machinery calls it
+TRACE_LOG_PROB = ("error", "elbo", "ode")
+
+
+class TraceLogProbError(RuntimeError):
+    """Pyro's trace machinery (``Trace_ELBO``, HMC) asked a DiffusionPrior for its exact density
+    with ``trace_log_prob="error"`` (the message names the ways forward)."""
 
 
 class DiffusionPrior(TorchDistribution):
@@ -44,6 +53,15 @@ class DiffusionPrior(TorchDistribution):
             ``t = 1`` when it has one (the Gaussian-mixture denoiser does; this is the same reference
             :meth:`log_prob` uses, so samples and densities describe one model), else from the
             reference ``N(0, sigma_1^2 I)``; ``"reference"`` always uses the latter.
+        trace_log_prob: what ``log_prob`` does when Pyro's trace machinery asks for it
+            (``Trace_ELBO`` and the other ELBOs, HMC / NUTS potentials, importance sampling):
+            ``"error"`` (default) raises :class:`TraceLogProbError` at once, naming the cheap ways
+            forward, because the exact density is a probability-flow ODE of ``4 * ode_steps``
+            network calls (each ``d`` times wider with the exact divergence) plus its double
+            backward, minutes per SVI step on a CPU; ``"elbo"`` returns the denoising lower bound
+            :meth:`elbo` (one network call per point: ``Trace_ELBO`` then fits a lower bound of the
+            ELBO, as Efficient Score Prior does); ``"ode"`` runs the exact ODE (a progress bar with
+            ``progress=True``). Direct calls ``prior.log_prob(x)`` always run the ODE.
     """
 
     arg_constraints: dict = {}
@@ -57,7 +75,7 @@ class DiffusionPrior(TorchDistribution):
     def __init__(self, denoiser: Denoiser, steps: int = 100, eta: float = 1.0, grid: str = "uniform",
                  rho_min: float = 1e-2, ode_steps: int = 100, exact_divergence_max_dim: int = 64,
                  hutchinson_probes: int = 4, progress: bool = False, terminal: str = "auto", batch_shape=torch.Size(),
-                 validate_args=None):
+                 validate_args=None, trace_log_prob: str = "error"):
         if not isinstance(denoiser, Denoiser):
             raise ValueError(f"denoiser must be a ppl_diffusion Denoiser, got {type(denoiser).__name__}")
         if steps < 1:
@@ -73,6 +91,9 @@ class DiffusionPrior(TorchDistribution):
         if terminal not in ("auto", "reference"):
             raise ValueError(f"terminal must be 'auto' or 'reference', got {terminal!r}")
         self.terminal = terminal
+        if trace_log_prob not in TRACE_LOG_PROB:
+            raise ValueError(f"trace_log_prob must be one of {TRACE_LOG_PROB}, got {trace_log_prob!r}")
+        self.trace_log_prob = trace_log_prob
         super().__init__(torch.Size(batch_shape), denoiser.event_shape, validate_args=False)
 
     # ---------------------------------------------------------------------------------------
@@ -84,7 +105,7 @@ class DiffusionPrior(TorchDistribution):
         return dict(steps=self.steps, eta=self.eta, grid=self.grid, rho_min=self.rho_min, ode_steps=self.ode_steps,
                     exact_divergence_max_dim=self.exact_divergence_max_dim,
                     hutchinson_probes=self.hutchinson_probes, progress=self.progress,
-                    terminal=self.terminal)
+                    terminal=self.terminal, trace_log_prob=self.trace_log_prob)
 
     def with_options(self, **kwargs) -> DiffusionPrior:
         opts = self._options()
@@ -120,6 +141,8 @@ class DiffusionPrior(TorchDistribution):
         ref_dtype, ref_device = self._reference()
         dtype, device = dtype or ref_dtype, device or ref_device
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
+        if in_predictive_probe():  # Predictive's shape-only runs: their values are discarded (models/probe.py)
+            return torch.zeros(shape, dtype=dtype, device=device)
         times = time_grid(self.schedule, self.steps, self.grid)
         with torch.no_grad():
             x = terminal_noise(self, shape, generator, dtype, device)
@@ -178,7 +201,9 @@ class DiffusionPrior(TorchDistribution):
         xt = x
         logdet = torch.zeros(x.shape[: x.dim() - len(self.event_shape)], dtype=x.dtype, device=x.device)
         var = torch.zeros_like(logdet)
-        for k in range(n):
+        from tqdm.auto import tqdm
+
+        for k in tqdm(range(n), desc="prior log_prob (ODE)", disable=not self.progress, leave=False):
             h = float(u[k + 1] - u[k])
             um = 0.5 * (u[k] + u[k + 1])
             stages = []
@@ -205,8 +230,30 @@ class DiffusionPrior(TorchDistribution):
         return log_ref + logdet, torch.sqrt(var)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Probability-flow ODE log density, shape ``(*batch,)``; differentiable in ``x``."""
+        """Probability-flow ODE log density, shape ``(*batch,)``; differentiable in ``x``. Called by
+        Pyro's trace machinery (``Trace_ELBO``, HMC), it follows ``trace_log_prob`` (see the class)."""
+        if self.trace_log_prob != "ode" and called_from_pyro_trace():
+            if self.trace_log_prob == "elbo":
+                return self.elbo(x)
+            raise TraceLogProbError(self._trace_log_prob_message(x))
         return self.log_prob_with_error(x)[0]
+
+    def _trace_log_prob_message(self, x: torch.Tensor) -> str:
+        d = int(torch.Size(self.event_shape).numel())
+        exact = d <= self.exact_divergence_max_dim
+        per_call = f"{d} x (batch)" if exact else f"{self.hutchinson_probes} x (batch)"
+        return (
+            "Pyro's trace machinery (Trace_ELBO / another ELBO, an HMC or NUTS potential, importance sampling) "
+            "asked DiffusionPrior.log_prob for the diffusion prior's exact density. That is a probability-flow "
+            f"ODE: {4 * self.ode_steps} network calls of {per_call} images each, plus their double backward for "
+            "a gradient (minutes per SVI step on a CPU), so it is refused here. Ways forward: "
+            "(1) RED-Diff's own loss: red = REDDiff(model); SVI(model, red.guide, optim, loss=red.loss) "
+            "(or red.run(y=y) / red.draw(n, y=y)); "
+            "(2) the denoising lower bound prior.elbo(x) (one network call per point): train with "
+            "EfficientScorePrior(model), or opt in with prior.with_options(trace_log_prob='elbo') in your model "
+            "(Trace_ELBO then fits a lower bound of the ELBO); "
+            "(3) the exact ODE at that cost: prior.with_options(trace_log_prob='ode', progress=True) "
+            "(ScorePrior(model) trains this way with a flow guide).")
 
     # ---------------------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:

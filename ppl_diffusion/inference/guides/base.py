@@ -31,6 +31,7 @@ import torch
 from pyro.poutine.runtime import get_plates
 
 from ...schedules import GRID_KINDS, time_grid
+from ...models.probe import in_predictive_probe
 from ..problem import Problem
 from ..sampler import Hook, reverse_diffusion, terminal_noise
 from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
@@ -147,13 +148,27 @@ class DiffusionGuide(Solver):
         theta = None if self.joint is None else {k: v.detach() for k, v in self.joint.values().items()}
         return out, theta
 
+    def _placeholder(self, problem: Problem, n: int):
+        """Zeros (and the traced theta values) shaped like :meth:`_run_batched`'s output, for the
+        shape-only runs of ``Predictive`` whose values Pyro discards."""
+        shape = (n,) + problem.plate_shape + tuple(problem.event_shape)
+        x = torch.zeros(shape, dtype=problem.dtype, device=problem.device)
+        theta = None
+        if self.infers_latents and problem.free_latents:
+            theta = {k: torch.as_tensor(problem.latent[k]["value"]).detach().expand(
+                (n,) + tuple(torch.as_tensor(problem.latent[k]["value"]).shape)) for k in problem.free_latents}
+        return x, theta
+
     def __call__(self, *args, **kwargs):
         """Pyro guide: sample the prior site (and, in joint mode, the theta sites, paired with x) with
         as many draws as the enclosing plates ask for."""
         plates = [f for f in get_plates() if f.size is not None]
         n = int(math.prod(f.size for f in plates)) if plates else 1
         problem = self.problem(*args, **kwargs)
-        x, theta = self._run_batched(problem, n, None)
+        if in_predictive_probe():  # Predictive's shape-only runs (models/probe.py): no network call
+            x, theta = self._placeholder(problem, n)
+        else:
+            x, theta = self._run_batched(problem, n, None)
         for name, v in (theta or {}).items():
             site = problem.latent[name]
             own = tuple(torch.as_tensor(site["value"]).shape)

@@ -200,7 +200,7 @@ class ScorePrior(Solver):
     # ------------------------------------------------------------------------------------
     def prior_term(self, prior: DiffusionPrior) -> DiffusionPrior:
         """The prior density used in training (exact PF-ODE with this solver's ODE options)."""
-        return prior.with_options(**self.ode_options) if self.ode_options else prior
+        return prior.with_options(**self.ode_options, trace_log_prob="ode")  # Trace_ELBO runs the exact ODE
 
     def training_model(self, *args, **kwargs):
         """The user's model with its prior term swapped for :meth:`prior_term`."""
