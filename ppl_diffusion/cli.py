@@ -22,6 +22,7 @@ _EPILOG = textwrap.dedent("""\
       ppl-diffusion priors                    # shipped priors
       ppl-diffusion methods                   # registered solvers (name, family, needs)
       ppl-diffusion solve --list              # methods and operators
+      ppl-diffusion study study.toml --out out/uq   # a resumable UQ study (--backend ray)
     """)
 
 
@@ -412,6 +413,29 @@ def _run_gmm_bench(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# study
+# ---------------------------------------------------------------------------------------------
+def _add_study(sub):
+    from .study.cli import add_study_arguments
+
+    p = sub.add_parser("study", help="an uncertainty-quantification study (measurements x methods x settings x "
+                                     "seeds), in-process or on Ray, resumable",
+                       description="Solve and score every cell of a study grid (PSNR / SSIM, interval coverage, "
+                                   "sliced Wasserstein on GMM problems); each finished cell is written at once to "
+                                   "OUT/cells/<cell>.nc and OUT/results.csv, a re-run skips them; at the end "
+                                   "OUT/study.nc (one InferenceData), OUT/table.csv, OUT/summary.md and "
+                                   "OUT/calibration.png. See docs/study.md.")
+    add_study_arguments(p)
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args):
+    from .study.cli import main_study
+
+    return main_study(args)
+
+
+# ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppl-diffusion", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -425,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_priors(sub)
     _add_benchmark(sub)
+    _add_study(sub)
     return parser
 
 
