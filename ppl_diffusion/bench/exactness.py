@@ -1,0 +1,264 @@
+"""A stricter yardstick for the asymptotically exact samplers: every number beside the spread an
+exact sampler shows on the same problem.
+
+Problem families beyond the published GMM benchmark (Cardoso et al. 2024), all with a closed-form
+posterior (:meth:`~ppl_diffusion.models.gmm.GaussianMixture.posterior`):
+
+* ``fullcov``: 6 components with full random covariances (random rotation, eigenvalues log-uniform
+  in [0.05, 2]), Dirichlet(1) weights, ``A`` with N(0, 1/d) entries;
+* ``uneven``: 8 isotropic components (variances log-uniform in [0.2, 2]) with very uneven weights
+  (``softmax(2 z)``), ``A`` with N(0, 1/d) entries;
+* ``spectrum``: 6 full-covariance components, ``A = U diag(s) V^T`` with singular values
+  log-uniform in [0.02, 3] (two decades).
+
+Means are N(0, 2.5^2 I), ``x* ~ prior``, ``sigma_y = max(s) 10^u`` with
+``u ~ U(-1.5, -0.3)``, ``y = A x* + sigma_y n``. Seeded per (family, d, d_y, seed).
+
+For each problem and sample size ``n`` :func:`exact_spread` scores ``sets`` (>= 20) independent sets
+of ``n`` exact posterior draws with the three statistics used for the samplers (:func:`score`):
+
+* ``sw``: sliced Wasserstein-1 to 10,000 exact draws (fixed 200 directions per problem);
+* ``tv``: total variation between the exact posterior component weights and the sample's, each draw
+  counted by its posterior responsibilities (soft assignment: the expectation of a draw's
+  responsibilities under the posterior is exactly the component weight, so exact draws score only
+  Monte Carlo noise);
+* ``cov``: 90 % coverage: the fraction of the 10,000 reference draws (coordinates pooled) inside the
+  sample's equal-tailed marginal 90 % intervals (intervals too narrow read below the exact sets).
+
+A sampler is *inside the exact spread* on a statistic when ``sw <= q95(exact sw)``,
+``tv <= q95(exact tv)`` and ``q2.5 <= cov <= q97.5`` of the exact sets' values respectively.
+
+    OMP_NUM_THREADS=1 python benchmarks/exactness.py --d 8 --dys 1,2,4 --problems 20 --samples 500
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..metrics import quantile
+from ..models.gmm import GaussianMixture, GMMProblem
+from ..schedules import VPSchedule
+from .report import RESULTS_DIR, MarkdownTable, add_out_argument, write_result
+
+__all__ = ["FAMILIES", "exactness_problem", "component_weights", "score", "exact_spread", "Spread", "verdict",
+           "run_exactness", "main"]
+
+FAMILIES = ("fullcov", "uneven", "spectrum")
+_FAMILY_ID = {f: i for i, f in enumerate(FAMILIES)}
+
+
+def _rotation(d, g, dtype):
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=dtype))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def _log_uniform(n, lo, hi, g, dtype):
+    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g, dtype=dtype))
+
+
+def exactness_problem(family: str, d: int = 8, d_y: int = 2, seed: int = 0, dtype=torch.float64,
+                      mean_scale: float = 2.5) -> GMMProblem:
+    """One seeded problem of ``family`` (see the module docstring) with its exact posterior; means
+    N(0, mean_scale^2 I)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if not 1 <= d_y <= d:
+        raise ValueError(f"need 1 <= d_y <= d, got d_y={d_y}, d={d}")
+    g = torch.Generator().manual_seed(1_000_003 * _FAMILY_ID[family] + 10_007 * d + 101 * d_y + seed)
+    K = 8 if family == "uneven" else 6
+    means = mean_scale * torch.randn(K, d, generator=g, dtype=dtype)
+    if family == "uneven":
+        w = torch.softmax(2.0 * torch.randn(K, generator=g, dtype=dtype), 0)
+        covs = _log_uniform(K, 0.2, 2.0, g, dtype)
+    else:
+        w = -torch.log(torch.rand(K, generator=g, dtype=dtype))  # Dirichlet(1)
+        covs = torch.stack([(q * _log_uniform(d, 0.05, 2.0, g, dtype)) @ q.T
+                            for q in (_rotation(d, g, dtype) for _ in range(K))])
+    prior = GaussianMixture(w / w.sum(), means, covs)
+    if family == "spectrum":
+        s = torch.sort(_log_uniform(d_y, 0.02, 3.0, g, dtype), descending=True).values
+        A = _rotation(d_y, g, dtype) @ torch.diag(s) @ _rotation(d, g, dtype)[:d_y]
+    else:
+        A = torch.randn(d_y, d, generator=g, dtype=dtype) / math.sqrt(d)
+        s = torch.linalg.svdvals(A)
+    x_true = prior.sample(1, generator=g)[0]
+    noise_std = float(s.max() * 10 ** (-1.5 + 1.2 * torch.rand((), generator=g, dtype=dtype)))
+    y = A @ x_true + noise_std * torch.randn(d_y, generator=g, dtype=dtype)
+    return GMMProblem(prior, A, y, noise_std, x_true, prior.posterior(A, y, noise_std), seed)
+
+
+def component_weights(x: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor:
+    """Mean posterior responsibilities ``(K,)`` of the draws ``x`` (n, d) under ``mixture``."""
+    logn, _ = mixture._component_terms(x.to(mixture.dtype), 1.0, 0.0)
+    return torch.softmax(logn + torch.log(mixture.weights), -1).mean(0)
+
+
+@dataclass
+class Reference:
+    """What a problem's samples are scored against: 10,000 exact draws, fixed directions and their
+    sorted projections, the exact component weights."""
+
+    problem: GMMProblem
+    ref: torch.Tensor
+    theta: torch.Tensor
+    ref_proj_sorted: torch.Tensor
+
+    @classmethod
+    def build(cls, pb: GMMProblem, n_ref: int = 10000, n_projections: int = 200, seed: int = 0) -> Reference:
+        g = torch.Generator().manual_seed(70_000 + seed)
+        ref = pb.posterior.sample(n_ref, generator=g)
+        z = torch.randn(pb.d, n_projections, generator=g, dtype=torch.float64)
+        theta = z / z.norm(dim=0, keepdim=True)
+        return cls(pb, ref, theta, torch.sort(ref @ theta, 0).values)
+
+
+def score(x: torch.Tensor, ref: Reference) -> dict:
+    """``{"sw", "tv", "cov"}`` of the draws ``x`` (n, d) (see the module docstring)."""
+    from ..metrics import _wasserstein_1d_pp
+
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    sw = float(_wasserstein_1d_pp(x @ ref.theta, ref.ref_proj_sorted, 1).mean())
+    w_hat = component_weights(x, ref.problem.posterior)
+    tv = 0.5 * float((w_hat - ref.problem.posterior.weights).abs().sum())
+    lo, hi = quantile(x, [0.05, 0.95], dim=0)
+    cov = float(((ref.ref >= lo) & (ref.ref <= hi)).double().mean())
+    minor = int(torch.argsort(ref.problem.posterior.weights, descending=True)[1]) if w_hat.numel() > 1 else 0
+    return {"sw": sw, "tv": tv, "cov": cov, "w_hat": w_hat, "w_minor": float(w_hat[minor])}
+
+
+@dataclass
+class Spread:
+    """The exact sampler's spread on one problem at one sample size: per-set values and the bounds."""
+
+    n: int
+    sw: torch.Tensor
+    tv: torch.Tensor
+    cov: torch.Tensor
+    bounds: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.bounds = {"sw": float(quantile(self.sw, 0.95)), "tv": float(quantile(self.tv, 0.95)),
+                       "cov": (float(quantile(self.cov, 0.025)), float(quantile(self.cov, 0.975)))}
+
+
+def exact_spread(ref: Reference, n: int, sets: int = 20, seed: int = 0) -> Spread:
+    """Scores of ``sets`` independent sets of ``n`` exact posterior draws (drawn apart from the reference)."""
+    if sets < 2:
+        raise ValueError(f"sets must be >= 2, got {sets}")
+    g = torch.Generator().manual_seed(80_000 + seed)
+    vals = [score(ref.problem.posterior.sample(n, generator=g), ref) for _ in range(sets)]
+    return Spread(n, *(torch.tensor([v[k] for v in vals], dtype=torch.float64) for k in ("sw", "tv", "cov")))
+
+
+def verdict(s: dict, spread: Spread) -> dict:
+    """``{"sw", "tv", "cov", "all"}``: whether each statistic is inside the exact spread."""
+    lo, hi = spread.bounds["cov"]
+    out = {"sw": s["sw"] <= spread.bounds["sw"], "tv": s["tv"] <= spread.bounds["tv"],
+           "cov": lo <= s["cov"] <= hi}
+    out["all"] = out["sw"] and out["tv"] and out["cov"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+def _parse_method(spec: str):
+    """``"mcgdiff"``, ``"mcgdiff:particles=256,resampling=multinomial"`` -> (label, solver, options)."""
+    name, _, rest = spec.partition(":")
+    opts = {}
+    for kv in filter(None, rest.split(",")):
+        k, v = kv.split("=")
+        for cast in (int, float):
+            try:
+                v = cast(v)
+                break
+            except ValueError:
+                continue
+        if v in ("True", "False", "None"):
+            v = {"True": True, "False": False, "None": None}[v]
+        opts[k] = v
+    return spec, name, opts
+
+
+def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
+                  families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = ""):
+    """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring)."""
+    from .gmm import run_solver
+
+    sched = VPSchedule.gmm_benchmark()
+    table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
+                          "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov", "s")
+    tally = {}
+    for d_y in dys:
+        for i in range(n_problems):
+            fam = families[i % len(families)]
+            pb = exactness_problem(fam, d, d_y, seed=i)
+            if d > 8:
+                pb_solver = pb.to(torch.float32)
+            else:
+                pb_solver = pb
+            ref = Reference.build(pb, seed=i)
+            spread = exact_spread(ref, n_samples, sets, seed=i)
+            w_sorted = torch.sort(pb.posterior.weights, descending=True).values
+            label = f"({fam}, {d}, {d_y}, {i})"
+            for spec in methods:
+                key, solver, opts = _parse_method(spec)
+                g = torch.Generator().manual_seed(90_000 + i)
+                t0 = time.perf_counter()
+                x = run_solver(solver, pb_solver, pb_solver.model(sched), n_samples, steps, None, g, **opts).samples
+                sec = time.perf_counter() - t0
+                s = score(x, ref)
+                v = verdict(s, spread)
+                tally.setdefault((key, d_y), []).append(v)
+                b = spread.bounds
+                table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key,
+                          f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
+                          f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
+                          "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), f"{sec:.1f}")
+    summary = MarkdownTable("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage",
+                            "inside all three")
+    for (key, d_y), vs in tally.items():
+        n = len(vs)
+        summary.add(key, d_y, n, *(f"{sum(v[k] for v in vs)}/{n}" for k in ("sw", "tv", "cov", "all")))
+    notes = (f"d = {d}, {steps} steps, {n_samples} samples per problem (each SMC sample from its own independent run), "
+             f"families cycled over seeds ({', '.join(families)}; ppl_diffusion/bench/exactness.py). Exact spread: "
+             f"{sets} independent sets of {n_samples} exact posterior draws scored like the samplers; SW = sliced W-1 "
+             "(200 fixed directions) to 10,000 exact draws, TV = component-weight total variation (posterior "
+             "responsibilities), cov = fraction of the 10,000 reference draws inside the sample's marginal 90 % "
+             "intervals. Inside: SW and TV <= the exact sets' 95 % point, coverage within their 2.5-97.5 % range; "
+             "an exact sampler is inside all three on roughly 0.95 x 0.95 x 0.95 ~ 0.86 of problems."
+             + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
+    body = str(summary) + "\n\n" + str(table)
+    name = name or f"exactness_d{d}"
+    write_result(out, name, f"Exactness: samplers against the exact sampler's spread (GMM families, d = {d})",
+                 cmd, body, notes)
+    return tally
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
+    p.add_argument("--d", type=int, default=8)
+    p.add_argument("--dys", default="1,2,4")
+    p.add_argument("--problems", type=int, default=20, help="problems per d_y (families cycled)")
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--sets", type=int, default=20, help="exact sample sets per problem (>= 20)")
+    p.add_argument("--methods", default="mcgdiff;tds:particles=64",
+                   help="';'-separated solver[:opt=value,...] (e.g. mcgdiff:particles=256)")
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
+    add_out_argument(p, "exactness_d<d>")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/exactness.py " + shlex.join(argv)
+    run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps,
+                  a.sets, tuple(a.families.split(",")), a.out, a.name, cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

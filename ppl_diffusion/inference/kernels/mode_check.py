@@ -1,0 +1,139 @@
+"""Convergence diagnostics that see a misplaced mode weight: split R-hat of the log-likelihood, the
+time each chain spends in each mode-like region, and the replica swap rates.
+
+Coordinate-wise R-hat of ``x`` can read ~1 while chains sit in the wrong proportions of two modes
+(each mode's coordinates overlap the other's marginally, and a chain stuck in the minor mode moves
+the pooled quantiles little). Two statistics that differ between modes do not hide it:
+
+* the log-likelihood ``log p(y | x)`` of each draw (a mode-sensitive scalar): rank-normalised split
+  R-hat over the chains (Vehtari, Gelman, Simpson, Carpenter & Bürkner, "Rank-normalization,
+  folding, and localization: an improved R-hat", Bayesian Analysis 2021; :func:`~ppl_diffusion.diagnostics.rhat`);
+* mode-like regions: k-means (``regions`` centres, k-means++ start) on the pooled draws, then per
+  chain the fraction of draws in each region and the split R-hat of each region's indicator; a chain
+  that never visits a region the others visit shows as a large R-hat and a spread of occupancies.
+
+A kernel with replicas (PnP-DM ``replicas > 1``) adds its swap acceptance per adjacent pair: a pair
+that never swaps (< ``min_swap``) cuts the ladder, so the cold chain only sees the modes it started in.
+
+All chains starting in the same mode and staying there is invisible to every between-chain statistic:
+start chains dispersed (``init="randn"`` with a large ``init_scale``, or the prior's draws).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...diagnostics import rhat
+
+__all__ = ["chain_convergence", "region_labels", "split_rhat_basic", "RHAT_THRESHOLD", "MIN_SWAP"]
+
+#: flag a chain run whose mode-sensitive split R-hat exceeds this
+RHAT_THRESHOLD = 1.05
+#: flag a replica ladder whose adjacent-pair swap rate falls below this
+MIN_SWAP = 0.05
+
+
+def split_rhat_basic(v: torch.Tensor) -> torch.Tensor:
+    """Classic split R-hat (Gelman et al., BDA3 Sec. 11.4) of ``(chain, draw, *rest)`` values, shape
+    ``rest``; suited to indicators (no ranks, ties everywhere). 1.0 where every chain is constant and
+    equal, inf where chains are constant but different."""
+    v = v.to(torch.float64)
+    S = v.shape[1] // 2
+    if S < 2:
+        raise ValueError(f"split R-hat needs at least 4 draws per chain, got {v.shape[1]}")
+    halves = torch.cat([v[:, :S], v[:, -S:]], 0)  # (2C, S, ...)
+    mean, var = halves.mean(1), halves.var(1)
+    W, B = var.mean(0), S * mean.var(0)
+    r = torch.sqrt(((S - 1) / S * W + B / S) / W)
+    same = B <= 1e-300
+    return torch.where(W > 0, r, torch.where(same, torch.ones_like(r), torch.full_like(r, math.inf)))
+
+
+def region_labels(x: torch.Tensor, regions: int = 4, iters: int = 25,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means labels ``(n,)`` of the rows of ``x`` (n, D) with ``regions`` centres (k-means++ start)."""
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    n = x.shape[0]
+    k = max(1, min(int(regions), n))
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    first = int(torch.randint(n, (1,), generator=g))
+    centres = x[first:first + 1]
+    for _ in range(k - 1):
+        d2 = torch.cdist(x, centres).min(1).values ** 2
+        if float(d2.sum()) <= 0:
+            break
+        j = int(torch.multinomial(d2 / d2.sum(), 1, generator=g))
+        centres = torch.cat([centres, x[j:j + 1]])
+    for _ in range(iters):
+        lab = torch.cdist(x, centres).argmin(1)
+        new = torch.stack([x[lab == c].mean(0) if bool((lab == c).any()) else centres[c]
+                           for c in range(centres.shape[0])])
+        if torch.allclose(new, centres):
+            break
+        centres = new
+    return torch.cdist(x, centres).argmin(1)
+
+
+def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None, regions: int = 4,
+                      rhat_threshold: float = RHAT_THRESHOLD, min_swap: float = MIN_SWAP,
+                      generator: torch.Generator | None = None) -> dict:
+    """Mode-sensitive diagnostics of ``samples`` ``(chain, draw, *event)`` (a
+    :class:`~ppl_diffusion.inference.kernels.base.ChainResult`'s ``samples``).
+
+    ``log_likelihood``: ``(chain, draw)`` values of ``log p(y | x)``, or a function of a batch of
+    draws ``(n, *event) -> (n,)`` (e.g. ``Problem.log_likelihood``), or ``None`` (skipped).
+    ``kernel``: the kernel that produced them (its ``swap_acceptance`` is read when present).
+
+    Returns a dict: ``rhat_loglik`` (rank-normalised split R-hat of the log-likelihood),
+    ``occupancy`` ``(chain, regions)`` (fraction of each chain's draws per k-means region),
+    ``region_weights`` (pooled), ``rhat_regions`` (split R-hat of each region's indicator),
+    ``max_rhat`` (the largest of these), ``swap_acceptance`` (per adjacent pair, or ``None``),
+    ``flags`` (list of strings naming each failed check) and ``ok`` (no flag).
+    """
+    x = torch.as_tensor(samples)
+    if x.dim() < 3:
+        raise ValueError(f"samples must have shape (chain, draw, *event), got {tuple(x.shape)}")
+    C, S = x.shape[:2]
+    out, flags = {}, []
+    ll = log_likelihood
+    if callable(ll):
+        with torch.no_grad():
+            ll = ll(x.reshape((C * S,) + tuple(x.shape[2:]))).reshape(C, S)
+    if ll is not None:
+        ll = torch.as_tensor(ll, dtype=torch.float64).reshape(C, S)
+        r = float(rhat(ll[..., None])[0]) if C > 1 else float("nan")
+        out["rhat_loglik"] = r
+        if r > rhat_threshold:
+            flags.append(f"split R-hat of the log-likelihood {r:.3f} > {rhat_threshold}")
+    else:
+        out["rhat_loglik"] = None
+    lab = region_labels(x.reshape(C * S, -1), regions, generator=generator).reshape(C, S)
+    k = int(lab.max()) + 1
+    ind = torch.nn.functional.one_hot(lab, k).to(torch.float64)  # (C, S, k)
+    out["occupancy"] = ind.mean(1)
+    out["region_weights"] = ind.mean((0, 1))
+    rr = split_rhat_basic(ind) if C > 1 else torch.full((k,), float("nan"), dtype=torch.float64)
+    out["rhat_regions"] = rr
+    worst = float(rr.max()) if C > 1 else float("nan")
+    if worst > rhat_threshold:
+        j = int(rr.argmax())
+        occ = out["occupancy"][:, j]
+        flags.append(f"region {j} (pooled weight {float(out['region_weights'][j]):.3f}): split R-hat of its "
+                     f"indicator {worst:.3f} > {rhat_threshold}; chains spend {float(occ.min()):.2f}-"
+                     f"{float(occ.max()):.2f} of their draws there")
+    vals = [v for v in (out["rhat_loglik"], worst) if v is not None and not math.isnan(v)]
+    out["max_rhat"] = max(vals) if vals else float("nan")
+    swap = getattr(kernel, "swap_acceptance", None) if kernel is not None else None
+    if swap is not None and getattr(kernel, "replicas", 1) > 1:
+        swap = torch.as_tensor(swap, dtype=torch.float64)
+        out["swap_acceptance"] = swap
+        if swap.numel() and float(swap.min()) < min_swap:
+            j = int(swap.argmin())
+            flags.append(f"replica pair ({j}, {j + 1}) swaps at {float(swap[j]):.3f} < {min_swap}: the ladder "
+                         "is cut, the cold chain sees only the modes it reaches itself")
+    else:
+        out["swap_acceptance"] = None
+    out["flags"] = flags
+    out["ok"] = not flags
+    return out
