@@ -182,22 +182,20 @@ def test_second_derivative_through_the_shipped_priors(name):
 
 
 def _gibbs_run(problem, chains, draws, warmup, seed):
-    from pyro.infer import MCMC, NUTS
+    """Gibbs.draw: ``chains`` Pyro MCMC runs, x and theta ``(chain, draw, ...)``."""
+    from pyro.infer import NUTS
 
     from ppl_diffusion.inference.kernels import Gibbs, ParticleGibbs
     from ppl_diffusion.inference.smc.tds import TDS
 
     pyro.set_rng_seed(seed)
-    thetas, xs = [], []
-    for _ in range(chains):
-        kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=32, steps=20)),
-                       theta_kernel=NUTS)
-        mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
-        mcmc.run(y=problem.y)
-        s = mcmc.get_samples()
-        thetas.append(s[problem.theta_site])
-        xs.append(s["x"])
-    return torch.stack(thetas), torch.stack(xs)
+    kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=32, steps=20)), theta_kernel=NUTS)
+    d = kernel.draw(chains * draws, y=problem.y, chains=chains, warmup=warmup)
+    theta = d.extra["theta"][problem.theta_site]
+    assert d.samples.shape == (chains, draws, 8) and theta.shape == (chains, draws) and d.nfe_per_sample > 0
+    idata = d.to_inference_data()
+    assert idata.posterior[problem.theta_site].dims == ("chain", "draw")
+    return theta, d.samples
 
 
 def test_gibbs_recovers_the_exact_noise_posterior():
@@ -261,21 +259,17 @@ def test_pmmh_recovers_a_sharp_gain_posterior():
     problem whose exact gain posterior is sharp (std 0.036), the posterior mean of 2 chains x 150
     draws lies within 4 Monte Carlo standard errors of the exact one and the chains mix (ESS > 20;
     measured: see the assertion message)."""
-    from pyro.infer import MCMC
-
     from ppl_diffusion.inference.kernels import PMMH
     from ppl_diffusion.inference.smc.tds import TDS
     from ppl_diffusion.models.gmm_theta import unknown_gain_problem
 
     problem = unknown_gain_problem(d=8, d_y=4, seed=1, schedule=SCHED)
     pyro.set_rng_seed(0)
-    thetas = []
-    for _ in range(2):
-        kernel = PMMH(problem.model, sampler=lambda m: TDS(m, particles=64, steps=30))
-        mcmc = MCMC(kernel, num_samples=150, warmup_steps=50, disable_progbar=True)
-        mcmc.run(y=problem.y)
-        thetas.append(mcmc.get_samples()["gain"])
-    theta = torch.stack(thetas).double()
+    kernel = PMMH(problem.model, sampler=lambda m: TDS(m, particles=64, steps=30))
+    d = kernel.draw(300, y=problem.y, chains=2, warmup=50)  # two Pyro MCMC runs of 150 draws
+    theta = d.extra["theta"]["gain"].double()
+    assert theta.shape == (2, 150) and d.samples.shape == (2, 150, 8)
+    assert ((d.extra["accept_rate"] > 0.05) & (d.extra["accept_rate"] < 0.9)).all(), d.extra["accept_rate"]
     ess = float(az.ess(az.convert_to_dataset(theta.numpy()))["x"])
     exact = problem.exact
     se = exact.std / math.sqrt(max(ess, 1.0))

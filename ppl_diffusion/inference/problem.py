@@ -31,8 +31,12 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ..models.latent import LATENT_SOLVERS_HINT, LatentDiffusionPrior
 from ..models.measurement import GaussianMeasurement
 from ..models.prior import DiffusionPrior
+
+#: the prior distributions a Problem recognises (pixel-space and latent diffusion priors)
+PRIOR_TYPES = (DiffusionPrior, LatentDiffusionPrior)
 
 __all__ = ["Problem", "LinearGaussian", "unwrap_distribution", "find_prior_sites"]
 
@@ -62,7 +66,7 @@ class _StubPrior(Messenger):
             msg["value"] = self.values[msg["name"]]
             return
         base = unwrap_distribution(msg["fn"])
-        if isinstance(base, DiffusionPrior):
+        if isinstance(base, PRIOR_TYPES):
             dtype, device = base._reference()
             msg["value"] = torch.zeros(msg["fn"].shape(), dtype=dtype, device=device, requires_grad=self.track)
             msg["infer"] = dict(msg.get("infer") or {}, _stubbed=True)
@@ -70,7 +74,7 @@ class _StubPrior(Messenger):
 
 def find_prior_sites(trace) -> list:
     return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and isinstance(unwrap_distribution(site["fn"]), DiffusionPrior)
+            if site["type"] == "sample" and isinstance(unwrap_distribution(site["fn"]), PRIOR_TYPES)
             and not site["is_observed"]]
 
 
@@ -226,6 +230,25 @@ class Problem:
             raise self.latent_error(method)
         if self.plates and not plates:
             raise self.plate_error(method)
+
+    @property
+    def is_latent(self) -> bool:
+        """Whether the prior site holds a :class:`~ppl_diffusion.models.latent.LatentDiffusionPrior`."""
+        return isinstance(self.prior, LatentDiffusionPrior)
+
+    def check_prior(self, method: str, latent: bool = False) -> None:
+        """Refuse a latent diffusion prior unless ``latent`` (a latent solver), and a pixel-space prior
+        if ``latent``, naming the site and the solvers that fit."""
+        if self.is_latent and not latent:
+            raise ValueError(
+                f"{method}: the prior site {self.prior_site!r} is a LatentDiffusionPrior (diffusion on the latents of "
+                f"an autoencoder); {method} runs its diffusion in pixel space and needs a DiffusionPrior. Use a latent "
+                f"solver: {LATENT_SOLVERS_HINT}, or a pixel prior (e.g. load_prior('digits')).")
+        if latent and not self.is_latent:
+            raise ValueError(
+                f"{method}: the prior site {self.prior_site!r} is a pixel-space DiffusionPrior; {method} needs a "
+                "LatentDiffusionPrior (an autoencoder and a latent diffusion model, e.g. load_prior('digits-latent') "
+                "or ppl_diffusion.models.latent_gmm). For a pixel prior use a pixel-space solver (dps, ddrm, ...).")
 
     def expand_measurements(self, n: int) -> Problem:
         """A one-plate-free view of a plated problem for ``n`` samples per measurement: the

@@ -21,6 +21,7 @@ FAMILIES = {
     "variational": "variational: pyro.infer.SVI",
     "kernel": "asymptotically exact: a pyro.infer.MCMC kernel",
     "smc": "asymptotically exact: sequential Monte Carlo",
+    "latent": "explicit approximation on a latent diffusion prior (LatentDiffusionPrior)",
 }
 
 
@@ -83,6 +84,17 @@ _DECLARATIONS = [
     _s("fps", "smc.fps:FPS", "smc", "linear", "FPS (Dou & Song 2024): linear Gaussian"),
     _s("fps_smc", "smc.fps:FPSSMC", "smc", "linear", "FPS-SMC (Dou & Song 2024): linear Gaussian", "fps-smc"),
     _s("smcdiff", "smc.smcdiff:SMCDiff", "smc", "mask", "SMCDiff (Trippe et al. 2023): inpainting"),
+]
+
+_DECLARATIONS += [  # latent diffusion priors (LatentDiffusionPrior), inference/latent/
+    _s("latent_dps", "latent.latent_dps:LatentDPS", "latent", "likelihood",
+       "Latent DPS (survey eq. 3.74): DPS on the latent, any differentiable likelihood", "latent-dps"),
+    _s("psld", "latent.psld:PSLD", "latent", "linear", "PSLD (Rout et al. 2023): A^T A a projection, gluing term"),
+    _s("resample", "latent.resample:ReSample", "latent", "gaussian",
+       "ReSample (Song et al. 2024): hard data consistency + stochastic resampling"),
+    _s("mpgd", "latent.mpgd:MPGD", "latent", "likelihood", "MPGD (He et al. 2024): manifold-preserving guidance"),
+    _s("stsl", "latent.stsl:STSL", "latent", "likelihood",
+       "STSL (Rout et al. 2024): second-order Tweedie (our constants)"),
 ]
 
 SOLVERS: dict[str, SolverInfo] = {info.name: info for info in _DECLARATIONS}

@@ -181,6 +181,8 @@ class Solver:
     infers_latents: bool = False
     #: whether the solver batches a plate of measurements (else it refuses plated models)
     supports_plates: bool = False
+    #: whether the solver works on a LatentDiffusionPrior (latent solvers) instead of a pixel DiffusionPrior
+    latent_prior: bool = False
 
     def __init_subclass__(cls, **kwargs):
         """Wrap a subclass's ``__init__`` so that an unknown keyword option raises one
@@ -219,6 +221,7 @@ class Solver:
         self.model, self.prior_site, self.progress = model, prior_site, progress
         structure = Problem.from_model(model, prior_site=prior_site, allow_unobserved=True)
         structure.check_model(self.name, latents=self.infers_latents, plates=self.supports_plates)
+        structure.check_prior(self.name, latent=self.latent_prior)
         self.check(structure)
         return structure
 
@@ -230,6 +233,7 @@ class Solver:
         """The problem of ``model(*args, **kwargs)`` (e.g. ``y=y``), checked."""
         problem = Problem.from_model(self.model, *args, prior_site=self.prior_site, **kwargs)
         problem.check_model(self.name, latents=self.infers_latents, plates=self.supports_plates)
+        problem.check_prior(self.name, latent=self.latent_prior)
         self.check(problem)
         return problem
 

@@ -40,6 +40,8 @@ DEFAULT_PRIOR = "digits"
 SHIPPED_PRIORS = {
     "digits": "16x16 handwritten digits (scikit-learn's 8x8 digits, bilinearly upsampled), 1 channel, [-1, 1]",
     "patches": "32x32 grayscale patches of natural photographs (scikit-image / scikit-learn), 1 channel, [-1, 1]",
+    "digits-latent": "latent diffusion on the 16x16 digits: KL autoencoder to 4x4x4 latents + latent UNet",
+    "patches-latent": "latent diffusion on the 32x32 patches: KL autoencoder to 8x8x4 latents + latent UNet",
 }
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -285,11 +287,17 @@ def load_prior(name_or_path=DEFAULT_PRIOR, device=None, dtype=None, clip_x0: boo
     ``device`` / ``dtype`` place the network; ``clip_x0`` clips the denoiser's E[x0 | x_t] to
     [-1, 1] (default: the scheduler config's ``clip_sample``, which diffusers takes as true when
     absent; the shipped ``patches`` prior sets it, ``digits`` does not); other keyword arguments
-    (``steps``, ``eta``, ...) go to ``DiffusionPrior``.
+    (``steps``, ``eta``, ...) go to ``DiffusionPrior``. A folder with a ``vae/`` subfolder (and the
+    shipped ``"digits-latent"`` / ``"patches-latent"``) gives a
+    :class:`~ppl_diffusion.models.latent.LatentDiffusionPrior` (:func:`~ppl_diffusion.models.latent.load_latent_prior`).
     """
     from ..denoisers import UNetDenoiser
     from .prior import DiffusionPrior
 
+    if (prior_folder(name_or_path) / "vae").is_dir():  # a latent diffusion folder (vae/, unet/, scheduler/)
+        from .latent import load_latent_prior
+
+        return load_latent_prior(name_or_path, device=device, dtype=dtype, clip_x0=bool(clip_x0), **prior_kwargs)
     unet, sched_cfg = load_unet(name_or_path, device=device, dtype=dtype)
     if clip_x0 is None:
         clip_x0 = bool(sched_cfg.get("clip_sample", True))

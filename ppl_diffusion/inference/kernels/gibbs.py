@@ -12,6 +12,7 @@ parameter)::
     mcmc = pyro.infer.MCMC(kernel, num_samples=500, warmup_steps=200)
     mcmc.run(y=y)
     idata = arviz.from_pyro(mcmc)          # sigma and x
+    draws = kernel.draw(2000, y=y, chains=4, warmup=200)  # or: 4 runs as one Draws, theta in extra["theta"]
 
 Each iteration alternates two exact conditional updates (a Metropolis-within-Gibbs sampler,
 Geman & Geman 1984; Tierney 1994):
@@ -43,6 +44,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.poutine.messenger import Messenger
 
 from ..theta import theta_structure
+from .pyro_chains import PyroChainsDraw
 
 __all__ = ["Gibbs", "fix_site"]
 
@@ -64,7 +66,7 @@ class fix_site(Messenger):
         msg["is_observed"] = True
 
 
-class Gibbs(MCMCKernel):
+class Gibbs(PyroChainsDraw, MCMCKernel):
     """Alternate ``x | theta, y`` (one of our kernels) and ``theta | x, y`` (a Pyro kernel).
 
     Args:

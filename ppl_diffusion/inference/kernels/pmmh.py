@@ -30,11 +30,12 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch.distributions import biject_to
 
 from ..theta import theta_structure
+from .pyro_chains import PyroChainsDraw
 
 __all__ = ["PMMH"]
 
 
-class PMMH(MCMCKernel):
+class PMMH(PyroChainsDraw, MCMCKernel):
     """Particle marginal Metropolis-Hastings over the theta sites (see the module docstring).
 
     Args:
