@@ -112,3 +112,17 @@ def test_split_rhat_basic_on_indicators():
     assert float(split_rhat_basic(v)[0]) == 1.0
     v[0] = 1.0
     assert math.isinf(float(split_rhat_basic(v)[0]))
+
+
+def test_smc_draw_pooled_and_reliability_on_a_gmm():
+    from ppl_diffusion.inference.smc import MCGDiff
+    from ppl_diffusion.schedules import VPSchedule
+
+    pb = exactness_problem("uneven", 8, 2, seed=1)
+    sv = MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=8, steps=10)
+    d = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled=True)
+    assert d.samples.shape == (1, 16, 8) and torch.isfinite(d.samples).all()
+    rel = d.extra["reliability"]
+    assert rel["runs"].tolist() == [16.0] and 1.0 <= float(rel["runs_ess"][0]) <= 16.0
+    res = d.extra["result"]
+    assert res.reliability()["cv2"].shape == (1,) and res.pooled_resample(5).shape == (5, 8)

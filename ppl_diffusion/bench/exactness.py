@@ -184,11 +184,35 @@ def _parse_method(spec: str):
     return spec, name, opts
 
 
+def _draws(solver, opts, pb, sched, n, steps, g):
+    """``[(suffix, (n, d) draws)]``: an SMC sampler runs ``n`` independent runs once and gives both
+    the one-draw-per-run samples (suffix ``""``) and the evidence-weighted pool (``" pooled"``,
+    :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); other solvers run as
+    :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
+    from ..inference.registry import SOLVERS, build_solver
+    from .gmm import run_solver
+
+    model = pb.model(sched)
+    info = SOLVERS.get(solver)
+    if info is not None and info.family == "smc":
+        from ..inference.smc.evidence import pooled_resample
+
+        opts = dict(opts)
+        which = opts.pop("draws", "both")
+        sv = build_solver(solver, model, **{"steps": steps, **opts})
+        res = sv.run(y=pb.y, runs=n, generator=g)
+        out = []
+        if which in ("both", "independent"):
+            out.append(("", res.resample(n, g)))
+        if which in ("both", "pooled"):
+            out.append((" pooled", pooled_resample(res, n, g)))
+        return out
+    return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples)]
+
+
 def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
                   families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = ""):
     """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring)."""
-    from .gmm import run_solver
-
     sched = VPSchedule.gmm_benchmark()
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
                           "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov", "s")
@@ -209,16 +233,16 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                 key, solver, opts = _parse_method(spec)
                 g = torch.Generator().manual_seed(90_000 + i)
                 t0 = time.perf_counter()
-                x = run_solver(solver, pb_solver, pb_solver.model(sched), n_samples, steps, None, g, **opts).samples
-                sec = time.perf_counter() - t0
-                s = score(x, ref)
-                v = verdict(s, spread)
-                tally.setdefault((key, d_y), []).append(v)
-                b = spread.bounds
-                table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key,
-                          f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
-                          f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
-                          "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), f"{sec:.1f}")
+                for label_m, x in _draws(solver, opts, pb_solver, sched, n_samples, steps, g):
+                    sec = time.perf_counter() - t0
+                    s = score(x, ref)
+                    v = verdict(s, spread)
+                    tally.setdefault((key + label_m, d_y), []).append(v)
+                    b = spread.bounds
+                    table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
+                              f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
+                              f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
+                              "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), f"{sec:.1f}")
     summary = MarkdownTable("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage",
                             "inside all three")
     for (key, d_y), vs in tally.items():

@@ -41,6 +41,7 @@ import torch
 from ...schedules import GRID_KINDS
 from ..sampler import terminal_noise
 from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
+from .evidence import pooled_resample, reliability
 from .result import SMCResult
 
 __all__ = ["FeynmanKac", "run_smc", "multinomial_resample", "systematic_resample", "ess", "chunked",
@@ -366,9 +367,14 @@ class SMCSampler(Solver):
         return res
 
     def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, independent: bool = True,
-             **kwargs) -> Draws:
+             pooled: bool = False, **kwargs) -> Draws:
         """``num_samples`` posterior draws as :class:`Draws` (one chain): one per independent run of
         ``particles`` particles (default), or all resampled from a single run (``independent=False``).
+        ``pooled=True`` (with ``independent``): the draws are resampled from all runs' particles weighted
+        by each run's evidence (:func:`.evidence.pooled_resample`), which removes the bias of one draw
+        per run on multimodal posteriors (a run that lost a mode early cannot re-weight it; its
+        evidence does); ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
+        of draws is unreliable.
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the call divided by the draws); ``extra`` holds each
@@ -384,17 +390,19 @@ class SMCSampler(Solver):
         with measure(problem.denoiser) as meter:
             res = self._run(problem, n if independent else 1, generator)
             # sample j from run j mod (runs * B): j = i * B + b is measurement b
-            x = res.resample(n * B, generator)
+            x = pooled_resample(res, n, generator) if pooled and independent else res.resample(n * B, generator)
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
         nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
-                                                             "result": res}, nfe_per_sample=nfe)
+                                                             "result": res, "reliability": reliability(res)},
+                           nfe_per_sample=nfe)
 
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
-               independent: bool = True, **kwargs) -> torch.Tensor:
+               independent: bool = True, pooled: bool = False, **kwargs) -> torch.Tensor:
         """``num_samples`` draws ``(num_samples, *event_shape)`` (see :meth:`draw`)."""
-        return self.draw(num_samples, *args, generator=generator, independent=independent, **kwargs).samples[0]
+        return self.draw(num_samples, *args, generator=generator, independent=independent, pooled=pooled,
+                         **kwargs).samples[0]
 
 
 __all__.append("SMCSampler")

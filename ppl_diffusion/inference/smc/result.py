@@ -75,6 +75,20 @@ class SMCResult:
         out = self.particles[runs.T.reshape(-1), idx.T.reshape(-1)]
         return out[:n]
 
+    def pooled_resample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws (per measurement) from all runs' particles weighted by each run's evidence
+        (:func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`: no independent-run bias)."""
+        from .evidence import pooled_resample
+
+        return pooled_resample(self, n, generator)
+
+    def reliability(self) -> dict:
+        """Runs' evidence ESS, the bias bound of one draw per run, flags
+        (:func:`~ppl_diffusion.inference.smc.evidence.reliability`)."""
+        from .evidence import reliability
+
+        return reliability(self)
+
     def to_inference_data(self, n: int | None = None, generator: torch.Generator | None = None):
         """``arviz.InferenceData``: ``posterior`` holds resampled draws (one chain), ``sample_stats``
         the ESS history, log-evidence and resampling steps of each run (dim ``run``)."""
