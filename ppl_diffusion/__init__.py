@@ -14,11 +14,16 @@ def load_prior(name_or_path="digits", **kwargs):
     return _load(name_or_path, **kwargs)
 
 
-def to_inference_data(*args, **kwargs):
-    """Convert solver output to ArviZ ``InferenceData`` (see ``ppl_diffusion.diagnostics``)."""
+def to_inference_data(obj, *args, **kwargs):
+    """Convert solver output to ArviZ ``InferenceData``: a ``Draws``, an ``SMCResult`` or a Pyro
+    ``MCMC`` run (``to_inference_data(result, model, y=y)`` adds the predictive groups where the
+    result does not carry its model; see ``ppl_diffusion.idata``), or tensors / dicts of them
+    (``ppl_diffusion.diagnostics.to_inference_data``)."""
     from .diagnostics import to_inference_data as _to
+    from .idata import convert
 
-    return _to(*args, **kwargs)
+    out = convert(obj, *args, **kwargs)
+    return out if out is not None else _to(obj, *args, **kwargs)
 
 
 __all__ = ["VPSchedule", "VESchedule", "EDMSchedule", "time_grid", "Denoiser", "UNetDenoiser",

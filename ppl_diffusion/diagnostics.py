@@ -308,6 +308,10 @@ def to_inference_data(
 ):
     """Build an ``arviz.InferenceData`` from any solver's output.
 
+    A solver's result (a ``Draws``, an ``SMCResult``, a Pyro ``MCMC`` run) is converted by
+    :func:`ppl_diffusion.idata.convert` (pointwise log-likelihood, posterior predictive, observed
+    data, SMC runs as chains with their weights).
+
     Parameters
     ----------
     posterior : tensor / array or dict of them
@@ -337,6 +341,13 @@ def to_inference_data(
     """
     import arviz as az
 
+    if not isinstance(posterior, (Mapping, torch.Tensor, np.ndarray)):
+        from .idata import convert  # a Draws, an SMCResult or a Pyro MCMC run: the one convention
+
+        given = {k: v for k, v in (("dims", dims), ("coords", coords), ("attrs", attrs)) if v is not None}
+        converted = convert(posterior, **given)
+        if converted is not None:
+            return converted
     dims = dict(dims or {})
     post = _as_dict(posterior, var_name, "posterior")
     if not post:

@@ -19,7 +19,8 @@ __all__ = ["METHOD_DEFAULTS", "MethodResult", "method_key", "available_methods",
 
 #: options applied unless the caller sets them. RED-Diff learns a diagonal scale, so that its draws
 #: come from the fitted Gaussian q (with ``learn_scale=False`` every draw is the point estimate).
-METHOD_DEFAULTS: dict[str, dict] = {"red_diff": {"learn_scale": True}}
+#: DDRM at 50 steps: its paper's 20 leave the digits' posterior mean blurred (issue 16: 17.4 -> 25 dB).
+METHOD_DEFAULTS: dict[str, dict] = {"red_diff": {"learn_scale": True}, "ddrm": {"steps": 50}}
 
 #: the result of :func:`run_method` (kept as a name for callers of the former demo API)
 MethodResult = Draws

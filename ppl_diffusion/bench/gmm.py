@@ -83,6 +83,11 @@ def _red_diff_call(steps, eta, options):
     return {"steps": max(int(steps), 1) * 10, "lr": 0.5, "progress": False, **options}, {}, {}
 
 
+def _optimise_call(steps, eta, options):
+    """Optimise-the-input solvers: ``10 x steps`` iterations, no clipping (GMM data is not in [-1, 1])."""
+    return {"iterations": max(int(steps), 1) * 10, "clip": False, **options}, {}, {}
+
+
 def _flow_call(**defaults):
     """Score prior / efficient score prior: ``train_steps`` (300) of flow training; ``is_samples``
     (500) importance-sampling draws with the exact PF-ODE prior for the ESS (``is_ode_steps``)."""
@@ -164,6 +169,8 @@ def _build_table() -> dict:
             table[name] = BenchSolver(name, "guide", name, _guide_call)
         elif info.family == "smc":
             table[name] = BenchSolver(name, "smc", name, _smc_call, extra=_smc_extra)
+        elif info.family == "optimisation":  # point estimates: one draw per random restart
+            table[name] = BenchSolver(name, "optimisation", name, _optimise_call)
     table.update(
         prior=BenchSolver("prior", "baseline", None, target="prior"),
         red_diff=BenchSolver("red_diff", "variational", "red_diff", _red_diff_call, extra=_red_diff_extra,

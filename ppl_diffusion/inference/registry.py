@@ -22,6 +22,7 @@ FAMILIES = {
     "kernel": "asymptotically exact: a pyro.infer.MCMC kernel",
     "smc": "asymptotically exact: sequential Monte Carlo",
     "latent": "explicit approximation on a latent diffusion prior (LatentDiffusionPrior)",
+    "optimisation": "point estimates by optimising a sampler's input (restarts are the draws)",
 }
 
 
@@ -84,6 +85,14 @@ _DECLARATIONS = [
     _s("fps", "smc.fps:FPS", "smc", "linear", "FPS (Dou & Song 2024): linear Gaussian"),
     _s("fps_smc", "smc.fps:FPSSMC", "smc", "linear", "FPS-SMC (Dou & Song 2024): linear Gaussian", "fps-smc"),
     _s("smcdiff", "smc.smcdiff:SMCDiff", "smc", "mask", "SMCDiff (Trippe et al. 2023): inpainting"),
+    # optimise the input of a deterministic sampler (point estimates; one draw per random restart)
+    _s("dmplug", "optimise.dmplug:DMPlug", "optimisation", "likelihood",
+       "DMPlug (Wang et al. 2024): fit the input noise of a 3-step DDIM; point estimates"),
+    _s("shred", "optimise.shred:SHRED", "optimisation", "likelihood",
+       "SHRED (Chihaoui et al. 2024): sphere-constrained 10-step DDIM inversion; point estimates"),
+    _s("consistent_csgm", "optimise.consistent_csgm:ConsistentCSGM", "optimisation", "likelihood",
+       "Consistent-CSGM: CSGM through a distilled consistency model (digits_cm); point estimates",
+       "consistent-csgm"),
 ]
 
 _DECLARATIONS += [  # latent diffusion priors (LatentDiffusionPrior), inference/latent/

@@ -112,30 +112,17 @@ class Draws(ChainDraws):
     observation: torch.Tensor | None = None
     #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
     plate_dims: tuple = ()
+    #: the :class:`Problem` the draws solve (model + measurement: the predictive groups need it)
+    problem: Problem | None = field(default=None, repr=False, compare=False)
 
-    def to_inference_data(self, **kwargs):
-        """ArviZ ``InferenceData`` with the draws as ``posterior[site]`` and the per-draw stats."""
-        from ..diagnostics import to_inference_data
+    def to_inference_data(self, predictive: bool = True, **kwargs):
+        """ArviZ ``InferenceData``: ``posterior[site]`` ``(chain, draw, [measurement,] channel, row,
+        col)``, jointly inferred latent sites, the per-draw stats, ``observed_data`` and, with the
+        problem known (``predictive=True``), the POINTWISE ``log_likelihood`` and a
+        ``posterior_predictive`` draw per sample (``ppl_diffusion.idata``)."""
+        from ..idata import draws_inference_data
 
-        C, S = self.samples.shape[:2]
-        stats = {k: torch.as_tensor(v) for k, v in self.stats.items()
-                 if tuple(torch.as_tensor(v).shape[:2]) == (C, S)}
-        obs = None if self.observation is None else {"y": self.observation}
-        if self.plate_dims and "dims" not in kwargs:
-            from ..diagnostics import _event_dim_names
-
-            p = len(self.plate_dims)
-            dims = {self.site: ["chain", "draw", *self.plate_dims]
-                    + _event_dim_names(self.site, self.samples.dim() - 2 - p, True, None)}
-            if obs is not None:
-                dims["y"] = [*self.plate_dims] + _event_dim_names("y", self.observation.dim() - p, False, None)
-            kwargs["dims"] = dims
-        post = {self.site: self.samples}
-        for name, v in (self.extra.get("theta") or {}).items():  # jointly inferred latent sites
-            v = torch.as_tensor(v)
-            if tuple(v.shape[:2]) == (C, S):
-                post[name] = v
-        return to_inference_data(post, sample_stats=stats or None, observed_data=obs, var_name=self.site, **kwargs)
+        return draws_inference_data(self, predictive=predictive, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Draws(method={self.method!r}, family={self.family!r}, samples={tuple(self.samples.shape)}, "
@@ -249,7 +236,7 @@ class Solver:
         plates = tuple(f.name for f in problem.plates)
         plate_dims = ("measurement",) if len(plates) == 1 else plates
         return Draws(samples.detach(), float(nfe), meter.seconds, self.name, self.family, dict(stats or {}),
-                     dict(extra or {}), problem.prior_site, problem.observation, plate_dims)
+                     dict(extra or {}), problem.prior_site, problem.observation, plate_dims, problem)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k, v)!r}' for k, v in self.options().items())})"

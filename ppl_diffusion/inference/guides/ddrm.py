@@ -100,7 +100,8 @@ class DDRM(SpectralGuide):
             operator has an SVD.
         eta_b: weight of the measurement on the coordinates noisier than ``y`` (the paper's
             ``eta_b``, in ``[0, 1]``; default 1).
-        steps: reverse-diffusion steps (default 20, the paper's setting).
+        steps: reverse-diffusion steps (default 20, the paper's setting; ``run_method`` / the CLI use
+            50, which the shipped digits prior needs for a sharp posterior mean).
         eta: share of fresh noise in the update, DDRM convention (``eta`` of the paper, in
             ``[0, 1]``; default 0.85).
         grid: time grid (see ``ppl_diffusion.schedules.time_grid``).

@@ -51,6 +51,7 @@ network calls per iteration (kernels_replicas.md).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -61,7 +62,11 @@ from ..solver import OptionError, check_choice, check_int, check_number
 from .base import DiffusionKernel, require_differentiable
 from .replica_exchange import ReplicaExchange, geometric_ladder
 
-__all__ = ["PnPDM", "edm_sigmas"]
+__all__ = ["PnPDM", "edm_sigmas", "AnnealingWarning"]
+
+
+class AnnealingWarning(UserWarning):
+    """PnP-DM's annealing of rho runs past the warm-up (kept draws from a relaxed target)."""
 
 
 class PnPDM(DiffusionKernel):
@@ -126,6 +131,49 @@ class PnPDM(DiffusionKernel):
     # ------------------------------------------------------------------------------------
     def rho(self, k: int) -> float:
         return max(self.rho0 * self.decay**k, self.rho_min)
+
+    @property
+    def annealing_steps(self) -> int:
+        """Iterations until ``rho_k`` reaches ``rho_min`` (0 for a fixed coupling): draws kept before
+        that come from relaxed targets (``rho > rho_min``), so warm-up must be at least this long."""
+        if self.rho0 <= self.rho_min or self.decay >= 1.0:
+            return 0
+        k = math.ceil(math.log(self.rho_min / self.rho0) / math.log(self.decay) - 1e-12)
+        while self.rho(k) > self.rho_min:  # rounding of the logarithms
+            k += 1
+        return k
+
+    def check_warmup(self, warmup_steps: int) -> None:
+        """Warn when warm-up ends before the annealing does (the first kept draws would come from
+        the wrong target)."""
+        k = self.annealing_steps
+        if int(warmup_steps) < k:
+            warnings.warn(
+                f"PnP-DM: rho anneals from rho0={self.rho0:g} to rho_min={self.rho_min:g} over {k} iterations "
+                f"(rho0 * decay^k with decay={self.decay:g}), but the warm-up is {int(warmup_steps)}: the first "
+                f"{k - int(warmup_steps)} kept draws per chain come from relaxed targets (rho > rho_min). Use "
+                f"warmup_steps (MCMC) / warmup (draw) >= {k}, or rho0=rho_min for a fixed coupling.",
+                AnnealingWarning, stacklevel=3)
+
+    def setup(self, warmup_steps, *args, **kwargs):
+        self.check_warmup(warmup_steps)
+        return super().setup(warmup_steps, *args, **kwargs)
+
+    def _chains(self, problem, C, S, warmup_steps, thin, generator, init, progress):
+        self.check_warmup(warmup_steps)
+        return super()._chains(problem, C, S, warmup_steps, thin, generator, init, progress)
+
+    def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int | None = None, thin: int = 1,
+             generator: torch.Generator | None = None, init=None, **kwargs):
+        """:meth:`DiffusionKernel.draw` with PnP-DM's defaults: ``warmup`` = ``max(20,``
+        :attr:`annealing_steps` ``)`` (the annealing ends inside the warm-up) and ``chains`` =
+        ``max(1, num_samples // 4)`` (at least 4 draws per chain, so that split R-hat and ESS are
+        defined)."""
+        n = check_int("num_samples", num_samples, self.name)
+        chains = max(1, n // 4) if chains is None else chains
+        warmup = max(20, self.annealing_steps) if warmup is None else warmup
+        return super().draw(n, *args, chains=chains, warmup=warmup, thin=thin, generator=generator, init=init,
+                            **kwargs)
 
     def levels(self, k: int) -> list:
         """The couplings of the ``replicas`` chains at iteration ``k``, coldest (the target) first:

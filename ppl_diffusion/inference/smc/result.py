@@ -89,29 +89,31 @@ class SMCResult:
 
         return reliability(self)
 
-    def to_inference_data(self, n: int | None = None, generator: torch.Generator | None = None):
-        """``arviz.InferenceData``: ``posterior`` holds resampled draws (one chain), ``sample_stats``
-        the ESS history, log-evidence and resampling steps of each run (dim ``run``)."""
-        import arviz as az
+    def to_inference_data(self, model=None, *args, n: int | None = None, generator: torch.Generator | None = None,
+                          **kwargs):
+        """``arviz.InferenceData`` with the library's one convention (``ppl_diffusion.idata``): each
+        run is a chain of ``n`` (default ``N``) draws resampled by its weights, dims ``(chain, draw,
+        channel, row, col)``; ``sample_stats`` keep the normalised ``log_weight`` ``(chain, particle)``,
+        the ``particle_index`` of each draw and per run ``log_evidence``, ``final_ess``,
+        ``ess_history`` / ``resampled`` ``(chain, step)``. With ``model`` and its arguments
+        (``res.to_inference_data(model, y=y)``): pointwise ``log_likelihood``,
+        ``posterior_predictive`` and ``observed_data`` too."""
+        from ...idata import smc_inference_data
 
-        x = self.resample(n, generator).detach().cpu().numpy()[None]
-        R = self.num_runs
-        stats = {
-            "ess_history": self.ess_history.detach().cpu().numpy()[None],
-            "resampled": self.resampled.detach().cpu().numpy()[None],
-            "log_evidence": self.log_evidence.detach().cpu().numpy()[None],
-            "final_ess": self.ess.detach().cpu().numpy()[None],
-        }
-        ev = tuple(f"x_dim_{i}" for i in range(x.ndim - 2))
-        dims = {"x": list(ev), "ess_history": ["run", "step"], "resampled": ["run", "step"],
-                "log_evidence": ["run"], "final_ess": ["run"]}
-        idata = az.from_dict(posterior={"x": x}, sample_stats=None, dims=dims,
-                             attrs={"method": self.method, "nfe": int(self.nfe), "num_runs": R,
-                                    "num_particles": self.num_particles})
-        # sample_stats in arviz are (chain, draw, ...): store the per-run diagnostics with a draw
-        # dimension of size 1 so that arviz's conventions hold
-        stat_ds = az.dict_to_dataset({k: v[:, None] for k, v in stats.items()},
-                                     dims={k: v for k, v in dims.items() if k != "x"},
-                                     attrs={"method": self.method})
-        idata.add_groups(sample_stats=stat_ds)
-        return idata
+        return smc_inference_data(self, model, *args, n=n, generator=generator, **kwargs)
+
+    def __repr__(self) -> str:
+        ess = self.ess
+        return (f"SMCResult(method={self.method!r}, runs={self.num_runs}, particles={self.num_particles}, "
+                f"event_shape={tuple(self.particles.shape[2:])}, nfe={int(self.nfe)}, "
+                f"log_evidence={_brief(self.log_evidence)}, final_ess={_brief(ess)}, "
+                f"resampling_steps={int(self.resampled[0].sum()) if self.resampled.numel() else 0}"
+                f"/{self.resampled.shape[-1]}, extra={sorted(self.extra)})")
+
+
+def _brief(v: torch.Tensor) -> str:
+    """One number, or ``mean [min, max]`` of several."""
+    v = v.detach().double().flatten()
+    if v.numel() == 1:
+        return f"{float(v):.4g}"
+    return f"{float(v.mean()):.4g} [{float(v.min()):.4g}, {float(v.max()):.4g}]"
