@@ -180,10 +180,13 @@ def uncertainty_map(samples, truth, path=None, title: str | None = None):
 
 
 def plot_scalar_traces(idata, var_names: Sequence[str] | None = None, group: str = "log_likelihood",
-                       path=None, compact: bool = True):
+                       path=None, compact: bool = False):
     """ArviZ ``plot_trace`` of scalar quantities, by default the per-image log-likelihood of each
     draw stored in ``idata.log_likelihood`` (dims ``chain, draw[, image]``). Works on any group
-    holding ``(chain, draw, ...)`` variables (``posterior``, ``sample_stats``, ...)."""
+    holding ``(chain, draw, ...)`` variables (``posterior``, ``sample_stats``, ...).
+
+    One row per variable and coordinate (``compact=False``, default), one line per CHAIN in each
+    (a guide or SMC result has one chain: one line); axes labelled (value / density, draw / value)."""
     import arviz as az
 
     if not hasattr(idata, group):
@@ -192,8 +195,18 @@ def plot_scalar_traces(idata, var_names: Sequence[str] | None = None, group: str
     names = list(var_names) if var_names is not None else list(data.data_vars)
     if not names:
         raise ValueError(f"idata.{group} holds no variables")
-    axes = az.plot_trace(data, var_names=names, compact=compact, show=False)
-    fig = np.asarray(axes).flat[0].figure
+    axes = np.atleast_2d(np.asarray(az.plot_trace(data, var_names=names, compact=compact, show=False)))
+    what = {"log_likelihood": "log p(y | x)", "posterior": "value", "sample_stats": "value"}.get(group, "value")
+    n_chain = int(data.sizes.get("chain", 1))
+    for row in axes:
+        row[0].set_xlabel(what)
+        row[0].set_ylabel("density")
+        if len(row) > 1:
+            row[1].set_xlabel("draw")
+            row[1].set_ylabel(what)
+            row[1].set_title(f"{row[1].get_title()}  ({n_chain} chain{'s' if n_chain != 1 else ''}: one line each)",
+                             fontsize="small")
+    fig = axes.flat[0].figure
     fig.tight_layout()
     return save_figure(fig, path)
 

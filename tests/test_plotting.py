@@ -59,5 +59,9 @@ def test_uncertainty_map_and_traces(tmp_path):
                               dims={"y": ["chain", "draw", "image"]})
     P.plot_scalar_traces(idata, ["y"], path=tmp_path / "tr.png")
     assert (tmp_path / "tr.png").stat().st_size > 1000
+    fig = P.plot_scalar_traces(idata, ["y"])  # labelled axes, one line per chain
+    ax = fig.axes
+    assert ax[0].get_xlabel() == "log p(y | x)" and ax[1].get_xlabel() == "draw"
+    assert len(ax[1].get_lines()) == idata.log_likelihood.sizes["chain"]
     with pytest.raises(ValueError, match="no group"):
         P.plot_scalar_traces(idata, group="prior")
