@@ -88,6 +88,8 @@ def run_ray(cells: list[Cell], study: Study, on_result: Callable, address: str |
                 on_result(cell, res)
         except BaseException:
             for ref in pending:
+                # forced: a KeyboardInterrupt delivered into a running task can land inside an import and
+                # leave the worker broken for later tasks; killing it costs one prior load on restart
                 ray.cancel(ref, force=True)
             raise
     finally:

@@ -64,7 +64,9 @@ def build_measurement(problem: dict, index: int):
     ensure_diffusers_importable()
     name = str(problem["prior"])
     pk = dict(problem.get("prior_kwargs") or {})
-    prior, hit = _cached(("prior", name, json.dumps(pk, sort_keys=True)), lambda: load_prior(name, **pk))
+    dev = str(problem.get("device") or "cpu")
+    prior, hit = _cached(("prior", name, dev, json.dumps(pk, sort_keys=True)),
+                         lambda: load_prior(name, device=dev, **pk))
     images, _ = _cached(("heldout", name), lambda: heldout_images(name))
     load_s = 0.0 if hit else time.perf_counter() - t0
     if not 0 <= index < len(images):
@@ -73,7 +75,9 @@ def build_measurement(problem: dict, index: int):
     A = make_operator(problem["operator"], tuple(prior.event_shape), **dict(problem.get("op_args") or {}))
     sigma = float(problem["noise_std"])
     g = torch.Generator().manual_seed(int(index))
-    y = A(x_true) + sigma * torch.randn(A.out_shape, generator=g)
+    y = A(x_true) + sigma * torch.randn(A.out_shape, generator=g)  # drawn on the CPU: the same y on any device
+    if dev != "cpu":  # the solver runs where the prior's weights are
+        A, y = A.to(device=dev), y.to(dev)
     return make_model(prior, A, sigma), y, x_true, None, load_s
 
 
@@ -148,7 +152,7 @@ def run_cell(cell: Cell, threads: int = 1, fault: dict | None = None) -> CellRes
         row["prior_load_s"] = load_s
         gen = torch.Generator().manual_seed(cell.solver_seed())
         draws = run_method(cell.name, model, y, cell.samples, generator=gen, options=dict(cell.options))
-        flat = draws.flat()
+        flat = draws.flat().detach().cpu()
         row.update(score(flat, x_true, posterior, seed=cell.seed, image=cell.problem["kind"] == "image"))
         row.update(status="ok", nfe_per_sample=float(draws.nfe_per_sample), seconds=float(draws.seconds))
         arrays = {"x": draws.samples.detach().cpu().numpy(), "y": y.detach().cpu().numpy(),

@@ -20,7 +20,8 @@ __all__ = ["Study", "Cell", "load_study", "PROBLEM_KINDS"]
 
 #: the problem kinds and their keys (defaults)
 PROBLEM_KINDS = {
-    "image": {"prior": "digits", "operator": "sr", "op_args": {}, "noise_std": 0.05, "prior_kwargs": {}},
+    "image": {"prior": "digits", "operator": "sr", "op_args": {}, "noise_std": 0.05, "prior_kwargs": {},
+              "device": "cpu"},
     "gmm": {"d": 8, "d_y": 2},
 }
 _SETTING_KEYS = {"samples", "options"}
