@@ -155,7 +155,7 @@ def _cmd_solve(args):
     import torch
 
     from .compat import ensure_diffusers_importable
-    from .evaluation import evaluate
+    from .evaluation import CALIBRATION, coverage_flag, evaluate
     from .methods import method_key, run_method
     from .tasks import OPERATORS, make_model, make_operator, parse_op_args
 
@@ -237,6 +237,10 @@ def _cmd_solve(args):
     if truth is not None:
         m = info["metrics"]
         msg += f"; PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, coverage90 {m['coverage90']:.2f}"
+        flag = coverage_flag(m["coverage90"], int(flat.shape[0]))
+        if flag:  # far from what exact draws would cover: say so, and what the family's intervals mean
+            msg += (f" [{flag.upper()}: exact draws would cover {m['coverage90_exact']:.2f} with {flat.shape[0]} "
+                    f"draws; {res.family}: {CALIBRATION.get(res.family, 'no calibration record')}]")
     print(msg)
     return 0
 
