@@ -67,6 +67,7 @@ def _cmd_demo(args):
     from .demo import run_demo
 
     _threads(args)
+    _check_out_dir(args.out, "--out")  # before any work
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     res = run_demo(args.out, prior=args.prior, fast=args.fast, images=args.images, seed=args.seed,
                    samples=args.samples, tasks=tasks, progress=not args.no_progress)
@@ -114,6 +115,36 @@ def _add_solve(sub):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="show the solver's progress bar")
     p.set_defaults(func=_cmd_solve)
+
+
+def _check_out_dir(path: str, flag: str) -> None:
+    """ValueError (one line, before any work) unless ``path`` is, or can be created as, a writable folder."""
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{flag} {path} exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path} is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} cannot be created: {parent} is not a writable folder")
+
+
+def _write_partial(out: str, exc) -> None:
+    """Save the partial samples of an interrupted run as OUT/partial.npy (when there are any)."""
+    from .inference.health import partial_samples
+
+    x = partial_samples(getattr(exc, "partial", None))
+    if x is None:
+        return
+    import numpy as np
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    np.save(Path(out) / "partial.npy", x.cpu().numpy().astype(np.float32))
+    print(f"interrupted: the partial result {tuple(x.shape)} was written to {out}/partial.npy", file=sys.stderr)
 
 
 def _read_image(path: str, shape):
@@ -182,6 +213,7 @@ def _cmd_solve(args):
     if args.noise_std < 0:
         raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
     op_args = parse_op_args(args.op_args)
+    _check_out_dir(args.out, "--out")  # before any work
     _threads(args)
     ensure_diffusers_importable()
     from .models.zoo import load_prior
@@ -204,7 +236,11 @@ def _cmd_solve(args):
                              f"shape {tuple(op.out_shape)}")
     model = make_model(prior, op, args.noise_std)
     gen = torch.Generator().manual_seed(args.seed)
-    res = run_method(key, model, y, args.samples, generator=gen, options=opts, progress=args.progress)
+    try:
+        res = run_method(key, model, y, args.samples, generator=gen, options=opts, progress=args.progress)
+    except KeyboardInterrupt as exc:  # Ctrl-C: write what the run had (health.RunInterrupted.partial)
+        _write_partial(args.out, exc)
+        raise
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     flat = res.flat()

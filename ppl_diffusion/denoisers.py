@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .memory import batch_cap, chunked_denoise
 from .schedules import Schedule, VPSchedule
 
 __all__ = ["Denoiser", "UNetDenoiser", "CallableDenoiser", "broadcast_time"]
@@ -55,11 +56,20 @@ class Denoiser(torch.nn.Module):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    #: rows per network call (``None``: automatic from the model size and free memory; 0: never
+    #: chunk); see :mod:`ppl_diffusion.memory`. One counted evaluation either way.
+    max_batch: int | None = None
+
     def forward(self, x_t: torch.Tensor, t) -> torch.Tensor:
         self._check(x_t)
         self.nfe += 1
-        self.sample_evals += x_t.numel() // max(self.event_shape.numel(), 1)
-        return self.denoise(x_t, torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device))
+        n = x_t.numel() // max(self.event_shape.numel(), 1)
+        self.sample_evals += n
+        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
+        cap = batch_cap(self, x_t.device)
+        if cap is None or n <= cap:
+            return self.denoise(x_t, t)
+        return chunked_denoise(self, x_t, t, cap)
 
     def reset_nfe(self) -> None:
         self.nfe = 0

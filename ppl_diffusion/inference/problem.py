@@ -354,9 +354,7 @@ class Problem:
             elif req == "prox":
                 self.require_prox(method)
             elif req == "mask":
-                op = self.linear_gaussian(method).operator
-                if getattr(op, "name", "") != "inpainting" and not hasattr(op, "mask"):
-                    raise ValueError(f"{method} needs an inpainting (mask) operator, got {type(op).__name__}")
+                check_mask_operator(self.linear_gaussian(method).operator, self.event_shape, method)
             else:
                 raise ValueError(f"unknown requirement {req!r}")
 
@@ -477,3 +475,33 @@ class Problem:
     def __repr__(self) -> str:
         return (f"Problem(prior_site={self.prior_site!r}, event_shape={tuple(self.event_shape)}, "
                 f"observed={list(self.observed)}, latent={list(self.latent)}, gaussian={self.is_gaussian})")
+
+
+def check_mask_operator(op, event_shape, method: str = "this solver") -> None:
+    """Raise a ValueError unless ``op`` is a real inpainting operator on ``event_shape``: a ``.mask``
+    with one 0/1 entry per pixel, output of the image's shape, and ``op(x) = mask * x`` (checked on
+    one probe, so that an operator with an unrelated ``.mask``, e.g. a k-space mask, is refused
+    at construction instead of failing at run time)."""
+    name = type(op).__name__
+    mask = getattr(op, "mask", None)
+    shape = tuple(event_shape)
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{method} needs an inpainting (mask) operator with a boolean .mask tensor, got {name}; "
+                         "use ppl_diffusion.models.operators.Inpainting")
+    if mask.numel() != math.prod(shape) or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{method} needs an inpainting operator whose .mask has one 0/1 entry per pixel of "
+                         f"{shape}; {name}.mask has shape {tuple(mask.shape)}")
+    if tuple(getattr(op, "out_shape", ())) != shape:
+        raise ValueError(f"{method} needs an inpainting operator whose output has the image's shape {shape}; "
+                         f"{name} outputs {tuple(getattr(op, 'out_shape', ()))}")
+    probe = torch.arange(1, math.prod(shape) + 1, dtype=torch.float64).reshape(shape)
+    try:
+        with torch.no_grad():
+            out = op(probe.to(getattr(mask, "device", None)))
+        ok = torch.is_tensor(out) and not out.is_complex() and torch.allclose(
+            out.to(torch.float64).reshape(shape), probe * mask.reshape(shape).to(torch.float64))
+    except Exception:  # noqa: BLE001 - an operator that cannot take the probe is not a mask
+        ok = False
+    if not ok:
+        raise ValueError(f"{method} needs an inpainting operator (y = mask * x); {name} has a .mask but does "
+                         "not act as one")

@@ -19,28 +19,24 @@ Solvers differ only in their :class:`Hook`:
   typically with a gradient taken through the denoiser (set ``needs_grad = True`` and the loop
   evaluates the network under autograd with ``state.x`` requiring grad: one network call per step).
 
-A non-finite state stops the loop with :class:`DivergenceError`, naming the step and the likely
-cause and carrying the last finite state.
+The divergence guard of :mod:`.health` checks every step: a non-finite state, or one beyond
+``GUARD_FACTOR`` times the prior's scale at that noise level (``alpha_s * R + sigma_s``), stops the
+loop with :class:`DivergenceError`, naming the step, the quantity and the running solver's likely
+responsible option and carrying the last good state. Ctrl-C raises
+:class:`~ppl_diffusion.inference.health.RunInterrupted` with the current state in ``.partial``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser, broadcast_time
+from .health import DivergenceError, Guard, RunInterrupted, current_solver
 
 __all__ = ["StepState", "Hook", "Correction", "DivergenceError", "reverse_diffusion", "ddim_coefficients"]
-
-
-class DivergenceError(RuntimeError):
-    """Raised when a run produces NaN/Inf. ``.step``, ``.t``, ``.last_x`` (last finite state) and
-    ``.last_x0`` keep what had been computed."""
-
-    def __init__(self, message: str, step: int, t: float, last_x=None, last_x0=None):
-        super().__init__(message)
-        self.step, self.t, self.last_x, self.last_x0 = step, t, last_x, last_x0
 
 
 @dataclass
@@ -137,50 +133,66 @@ def reverse_diffusion(
     alphas = sched.alpha(times).to(dtype=x.dtype, device=x.device)
     sigmas = sched.sigma(times).to(dtype=x.dtype, device=x.device)
     times_x = times.to(dtype=x.dtype, device=x.device)
+    guard = Guard(denoiser, method=getattr(current_solver(), "name", None) or desc, quantity="x_t")
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False)
-    for i in bar:
-        t, s = times[i], times[i + 1]
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        if s > t:  # time travel: forward-noise from t to s
-            r = a_s / a_t
-            std = torch.sqrt((s_s**2 - (r * s_t) ** 2).clamp(min=0.0))
-            x = r * x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            continue
-        with torch.set_grad_enabled(hook.needs_grad):
-            if hook.needs_grad:
-                x = x.detach().requires_grad_(True)
-            x0 = denoiser(x, times_x[i])
-            eps = (x - a_t * x0) / s_t
-            state = StepState(i, n_steps, t, s, x, x0, eps, a_t, s_t, a_s, s_s, eta, generator)
-            out = hook.correct_x0(state)
-            x_next = None
-            if out is not None:
-                if not isinstance(out, Correction):
-                    raise TypeError(f"{type(hook).__name__}.correct_x0 must return None or a Correction, "
-                                    f"got {type(out).__name__}")
-                if out.x0 is not None:
-                    state.x0 = out.x0
-                if out.eps is not None:
-                    state.eps = out.eps
-                x_next = out.x_next
-            if x_next is None:
-                c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, eta)
-                x_next = a_s * state.x0 + c_eps * state.eps
-                if float(c) > 0:
-                    x_next = x_next + c * state.noise()
-            x_next = hook.correct_step(state, x_next)
-        x_next = x_next.detach()
-        if not torch.isfinite(x_next).all():
-            bar.close()
-            raise DivergenceError(
-                f"reverse diffusion diverged at step {i + 1}/{n_steps} (t={float(t):.4f} -> {float(s):.4f}): "
-                "non-finite values. Likely cause: a guidance step size too large for this noise level or "
-                "number of steps, a measurement with NaN/Inf, or a denoiser producing NaN.",
-                step=i, t=float(t), last_x=x.detach(), last_x0=None if last_x0 is None else last_x0,
-            )
-        last_x0 = state.x0.detach()
-        x = x_next
+    i = 0
+    try:
+        for i in bar:
+            x, last_x0 = _step(denoiser, hook, x, i, n_steps, times, times_x, alphas, sigmas, eta, generator,
+                               guard, last_x0, bar)
+    except KeyboardInterrupt as exc:
+        bar.close()
+        if isinstance(exc, RunInterrupted):
+            raise
+        raise RunInterrupted(f"{guard.method}: reverse diffusion interrupted at step {i + 1}/{n_steps} "
+                             f"(t={float(times[i]):.4f}); .partial holds the current state",
+                             partial={"x": x, "x0": last_x0, "t": float(times[i]), "interrupted": True},
+                             step=i) from None
     return x
+
+
+def _step(denoiser, hook, x, i, n_steps, times, times_x, alphas, sigmas, eta, generator, guard, last_x0, bar):
+    """One step of :func:`reverse_diffusion`: ``(x_next, x0_hat)``."""
+    t, s = times[i], times[i + 1]
+    a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    if s > t:  # time travel: forward-noise from t to s
+        r = a_s / a_t
+        std = torch.sqrt((s_s**2 - (r * s_t) ** 2).clamp(min=0.0))
+        return r * x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device), last_x0
+    with torch.set_grad_enabled(hook.needs_grad):
+        if hook.needs_grad:
+            x = x.detach().requires_grad_(True)
+        x0 = denoiser(x, times_x[i])
+        eps = (x - a_t * x0) / s_t
+        state = StepState(i, n_steps, t, s, x, x0, eps, a_t, s_t, a_s, s_s, eta, generator)
+        out = hook.correct_x0(state)
+        x_next = None
+        if out is not None:
+            if not isinstance(out, Correction):
+                raise TypeError(f"{type(hook).__name__}.correct_x0 must return None or a Correction, "
+                                f"got {type(out).__name__}")
+            if out.x0 is not None:
+                state.x0 = out.x0
+            if out.eps is not None:
+                state.eps = out.eps
+            x_next = out.x_next
+        if x_next is None:
+            c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, eta)
+            x_next = a_s * state.x0 + c_eps * state.eps
+            if float(c) > 0:
+                x_next = x_next + c * state.noise()
+        x_next = hook.correct_step(state, x_next)
+    x_next = x_next.detach()
+    bound = guard.bound(float(a_s), float(s_s))
+    bad, m = guard.exceeded(x_next, bound)
+    if bad:
+        bar.close()
+        err = guard.error(i, n_steps, m, bound, t=float(t), last=x.detach(), last_x0=last_x0)
+        if not math.isfinite(m):
+            err.args = (str(err) + " Other causes of NaN: a measurement with NaN/Inf, or a denoiser "
+                        "producing NaN.",)
+        raise err
+    return x_next, state.x0.detach()
 
 
 def initial_noise(denoiser: Denoiser, shape, generator=None, dtype=None, device=None) -> torch.Tensor:

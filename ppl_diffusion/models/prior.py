@@ -144,6 +144,10 @@ class DiffusionPrior(TorchDistribution):
         if in_predictive_probe():  # Predictive's shape-only runs: their values are discarded (models/probe.py)
             return torch.zeros(shape, dtype=dtype, device=device)
         times = time_grid(self.schedule, self.steps, self.grid)
+        from ..memory import check_fits  # refuse a batch whose state cannot fit, before any work
+
+        check_fits("DiffusionPrior.sample", int(shape[: len(shape) - len(self.event_shape)].numel()),
+                   self.event_shape, dtype, device, den=self.denoiser)
         with torch.no_grad():
             x = terminal_noise(self, shape, generator, dtype, device)
             return reverse_diffusion(self.denoiser, x, times, eta=self.eta, generator=generator,

@@ -230,10 +230,16 @@ def _load_state_dict(path: Path) -> dict:
     try:
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        state = load_file(str(path), device="cpu")
     except Exception as e:  # SafetensorError, OSError, ... on truncated / corrupt files
         raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
                          "re-download or re-save the checkpoint") from e
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN / Inf weight would surface later as a "diverged" guidance step
+        raise ValueError(f"{path} holds non-finite (NaN / Inf) weights in {len(bad)} tensor(s): "
+                         f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}; the checkpoint is corrupt "
+                         "(or was saved from a diverged training run): re-download or retrain it")
+    return state
 
 
 def load_unet(name_or_path=DEFAULT_PRIOR, device=None, dtype=None):

@@ -36,6 +36,8 @@ from ..problem import Problem
 from ..sampler import Hook, reverse_diffusion, terminal_noise
 from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
 from ..theta import THETA_UPDATES, JointTheta, theta_transforms
+from ...memory import check_fits  # noqa: I001 - (kept apart from the imports above)
+from ..health import running
 
 __all__ = ["DiffusionGuide", "REQUIREMENTS"]
 
@@ -140,7 +142,9 @@ class DiffusionGuide(Solver):
         in joint mode, else ``None``."""
         self.joint = None
         B = problem.num_measurements
-        out = self.run(problem.expand_measurements(n) if problem.plates else problem, n * B, generator)
+        check_fits(self.name, n * B, problem.event_shape, problem.dtype, problem.device, den=problem.denoiser)
+        with running(self):  # the divergence guard names this solver's options
+            out = self.run(problem.expand_measurements(n) if problem.plates else problem, n * B, generator)
         if self.joint is not None:  # theta paired with the returned x
             self.joint.finish(out, generator)
         if problem.plates:

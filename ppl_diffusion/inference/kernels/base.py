@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
+from ...memory import check_fits
+from ..health import Guard, RunInterrupted, chain_health, running
 from ..problem import Problem, _StubPrior
 from ..solver import ChainDraws, Draws, OptionError, Solver, check_int, check_number, measure
 
@@ -88,6 +90,10 @@ class ChainResult(ChainDraws):
     observation: torch.Tensor | None = None
     #: dim names of a plate of measurements between ``draw`` and the event (``("measurement",)``)
     plate_dims: tuple = ()
+    #: True when the run was interrupted (Ctrl-C): the draws are those kept so far
+    interrupted: bool = False
+    #: per-chain ``acceptance`` / ``divergence`` rates and ``frozen`` flags (:func:`..health.chain_health`)
+    health: dict = field(default_factory=dict)
 
     def stats_per_draw(self) -> dict:
         """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""
@@ -211,6 +217,7 @@ class DiffusionKernel(MCMCKernel, Solver):
         self.plate_problem = problem if problem.plates else None
         run = problem.expand_measurements(chains) if problem.plates else problem
         self.current_problem = run
+        self._guard = Guard(run.denoiser, method=self.name, quantity="chain state")
         self.prepare(run)
         return run
 
@@ -227,9 +234,11 @@ class DiffusionKernel(MCMCKernel, Solver):
         return self.init_scale * torch.randn(shape, generator=generator, dtype=problem.dtype, device=problem.device)
 
     def _safe_step(self, x, k, generator):
-        """One transition; chains whose proposal is non-finite keep their state (a 'divergence')."""
+        """One transition; chains whose proposal is non-finite or beyond the divergence guard's bound
+        (:mod:`..health`: ``GUARD_FACTOR`` times the prior's scale) keep their state (a 'divergence')."""
         new = self.step(x, k, generator)
-        bad = ~torch.isfinite(new.reshape(new.shape[0], -1)).all(-1)
+        guard = getattr(self, "_guard", None)
+        bad = guard.rows_beyond(new) if guard is not None else ~torch.isfinite(new.reshape(new.shape[0], -1)).all(-1)
         if bad.any():
             keep = bad.reshape((-1,) + (1,) * (new.dim() - 1))
             new = torch.where(keep, x, new)
@@ -281,7 +290,8 @@ class DiffusionKernel(MCMCKernel, Solver):
         return {self.site: new.reshape(self._state_shape)}
 
     def diagnostics(self):
-        return OrderedDict([("divergences", list(self._divergences)), ("acceptance rate", 1.0)])
+        rate = 1.0 - len(self._divergences) / max(self._t - self._warmup_steps, 1)
+        return OrderedDict([("divergences", list(self._divergences)), ("acceptance rate", max(rate, 0.0))])
 
     def logging(self):
         out = OrderedDict(iteration=int(self._t))
@@ -338,10 +348,12 @@ class DiffusionKernel(MCMCKernel, Solver):
                 progress: bool) -> ChainResult:
         run = self._bind(problem, C)
         B = problem.num_measurements
+        check_fits(self.name, C * B, problem.event_shape, problem.dtype, problem.device, den=problem.denoiser,
+                   copies=8 + S, unit="chains (with their draws)")
         x = self._initial_chains(problem, run, C, init, generator)
         den = problem.denoiser
         evals0 = den.sample_evals
-        keep, div = [], []
+        keep, div, moved, diverged = [], [], [], []
         info = {}
         total = warmup_steps + S * thin
         it = range(total)
@@ -350,15 +362,36 @@ class DiffusionKernel(MCMCKernel, Solver):
 
             it = tqdm(it, desc=self.name)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            for k in it:
-                x, bad = self._safe_step(x, k, generator)
-                if k >= warmup_steps and (k - warmup_steps) % thin == thin - 1:
-                    keep.append(x.clone())
-                    div.append(bad)
-                    for key, v in self.schedule_info(k).items():
-                        info.setdefault(key, []).append(float(v))
-        secs = time.perf_counter() - t0
+        k = 0
+        try:
+            with torch.no_grad(), running(self):
+                for k in it:
+                    new, bad = self._safe_step(x, k, generator)
+                    if k >= warmup_steps:  # health: did each chain move, did its proposal diverge
+                        moved.append((new != x).reshape(new.shape[0], -1).any(-1))
+                        diverged.append(bad)
+                    x = new
+                    if k >= warmup_steps and (k - warmup_steps) % thin == thin - 1:
+                        keep.append(x.clone())
+                        div.append(bad)
+                        for key, v in self.schedule_info(k).items():
+                            info.setdefault(key, []).append(float(v))
+        except KeyboardInterrupt:
+            part = self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0,
+                                evals0, k, interrupted=True, check=False) if keep else None
+            raise RunInterrupted(f"{self.name}: interrupted at iteration {k + 1}/{total} with {len(keep)} draws "
+                                 "per chain kept; .partial holds them (a ChainResult, interrupted=True)",
+                                 partial=part, step=k) from None
+        return self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0, evals0,
+                            total)
+
+    def _result(self, problem: Problem, C: int, keep, div, info, moved, diverged, secs, evals0, total,
+                interrupted: bool = False, check: bool = True) -> ChainResult:
+        """The :class:`ChainResult` of the kept draws, with the chains' health (:func:`chain_health`:
+        per-chain acceptance / divergence rates in ``health``, ``chain_frozen`` in ``stats``)."""
+        B = problem.num_measurements
+        den = problem.denoiser
+        S = len(keep)
         samples = torch.stack(keep, 1)
         diverging = torch.stack(div, 1)
         if problem.plates:  # (C * B, S, ...) with chain i of measurement b at i * B + b -> (C, S, *plate, ...)
@@ -367,11 +400,25 @@ class DiffusionKernel(MCMCKernel, Solver):
             diverging = diverging.reshape(C, B, S).transpose(1, 2).reshape((C, S) + plate)
         stats = {"diverging": diverging}
         for key, v in info.items():
-            stats[key] = torch.tensor(v, dtype=torch.float64)
+            stats[key] = torch.tensor(v[:S], dtype=torch.float64)
         # per chain: evaluated samples / chains (a call may batch several replicas or skip idle ones)
         nfe = (den.sample_evals - evals0) / (C * B * max(total, 1))
-        return ChainResult(samples, stats, nfe, secs, self.site, problem.observation,
-                           _plate_names(problem) if problem.plates else ())
+        res = ChainResult(samples, stats, nfe, secs, self.site, problem.observation,
+                          _plate_names(problem) if problem.plates else (), interrupted=interrupted)
+        if moved:
+            mv, dv = torch.stack(moved, -1), torch.stack(diverged, -1)  # (C * B, iterations)
+            health = chain_health(mv, dv, self.name, result=res, solver=self) if check else \
+                {"acceptance": mv.double().mean(-1), "divergence": dv.double().mean(-1)}
+            frozen = health.get("frozen", torch.zeros(mv.shape[0], dtype=torch.bool))
+            if problem.plates:
+                plate = tuple(problem.plate_shape)
+                health = {k: v.reshape((C,) + plate) for k, v in health.items()}
+                frozen = frozen.reshape((C,) + plate)
+                res.stats["chain_frozen"] = frozen[:, None].expand((C, S) + plate).clone()
+            else:
+                res.stats["chain_frozen"] = frozen[:, None].expand(C, S).clone()
+            res.health = health
+        return res
 
     # -- the solver contract ----------------------------------------------------------------
     def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int = 20, thin: int = 1,

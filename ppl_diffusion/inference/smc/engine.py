@@ -39,6 +39,8 @@ from collections.abc import Callable
 import torch
 
 from ...schedules import GRID_KINDS
+from ...memory import check_fits
+from ..health import Guard, RunInterrupted, SMCMonitor, running
 from ..sampler import terminal_noise
 from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
 from .evidence import pooled_resample, reliability
@@ -200,6 +202,12 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
     K = model.n_steps
     if hasattr(model, "check_runs"):
         model.check_runs(R)
+    name = getattr(model, "name", "smc")
+    den = getattr(model, "den", None)
+    guard = Guard(den, method=name, quantity="particles", cause=(
+        "a measurement far outside the prior's range (check y, the operator's scaling and noise_std), or "
+        "an unstable proposal")) if den is not None else None
+    monitor = SMCMonitor(R, K, N, name)
     x0 = model.sample_initial(R, N, generator)
     if reference is not None:
         x0 = x0.clone()
@@ -214,6 +222,39 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
     hist_x = [state["x"]] if keep_history else None
     hist_a = [] if keep_history else None
     arangeN = torch.arange(N, device=dev).expand(R, N)
+    cur = {"state": state, "logw": logw, "logZ": logZ, "k": 0}  # the last completed step (for Ctrl-C)
+    try:
+        state, logw, logZ = _steps(model, K, N, R, cur, ess_hist, resampled, hist_x, hist_a, arangeN,
+                                   resampler, ess_threshold, generator, reference, ancestor_sampling, keep_history,
+                                   guard, monitor)
+    except KeyboardInterrupt:
+        k, lw = cur["k"], cur["logw"]
+        lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
+        part = SMCResult(model.output(cur["state"]), lw, cur["logZ"] + torch.logsumexp(lw, -1) - logN, ess_hist,
+                         resampled, method=name)
+        part.extra.update(log_evidence_history=monitor.log_evidence, ess_steps=monitor.ess, interrupted=True,
+                          steps_done=k)
+        raise RunInterrupted(f"{name}: SMC interrupted after {k}/{K} steps; .partial holds the weighted "
+                             "particles reached (an SMCResult, extra['interrupted'] = True)",
+                             partial=part, step=k) from None
+    logw = torch.where(torch.isnan(logw), torch.full_like(logw, -math.inf), logw)
+    logZ = logZ + torch.logsumexp(logw, -1) - logN
+    res = SMCResult(model.output(state), logw, logZ, ess_hist, resampled, method=name)
+    res.extra.update(monitor.finish())
+    if keep_history:
+        res.extra["history_x"] = hist_x
+        res.extra["history_ancestors"] = hist_a
+    return res
+
+
+def _steps(model, K, N, R, cur, ess_hist, resampled, hist_x, hist_a, arangeN, resampler,
+           ess_threshold, generator, reference, ancestor_sampling, keep_history, guard, monitor):
+    """The ``K`` moves of :func:`run_smc` from ``cur`` (``state``, ``logw``, ``logZ``, updated after
+    every step); returns ``(state, logw, logZ)``. Each step is checked by the divergence guard and
+    recorded by the :class:`~ppl_diffusion.inference.health.SMCMonitor`."""
+    logN = math.log(N)
+    state, logw, logZ = cur["state"], cur["logw"], cur["logZ"]
+    dev = logw.device
     for k in range(K):
         e = ess(logw)
         ess_hist[:, k] = e
@@ -245,19 +286,22 @@ def run_smc(model: FeynmanKac, R: int, N: int, resampling: str = "multinomial", 
         if reference is not None:
             x_new = x_new.clone()
             x_new[:, 0] = reference[k + 1]
-        state, inc = model.weigh(k, state, x_new)
-        logw = logw + inc.to(torch.float64)
-        if not torch.isfinite(state["x"]).all():
-            raise FloatingPointError(f"SMC produced non-finite particles at step {k + 1}/{K}")
+        new_state, inc = model.weigh(k, state, x_new)
+        if guard is not None:
+            bound = guard.loose_bound()
+            bad, m = guard.exceeded(new_state["x"], bound)
+            if bad:
+                raise guard.error(k, K, m, bound, last=model.output(state),
+                                  partial={"particles": model.output(state), "log_weights": logw})
+        state = new_state
+        new_logw = logw + inc.to(torch.float64)
+        monitor.record(k, torch.where(torch.isnan(new_logw), -math.inf, new_logw), logZ,
+                       partial={"particles": model.output(state), "log_weights": logw})
+        logw = new_logw
         if keep_history:
             hist_x.append(state["x"])
-    logw = torch.where(torch.isnan(logw), torch.full_like(logw, -math.inf), logw)
-    logZ = logZ + torch.logsumexp(logw, -1) - logN
-    res = SMCResult(model.output(state), logw, logZ, ess_hist, resampled, method=getattr(model, "name", "smc"))
-    if keep_history:
-        res.extra["history_x"] = hist_x
-        res.extra["history_ancestors"] = hist_a
-    return res
+        cur.update(state=state, logw=logw, logZ=logZ, k=k + 1)
+    return state, logw, logZ
 
 
 def trace_lineage(result: SMCResult, j: torch.Tensor) -> list:
@@ -353,8 +397,10 @@ class SMCSampler(Solver):
         else:
             fk = self.fk_model(problem)
         den = problem.denoiser
+        check_fits(self.name, runs * B * self.particles, problem.event_shape, problem.dtype, problem.device,
+                   den=den, unit="particles (runs x particles)")
         start = den.nfe
-        with torch.no_grad():
+        with torch.no_grad(), running(self):
             res = run_smc(fk, runs * B, self.particles, self.resampling, self.ess_threshold, generator,
                           reference=reference, keep_history=keep_history)
         res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)

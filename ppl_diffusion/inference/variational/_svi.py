@@ -1,4 +1,5 @@
-"""The SVI loop shared by the variational solvers: progress bar, loss trace, non-finite stop."""
+"""The SVI loop shared by the variational solvers: progress bar, loss trace, non-finite stop, the
+divergence guard's error and Ctrl-C (both keep the loss trace in ``.partial``)."""
 from __future__ import annotations
 
 import warnings
@@ -6,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from ..health import DivergenceError, RunInterrupted
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -26,19 +29,32 @@ def svi_steps(svi, steps: int, args, kwargs, desc: str, progress: bool,
     """
     trace, reason = [], None
     bar = tqdm(range(int(steps)), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        if before is not None:
-            before()
-        try:
-            val = svi.step(*args, **kwargs)
-        except NonFiniteLossError as exc:
-            reason = str(exc)
-        else:
-            reason = check(val) if check is not None else None
-        if reason is not None:
-            warnings.warn(reason, RuntimeWarning, stacklevel=3)
-            break
-        trace.append(val)
-        if len(trace) % every == 0:
-            bar.set_postfix(**(postfix(val) if postfix is not None else {"loss": f"{val:.4g}"}))
+    try:
+        for _ in bar:
+            if before is not None:
+                before()
+            try:
+                val = svi.step(*args, **kwargs)
+            except NonFiniteLossError as exc:
+                reason = str(exc)
+            else:
+                reason = check(val) if check is not None else None
+            if reason is not None:
+                warnings.warn(reason, RuntimeWarning, stacklevel=3)
+                break
+            trace.append(val)
+            if len(trace) % every == 0:
+                bar.set_postfix(**(postfix(val) if postfix is not None else {"loss": f"{val:.4g}"}))
+    except DivergenceError as exc:  # the divergence guard (raised by check): keep the loss trace
+        bar.close()
+        exc.partial = dict(exc.partial or {}, loss_trace=torch.tensor(trace, dtype=torch.float64))
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C: the loss trace so far (the caller adds its parameters)
+        bar.close()
+        if isinstance(exc, RunInterrupted):
+            raise
+        raise RunInterrupted(f"{desc}: interrupted after {len(trace)}/{int(steps)} steps; .partial holds the "
+                             "loss trace and the parameters reached", step=len(trace),
+                             partial={"loss_trace": torch.tensor(trace, dtype=torch.float64),
+                                      "interrupted": True}) from None
     return torch.tensor(trace, dtype=torch.float64), reason

@@ -54,6 +54,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
+from ..health import Guard, RunInterrupted, running
 from ..problem import LinearGaussian, Problem
 from ..solver import Draws, OptionError, Solver, check_choice, check_int, check_number, measure
 from ..theta import THETA_GUIDES, autoguide_draws, theta_autoguide, theta_transforms
@@ -241,6 +242,7 @@ class REDDiff(Solver):
         structure = self.setup_solver(model, prior_site, progress)
         self.name = name
         self.site, self.event_shape = structure.prior_site, structure.event_shape
+        self._denoiser = structure.prior.denoiser  # the divergence guard's scale
         #: the free latent sites besides x, fitted by :attr:`theta_autoguide`
         self.theta_names = list(structure.free_latents)
         theta_transforms(structure, method=m)  # continuous theta only
@@ -366,9 +368,16 @@ class REDDiff(Solver):
         def snapshot():
             good.update({n: store.get_param(n).detach().clone() for n in names})
 
+        guard = Guard(self._denoiser, method="RED-Diff", quantity="mu", solver=self)
+
         def check(val):
             bad = [n for n in names if not torch.isfinite(store.get_param(n)).all()]
             if not bad and math.isfinite(val):
+                mu = store.get_param(self.mean_name)
+                over, m = guard.exceeded(mu, guard.bound())
+                if over:  # finite but far outside the prior's range: the divergence guard
+                    raise guard.error(self.loss.step - 1, self.steps, m, guard.bound(), last=good[self.mean_name],
+                                      partial={"mu": good[self.mean_name]})
                 return None
             for n in names:  # roll back to the last finite parameters
                 with torch.no_grad():
@@ -376,9 +385,15 @@ class REDDiff(Solver):
             return (f"RED-Diff stopped at step {self.loss.step}: non-finite "
                     f"{'parameters ' + str(bad) if bad else 'loss'}; kept the last finite parameters")
 
-        trace, self.stopped_reason = svi_steps(
-            svi, self.steps, args, kwargs, "RED-Diff", self.progress, before=snapshot, check=check, every=50,
-            postfix=lambda val: {"loss": f"{val:.4g}", "t": f"{self.loss.current_time():.3f}"})
+        try:
+            with running(self):
+                trace, self.stopped_reason = svi_steps(
+                    svi, self.steps, args, kwargs, "RED-Diff", self.progress, before=snapshot, check=check,
+                    every=50, postfix=lambda val: {"loss": f"{val:.4g}", "t": f"{self.loss.current_time():.3f}"})
+        except RunInterrupted as exc:  # Ctrl-C: the parameters reached beside the loss trace
+            exc.partial["mu"] = self.estimate()
+            exc.partial["params"] = {n: store.get_param(n).detach().clone() for n in names}
+            raise
         return self.estimate(), trace
 
 
