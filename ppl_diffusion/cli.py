@@ -368,7 +368,7 @@ _BENCH_MODULES = {"images": "ppl_diffusion.bench.images", "speed": "ppl_diffusio
                   "diagnostics": "ppl_diffusion.bench.diagnostics_speed",
                   "match-times": "ppl_diffusion.bench.mcgdiff_match_times",
                   "latents": "ppl_diffusion.bench.latents", "latents-joint": "ppl_diffusion.bench.latents_joint",
-                  "plates": "ppl_diffusion.bench.plates"}
+                  "plates": "ppl_diffusion.bench.plates", "study-scaling": "ppl_diffusion.bench.study_scaling"}
 
 
 def _add_benchmark(sub):

@@ -66,7 +66,7 @@ def build_measurement(problem: dict, index: int):
     pk = dict(problem.get("prior_kwargs") or {})
     dev = str(problem.get("device") or "cpu")
     prior, hit = _cached(("prior", name, dev, json.dumps(pk, sort_keys=True)),
-                         lambda: load_prior(name, device=dev, **pk))
+                         lambda: load_prior(name, device=None if dev == "cpu" else dev, **pk))
     images, _ = _cached(("heldout", name), lambda: heldout_images(name))
     load_s = 0.0 if hit else time.perf_counter() - t0
     if not 0 <= index < len(images):
