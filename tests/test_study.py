@@ -127,6 +127,8 @@ def test_resume_after_failure_and_interrupt(tmp_path, count_calls):
         run_study(st, out, fault={"match": "m1_ddrm_dy2", "action": "interrupt", "once": str(tmp_path)})
     assert len(count_calls) == 2  # the failed cell (m0_mcgdiff_dy2) again and m0_mcgdiff_dy4
     count_calls.clear()
+    with open(out / "results.csv", "a") as f:  # a row torn by a kill while it was written
+        f.write("m1_mcgdiff_dy4_s0_0123abcd,1,mcgdiff,dy4,0,mcg")
     res = run_study(st, out, merge=False)
     assert res.skipped + res.ran == n and len(count_calls) == res.ran < n
     a = ref.set_index("cell_id")[METRICS]

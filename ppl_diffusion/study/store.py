@@ -73,10 +73,17 @@ class Store:
             cell_arrays_to_inference_data(result, cell).to_netcdf(str(tmp))
             os.replace(tmp, path)
         new = not self.results.exists() or self.results.stat().st_size == 0
+        torn = False
+        if not new:  # a line torn by a kill has no newline: end it, so this row starts its own line
+            with open(self.results, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
         with open(self.results, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             if new:
                 w.writeheader()
+            if torn:
+                f.write("\n")
             w.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
             f.flush()
             os.fsync(f.fileno())
