@@ -59,11 +59,11 @@ def demo_config(fast: bool = False) -> dict:
                            "warmup": 1, "chains": 2}}
         return {"samples": 4, "images": 1, "lin": lin, "phase": phase}
     lin = {"ddrm": {"steps": 50},
-           "red_diff": {"steps": 200, "lr": 0.02},
+           "red_diff": {"steps": 200, "lr": 0.1},  # + paper_balance="auto" (METHOD_DEFAULTS): see REDDiff
            "mcgdiff": {"steps": 30, "particles": 4}}  # one independent run per draw (a single run's
     # resampled particles collapse onto one lineage: zero posterior std)
     phase = {"dps": {"steps": 100, "zeta": 1.0},
-             "red_diff": {"steps": 200, "lr": 0.02},
+             "red_diff": {"steps": 200, "lr": 0.1},
              "pnpdm": {"rho0": 2.0, "decay": 0.8, "rho_min": 0.3, "num_grid": 40, "langevin_steps": 50,
                        "langevin_step": 1e-4, "warmup": 9, "chains": 4, "thin": 1}}  # rho_min at k = 9;
     # 4 chains x 4 draws: split R-hat / ESS defined (8 x 2 left them NaN), and fewer chain-iterations
