@@ -12,8 +12,10 @@ Step ``t -> s`` (one latent-denoiser call under autograd)::
 The gluing term asks the decoded estimate, with its measured part replaced by the measurement, to
 be a fixed point of ``Enc``: with ``A^T A`` a projection (inpainting masks; pooling-type
 super-resolution with orthonormal rows) ``A^T y + (I - A^T A) x`` is the image that agrees with ``y``
-on the range of ``A^T`` and with ``x`` elsewhere. Other operators are refused at construction
-(the identity would not hold). The official code also adds fresh measurement noise to
+on the range of ``A^T`` and with ``x`` elsewhere. An operator with ``A A^T = c I`` (average pooling,
+``c = 1 / f^2``) is used as ``A / sqrt(c)``: the glued image is ``A^T y / c + (I - A^T A / c) x``, the
+paper's formula for the rescaled operator. Other operators are refused at construction (the
+identity would not hold). The official code also adds fresh measurement noise to
 ``A x0_hat`` before the norm (``measurement_noise=True``; off by default).
 
 Defaults (official code's argparse): ``omega = 1``, ``gamma = 0.1``, 1000 DDIM steps, ``eta = 0``;
@@ -34,27 +36,30 @@ from .base import LatentSolver
 __all__ = ["PSLD", "check_projection"]
 
 
-def check_projection(operator, shape, method: str, dtype=torch.float64, tol: float = 1e-6) -> None:
-    """Raise a ValueError unless ``A^T A`` is an orthogonal projection (idempotent), tested on random
-    vectors of ``shape``."""
+def check_projection(operator, shape, method: str, dtype=torch.float64, tol: float = 1e-6) -> float:
+    """``c`` such that ``A^T A / c`` is an orthogonal projection (``A A^T = c I``: ``c = 1`` for masks,
+    ``1 / f^2`` for f x f average pooling), tested on random vectors of ``shape``; a ValueError otherwise."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn((4,) + tuple(shape), generator=g, dtype=dtype)
     op = operator.to(dtype=dtype) if hasattr(operator, "to") else operator
     p = op.adjoint(op(v))
     pp = op.adjoint(op(p))
-    err = float((pp - p).norm() / p.norm().clamp(min=1e-30))
+    c = float((pp * p).sum() / (p * p).sum().clamp(min=1e-300))
+    err = float((pp - c * p).norm() / (c * p).norm().clamp(min=1e-30)) if c > 0 else float("inf")
     if not err <= tol:
-        raise ValueError(f"{method} needs an operator whose A^T A is a projection (an inpainting mask, pooling-type "
-                         f"super-resolution with orthonormal rows); {type(operator).__name__} gives "
-                         f"||(A^T A)^2 v - A^T A v|| / ||A^T A v|| = {err:.3g}. Use latent_dps, resample, mpgd or "
+        raise ValueError(f"{method} needs an operator whose A^T A is a projection up to a constant, A A^T = c I (an "
+                         f"inpainting mask, average-pooling super-resolution); {type(operator).__name__} gives "
+                         f"||(A^T A)^2 v - c A^T A v|| / ||c A^T A v|| = {err:.3g}. Use latent_dps, resample, mpgd or "
                          "stsl for this operator")
+    return c
 
 
 class _PSLDHook(Hook):
     needs_grad = True
 
-    def __init__(self, problem: Problem, omega: float, gamma: float, measurement_noise: bool):
+    def __init__(self, problem: Problem, omega: float, gamma: float, measurement_noise: bool, c: float):
         lg = problem.linear_gaussian("PSLD")
+        self.c = c
         self.op, self.y, self.sigma_y = lg.operator, lg.y, lg.noise_std
         self.ae = problem.prior.autoencoder
         self.omega, self.gamma, self.noise = omega, gamma, measurement_noise
@@ -68,8 +73,8 @@ class _PSLDHook(Hook):
         loss = self.omega * meas
         if self.gamma > 0:
             if self.Aty is None:
-                self.Aty = self.op.adjoint(self.y)
-            glued = self.Aty + x0 - self.op.adjoint(Ax)
+                self.Aty = self.op.adjoint(self.y) / self.c
+            glued = self.Aty + x0 - self.op.adjoint(Ax) / self.c
             sq = per_sample_sq_norm(self.ae.encode(glued) - state.x0)
             glue = torch.sqrt(sq.clamp(min=torch.finfo(x0.dtype).tiny))
             loss = loss + self.gamma * glue
@@ -82,7 +87,7 @@ class PSLD(LatentSolver):
 
     Args:
         model: Pyro model with a LatentDiffusionPrior site and a GaussianMeasurement whose linear
-            operator has ``A^T A`` a projection.
+            operator has ``A^T A`` proportional to a projection (``A A^T = c I``).
         omega: weight of the measurement term (official default 1).
         gamma: weight of the gluing term (official default 0.1; 0 gives Latent DPS with a constant step).
         measurement_noise: add fresh measurement noise to ``A x0_hat`` before the norm (official code).
@@ -112,7 +117,7 @@ class PSLD(LatentSolver):
     def check(self, problem: Problem) -> None:
         super().check(problem)
         op = problem.linear_gaussian(self.name).operator
-        check_projection(op, op.in_shape, self.name)
+        self._c = check_projection(op, op.in_shape, self.name)
 
     def make_hook(self, problem: Problem, n: int) -> Hook:
-        return _PSLDHook(problem, self.omega, self.gamma, self.measurement_noise)
+        return _PSLDHook(problem, self.omega, self.gamma, self.measurement_noise, self._c)
