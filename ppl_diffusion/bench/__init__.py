@@ -19,6 +19,8 @@ current directory).
   posteriors by quadrature over theta.
 * :mod:`.latents_joint` — joint DPS and RED-Diff's autoguide on theta, on the same problems.
 * :mod:`.plates`   — a plate of measurements against separate runs on the shipped digits prior.
+* :mod:`.red_diff_defaults` — RED-Diff's prior weight (our units against the paper's balance) on the
+  demo tasks and the exact GMM check.
 * :mod:`.study_scaling` — study cells per minute in process against Ray with 1 and 2 workers, Ray's overhead.
 * :mod:`.reliability` — every bad input or fault tried and what the user gets, chunked runs against
   one batch (bit-identical), peak memory of a 10,000-sample DDRM run.
