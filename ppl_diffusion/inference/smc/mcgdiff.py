@@ -66,11 +66,12 @@ import torch
 
 from ...models.operators import nonzero_singular
 from ..sampler import ddim_coefficients, exact_terminal
-from ..solver import check_number
+from ..solver import check_int, check_number
 from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
 from .kalman import gaussian_condition
 from .mcgdiff_grid import check_max_match_times, mcgdiff_grid
+from .tail import refine_tail
 
 __all__ = ["MCGDiff"]
 
@@ -78,7 +79,8 @@ __all__ = ["MCGDiff"]
 class _MCGDiffFK(FeynmanKac):
     name = "mcgdiff"
 
-    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto", max_match_times=None):
+    def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto", max_match_times=None,
+                 tail_steps=0):
         lg = problem.require_svd("MCGDiff")
         self.op, self.noise = lg.operator, float(lg.noise_std)
         self.bind(problem, max_batch)
@@ -97,6 +99,7 @@ class _MCGDiffFK(FeynmanKac):
         self.ybar = self.uty / self.s_obs
         times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid,
                              max_match_times=max_match_times).to(torch.float64)
+        times = refine_tail(self.sched, times, tail_steps)
         self.times = times
         self.n_steps = times.numel() - 1
         ab = self.sched.alpha_bar(times).to(torch.float64)
@@ -258,6 +261,9 @@ class MCGDiff(SMCSampler):
             problems; heavy-tailed weights, see the module docstring).
         max_match_times: insert at most this many matching times (``None``: all; ``0``: exactly
             ``steps`` network steps), snapping the others with the exact extra-variance correction.
+        tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
+            1e-3 (:func:`.tail.refine_tail`: the noiseless last DDPM step then drops ~1e-6 of variance
+            instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid.
         particles: particles per run (64).
         steps: base time steps (100); every inserted matching time adds one network step.
         eta: DDIM noise of the proposal (1.0).
@@ -272,16 +278,18 @@ class MCGDiff(SMCSampler):
     requires = ("svd",)
 
     def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,
-                 max_match_times: int | None = None, particles: int = 64, steps: int = 100, eta: float = 1.0,
+                 max_match_times: int | None = None, tail_steps: int = 0, particles: int = 64, steps: int = 100,
+                 eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
                  grid: str = "auto", prior_site: str | None = None, progress: bool = False):
         self.kappa = check_number("kappa", kappa, self.name, low=0.0, low_open=True)
         self.final_correction = bool(final_correction)
         self.max_match_times = check_max_match_times(max_match_times, self.name)
+        self.tail_steps = check_int("tail_steps", tail_steps, self.name, minimum=0)
         super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
                          ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
                          progress=progress)
 
     def fk_model(self, problem):
         return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
-                          self.grid, self.max_match_times)
+                          self.grid, self.max_match_times, self.tail_steps)

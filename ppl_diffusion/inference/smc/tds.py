@@ -20,8 +20,9 @@ import torch
 from ...schedules import time_grid
 from ..sampler import ddim_coefficients
 from ._common import LOG2PI, normal_logpdf
-from ..solver import check_choice, check_number
+from ..solver import check_choice, check_int, check_number
 from .engine import FeynmanKac, SMCSampler
+from .tail import refine_tail
 
 __all__ = ["TDS"]
 
@@ -29,16 +30,16 @@ __all__ = ["TDS"]
 class _TDSFK(FeynmanKac):
     name = "tds"
 
-    def __init__(self, problem, steps, twist_var, tau2, max_batch, grid="auto"):
+    def __init__(self, problem, steps, twist_var, tau2, max_batch, grid="auto", tail_steps=0):
         lg = problem.gaussian("TDS")
         self.op, self.noise = lg.operator, float(lg.noise_std)
         # y, or per run (R * B, 1, *out) on a plate's view (broadcast over the run's particles)
         _, self.y = self.observation_rows(lg.y, self.op.out_shape)
         self.bind(problem, max_batch)
         self.twist_var, self.tau2 = twist_var, tau2
-        self.times = time_grid(self.sched, steps, grid)
-        self.n_steps = steps
-        self.particle_nfe = steps  # + one backprop per particle and step
+        self.times = refine_tail(self.sched, time_grid(self.sched, steps, grid), tail_steps)
+        self.n_steps = self.times.numel() - 1
+        self.particle_nfe = self.n_steps  # + one backprop per particle and step
         self.ne = len(self.event_shape)
 
     def _ac(self, k):
@@ -145,6 +146,8 @@ class TDS(SMCSampler):
         twist_var: variance ``r_t^2`` added to ``sigma_y^2`` in the twisting function: ``"rho2"``
             (``rho_t^2``) or ``"tds"`` (TDS's image default ``rho^2 tau^2 / (rho^2 + tau^2)``).
         tau2: ``tau^2`` of ``twist_var="tds"`` (0.12).
+        tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
+            1e-3 (:func:`.tail.refine_tail`); 0 keeps the grid.
         particles: particles per run (16).
         steps: time steps (100); one network call and one backprop per particle and step.
         eta: kept for the shared contract; the proposal is the DDPM (``eta = 1``) step.
@@ -155,12 +158,14 @@ class TDS(SMCSampler):
     name = "tds"
     requires = ("gaussian",)
 
-    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, particles: int = 16, steps: int = 100,
+    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, tail_steps: int = 0,
+                 particles: int = 16, steps: int = 100,
                  eta: float = 1.0, resampling: str = "systematic", ess_threshold: float = 0.5,
                  max_batch: int | None = None, grid: str = "auto", prior_site: str | None = None,
                  progress: bool = False):
         self.twist_var = check_choice("twist_var", twist_var, ("rho2", "tds"), self.name)
         self.tau2 = check_number("tau2", tau2, self.name, low=0.0)
+        self.tail_steps = check_int("tail_steps", tail_steps, self.name, minimum=0)
         super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
                          ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
                          progress=progress)
@@ -171,4 +176,4 @@ class TDS(SMCSampler):
             raise ValueError("tds: needs a noisy measurement (noise_std > 0)")
 
     def fk_model(self, problem):
-        return _TDSFK(problem, self.steps, self.twist_var, self.tau2, self.max_batch, self.grid)
+        return _TDSFK(problem, self.steps, self.twist_var, self.tau2, self.max_batch, self.grid, self.tail_steps)
