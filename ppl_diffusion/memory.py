@@ -133,7 +133,10 @@ def chunked_denoise(den, x_t: torch.Tensor, t: torch.Tensor, cap: int) -> torch.
     batch = tuple(x_t.shape[: x_t.dim() - ne])
     n = int(math.prod(batch))
     flat = x_t.reshape((n,) + tuple(den.event_shape))
-    tb = t.expand(batch).reshape(n) if t.dim() > 0 else t
+    try:
+        tb = t.expand(batch).reshape(n) if t.dim() > 0 else t
+    except RuntimeError:  # a time tensor that does not broadcast to the batch: let the denoiser decide
+        return den.denoise(x_t, t)
     grad = torch.is_grad_enabled() and (flat.requires_grad or tb.requires_grad)
     outs = []
     for start in range(0, n, cap):

@@ -382,7 +382,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     faults = MarkdownTable("fault", "reproduction", "what the user gets")
     for name, how, outcome in fault_rows():
-        faults.add(name, how, outcome.replace("|", "/"))
+        faults.add(name, how, outcome.replace("|", "\\|"))
     chunks = MarkdownTable("family", "run", "max_batch", "bit-identical to one batch")
     for row in chunk_rows():
         chunks.add(*row)

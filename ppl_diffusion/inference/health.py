@@ -43,8 +43,8 @@ _SOLVER: contextvars.ContextVar = contextvars.ContextVar("ppl_diffusion_solver",
 _FACTOR: contextvars.ContextVar = contextvars.ContextVar("ppl_diffusion_guard_factor", default=None)
 
 #: option names (or suffixes) that set a step size, a guidance weight or a learning rate
-_RISKY = ("zeta", "lr", "step_size", "langevin_step", "guidance_scale", "scale", "gamma", "lam", "rho",
-          "eta_prox", "snr", "epsilon", "step", "weight", "tau", "c_step")
+_RISKY = ("zeta", "lr", "step_size", "langevin_step", "guidance_scale", "gamma", "snr", "epsilon", "c_step",
+          "tau", "eta_prox", "w", "alpha", "omega", "scale")
 _SAFE = ("steps", "init_scale", "theta_steps", "theta_final_steps", "ess_threshold", "eta")
 
 
@@ -126,7 +126,7 @@ def likely_options(solver=None) -> str:
         except Exception:  # noqa: BLE001 - a solver without the options() contract
             opts = []
         names = [o for o in opts if o not in _SAFE and not o.startswith("theta_") and (o in _RISKY or o.endswith(
-            ("_lr", "_step", "_step_size", "_scale", "_weight", "zeta")))]
+            ("_lr", "_step", "_step_size", "zeta")))]
     out = []
     for n in names:
         v = getattr(solver, n, None)
