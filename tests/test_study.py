@@ -48,6 +48,11 @@ def test_grid_toml_and_cell_ids(tmp_path):
     # a changed option is a new cell, not a reused result
     st2 = Study(methods={"ddrm": {"steps": 6}}, problem=st.problem, measurements=[0], samples=4)
     assert st2.cells()[0].cell_id != next(c for c in cells if c.method == "ddrm").cell_id
+    y = tmp_path / "s.yaml"  # the same study in YAML
+    y.write_text("name: t\nmeasurements: 0-2\nseeds: 2\nsamples: 4\nproblem: {kind: gmm, d: 4, d_y: 1}\n"
+                 "methods: {ddrm: {steps: 5}, fast: {method: ddrm, steps: 2}}\n"
+                 "settings: {a: {}, b: {d_y: 2, options: {eta: 0.5}}}\nresources: {max_retries: 1}\n")
+    assert [c.cell_id for c in load_study(y).cells()] == [c.cell_id for c in cells]
     with pytest.raises(ValueError, match="unknown keys"):
         Study(methods={"ddrm": {}}, problem={"kind": "gmm", "sigma": 1})
     with pytest.raises(ValueError, match="no_such_method|unknown"):

@@ -35,7 +35,7 @@ max_retries = 2
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", nargs="?", default=None, help="study file (.toml or .json); see --example")
+    p.add_argument("file", nargs="?", default=None, help="study file (.toml, .yaml or .json); see --example")
     p.add_argument("--out", default=None, help="output folder (default out/<study name>); a re-run with the same "
                                                "folder skips the finished cells")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",

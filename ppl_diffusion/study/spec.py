@@ -169,12 +169,22 @@ class Study:
 
 
 def load_study(path) -> Study:
-    """A :class:`Study` from a TOML file (``tomllib``, Python >= 3.11) or a JSON file."""
+    """A :class:`Study` from a TOML file (``tomllib``, Python >= 3.11), a YAML or a JSON file of the same layout."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"study file {path} does not exist")
     if p.suffix.lower() == ".json":
         return Study.from_dict(json.loads(p.read_text()))
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # PyYAML comes with huggingface_hub, a dependency of diffusers
+
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        return Study.from_dict(d)
     try:
         import tomllib
     except ModuleNotFoundError as e:  # pragma: no cover - Python 3.10
