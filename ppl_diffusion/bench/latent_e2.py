@@ -26,6 +26,7 @@ __all__ = ["CONFIGS", "run_config", "run", "main"]
 
 #: label -> (registry name, options); the benchmark's step count is added to every entry
 CONFIGS = {
+    "prior": (None, {}),  # the latent prior's own draws (no measurement): the distance to beat
     "latent_dps": ("latent_dps", {}),
     "psld": ("psld", {}),
     "psld (gamma=0)": ("psld", {"gamma": 0.0}),
@@ -53,15 +54,21 @@ def run_config(label: str, variant: str, seed: int, n: int, steps: int) -> dict:
     ref2 = pb.posterior.sample(n, generator=g)
     sw_gen = torch.Generator().manual_seed(7)
     floor = float(sliced_wasserstein(ref, ref2, generator=sw_gen))
-    solver = build_solver(name, pb.model(), steps=steps, **opts)
-    t0 = time.perf_counter()
-    out = solver.draw(n, y=pb.y, generator=torch.Generator().manual_seed(seed))
+    if name is None:
+        t0 = time.perf_counter()
+        z = pb.latent_prior.sample(n, generator=torch.Generator().manual_seed(seed))
+        out = None
+    else:
+        solver = build_solver(name, pb.model(), steps=steps, **opts)
+        t0 = time.perf_counter()
+        out = solver.draw(n, y=pb.y, generator=torch.Generator().manual_seed(seed))
+        z = pb.autoencoder.encode(out.samples[0])
     sec = (time.perf_counter() - t0) / n
-    z = pb.autoencoder.encode(out.samples[0])
     sw = float(sliced_wasserstein(z, ref, generator=torch.Generator().manual_seed(7)))
     cov = float(coverage(z, ref2, 0.9))
-    return dict(sw=sw, floor=floor, coverage=cov, calls=out.extra["network_calls_per_sample"],
-                nfe=out.nfe_per_sample, seconds=sec)
+    calls = 0.0 if out is None else out.extra["network_calls_per_sample"]
+    return dict(sw=sw, floor=floor, coverage=cov, calls=calls, nfe=0.0 if out is None else out.nfe_per_sample,
+                seconds=sec)
 
 
 def run(configs=None, variants=("a", "b", "c"), problems: int = 3, n: int = 300, steps: int = 100) -> str:

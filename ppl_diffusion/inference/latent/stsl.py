@@ -14,11 +14,12 @@ with ``zeta_t = zeta * alpha_s`` as in Latent DPS, then a DDIM(eta) step from th
 up to a constant, so ``gamma > 0`` (the survey's ``+gamma grad Tr`` ascent) pushes ``z_t`` towards
 regions of large posterior covariance and ``gamma < 0`` towards small; for a Gaussian latent the
 trace is constant and the term vanishes (tested). The sign question, measured on the exact latent
-check E2 (``benchmarks/results/latent_e2.md``, 100 steps, variant a, 2 problems): the survey's ``+``
-sign degrades the sliced W to the exact posterior (0.62 at gamma = 0, 0.72 at +0.1, 2.3 at +0.5), the
-``-`` sign much less (0.63 at -0.1, 0.74 at -0.5), and at ``|gamma| <= 0.02`` neither differs from 0
-beyond Monte Carlo noise. No gamma improved on gamma = 0 there, so the default is the harmless
-``gamma = -0.02``; treat the trace term as unvalidated. The data term uses the unsquared norm of the
+check E2 (``benchmarks/results/latent_e2.md``, 100 steps, 3 problems per variant): the survey's ``+``
+sign widens the draws but moves them away from the exact posterior (sliced W 0.579 at gamma = +0.1
+against 0.490 at 0 on variant a, 0.771 against 0.717 on c; a tuning run gave 3.6x worse at +0.5), the
+``-`` sign changes little (0.491 on a, 0.752 on c), and at ``|gamma| <= 0.02`` neither differs from 0
+beyond Monte Carlo noise. No gamma improved consistently on gamma = 0, so the default is the
+harmless ``gamma = -0.02``; treat the trace term as unvalidated. The data term uses the unsquared norm of the
 DPS family.
 
 Cost per step: ``K`` x (2 latent-denoiser calls + 1 decoder call + their backward, second order
