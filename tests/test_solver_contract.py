@@ -27,10 +27,19 @@ def guide_models():
         x = pyro.sample("x", prior)
         return pyro.sample("y", GaussianMeasurement(mask, x, 0.1), obs=y)
 
-    return {"svd": (pb.model(sched), pb.y), "mask": (mask_model, mask(pb.x_true))}
+    from ppl_diffusion.models.blind import blind_gmm_problem
+
+    blind = blind_gmm_problem(seed=0, grid_size=128, schedule=sched)  # an operator parameter "phi"
+    return {"svd": (pb.model(sched), pb.y), "mask": (mask_model, mask(pb.x_true)), "blind": (blind.model, blind.y)}
+
+
+#: the blind solvers infer an operator parameter and refuse a model without one (tests/test_blind.py)
+BLIND = ("blind_dps", "gibbs_ddrm", "blind_red_diff")
 
 
 def _model(guide_models, name):
+    if name in BLIND:
+        return guide_models["blind"]
     return guide_models["mask" if get_solver(name).needs == "mask" else "svd"]
 
 
@@ -98,6 +107,7 @@ _SMALL = {
     "red_diff": (dict(steps=5, learn_scale=True, progress=False), {}),
     "score_prior": (dict(n_layers=1, hidden=(8,), num_particles=2, ode_steps=1, steps=2, progress=False), {}),
     "efficient_score_prior": (dict(n_layers=1, hidden=(8,), num_particles=2, steps=2, progress=False), {}),
+    "blind_red_diff": (dict(steps=5, theta_reg="prior"), {}),
 }
 
 
@@ -152,6 +162,9 @@ def test_every_other_solver_draws_with_its_family_cost(guide_models, name):
         assert out.samples.shape == (1, n, 8) and out.nfe_per_sample == evals == 5  # the whole fit
         assert len(out.extra["loss_trace"]) == 5 and out.extra["stopped_reason"] is None
         assert float(out.samples[0].std(0).min()) > 0  # learn_scale: draws from q, not mu repeated
+    elif name == "blind_red_diff":  # n restarts in one batch, one network evaluation per step each
+        assert out.samples.shape == (1, n, 8) and out.nfe_per_sample == evals / n == 5
+        assert out.extra["theta"]["phi"].shape == (1, n, 1)
     else:
         assert out.samples.shape == (1, n, 8) and out.nfe_per_sample == solver.train_nfe == calls
         assert out.extra["train_nfe"] == calls and out.extra["train_evals"] == evals

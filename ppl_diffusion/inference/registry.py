@@ -68,6 +68,11 @@ _DECLARATIONS = [
        "Score-SDE PC (Song et al. 2021): operator with an SVD"),
     _s("ks", "guides.kadkhodaie_simoncelli:KadkhodaieSimoncelli", "guide", "svd",
        "Kadkhodaie & Simoncelli (2021): operator with an SVD", "kadkhodaie_simoncelli"),
+    # blind: an unknown operator parameter (a blur kernel) inferred with x
+    _s("blind_dps", "guides.blind_dps:BlindDPS", "guide", "gaussian",
+       "BlindDPS (Chung et al. 2023): x and kernel diffusions in parallel", "blinddps", "blind-dps"),
+    _s("gibbs_ddrm", "guides.gibbs_ddrm:GibbsDDRM", "guide", "gaussian",
+       "GibbsDDRM (Murata et al. 2023): DDRM for x, Langevin for the kernel", "gibbsddrm", "gibbs-ddrm"),
     # variational (SVI)
     _s("red_diff", "variational.red_diff:REDDiff", "variational", "likelihood",
        "RED-Diff (Mardani et al. 2024) via SVI; draws from its Gaussian q", "reddiff", "red-diff"),
@@ -75,6 +80,8 @@ _DECLARATIONS = [
        "Score prior (Feng et al. 2023): normalizing-flow q, exact ODE prior"),
     _s("efficient_score_prior", "variational.score_prior:EfficientScorePrior", "variational", "likelihood",
        "Efficient score prior (Feng & Bouman 2024): normalizing-flow q, ELBO prior"),
+    _s("blind_red_diff", "variational.blind_red_diff:BlindREDDiff", "variational", "gaussian",
+       "Blind RED-Diff (Alkan et al. 2023): point estimates of x and the kernel", "blind-red-diff"),
     # MCMC kernels
     _s("pnpdm", "kernels.pnpdm:PnPDM", "kernel", "likelihood", "PnP-DM split Gibbs (Wu et al. 2024): any likelihood",
        "pnp-dm", "pnp_dm"),

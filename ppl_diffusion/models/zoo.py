@@ -40,6 +40,8 @@ DEFAULT_PRIOR = "digits"
 SHIPPED_PRIORS = {
     "digits": "16x16 handwritten digits (scikit-learn's 8x8 digits, bilinearly upsampled), 1 channel, [-1, 1]",
     "patches": "32x32 grayscale patches of natural photographs (scikit-image / scikit-learn), 1 channel, [-1, 1]",
+    "kernels": "7x7 blur kernels (motion and anisotropic Gaussian, our generator) on the simplex: a prior on "
+               "the operator parameter of blind deblurring (a ParameterDiffusionPrior, not an image prior)",
     "digits-latent": "latent diffusion on the 16x16 digits: KL autoencoder to 4x4x4 latents + latent UNet",
     "patches-latent": "latent diffusion on the 32x32 patches: KL autoencoder to 8x8x4 latents + latent UNet",
 }
@@ -300,6 +302,10 @@ def load_prior(name_or_path=DEFAULT_PRIOR, device=None, dtype=None, clip_x0: boo
     from ..denoisers import UNetDenoiser
     from .prior import DiffusionPrior
 
+    if name_or_path == "kernels":  # the blur-kernel prior of blind problems (models/blind.py)
+        from .blind import load_kernel_prior
+
+        return load_kernel_prior("kernels", device=device, dtype=dtype, **prior_kwargs)
     if (prior_folder(name_or_path) / "vae").is_dir():  # a latent diffusion folder (vae/, unet/, scheduler/)
         from .latent import load_latent_prior
 

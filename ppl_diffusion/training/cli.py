@@ -21,8 +21,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``train-prior`` options to ``parser`` (used by ``python -m ppl_diffusion.training``
     and by the ``ppl-diffusion train-prior`` subcommand)."""
     parser.add_argument("--dataset", required=True, choices=DATASETS,
-                        help="training data: 'digits' (sklearn 8x8 digits at 16x16) or 'patches' "
-                             "(32x32 grayscale patches of bundled photographs)")
+                        help="training data: 'digits' (sklearn 8x8 digits at 16x16), 'kernels' (7x7 blur kernels) or "
+                             "'patches' (32x32 grayscale patches of bundled photographs)")
     parser.add_argument("--out", required=True, help="output folder (diffusers format: unet/, scheduler/)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimisation steps (default: digits 5000, patches 4000)")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 __all__ = ["DATASETS", "SPLIT_SEED", "DIGITS_HELDOUT_FRACTION", "PATCH_HELDOUT_IMAGES", "PATCH_TRAIN_IMAGES",
            "PATCH_SIZE", "PATCH_SCALES", "PATCH_HELDOUT_COUNT", "digits_dataset", "patches_dataset"]
 
-DATASETS = ("digits", "patches")
+DATASETS = ("digits", "patches", "kernels")
 
 #: Split seed of the data sets: fixed so that the held-out images never depend on the training seed.
 SPLIT_SEED = 0
@@ -291,4 +291,8 @@ def _make_source(dataset: str, device, augment: bool):
                            f"{', '.join(PATCH_TRAIN_IMAGES)}; held out whole: {', '.join(PATCH_HELDOUT_IMAGES)}"
                            + ("; random flips/transposes" if augment else ""))
         return src
+    if dataset == "kernels":
+        from .kernel_data import KernelSource
+
+        return KernelSource(device)
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

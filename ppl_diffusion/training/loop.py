@@ -233,7 +233,8 @@ def train_prior(
         "dataset": dataset_name,
         "data": src.description,
         "image_shape": list(src.train.shape[1:]),
-        "split": {"train": int(src.train8.shape[0]) if dataset_name == "digits" else "random patches of "
+        "split": {"train": int(src.train8.shape[0]) if dataset_name == "digits" else getattr(src, "split_note", None)
+                  or "random patches of "
                   f"{len(PATCH_TRAIN_IMAGES)} photographs x {len(PATCH_SCALES)} scales",
                   "heldout": int(src.test.shape[0]), "split_seed": SPLIT_SEED},
         "seed": seed,

@@ -15,6 +15,9 @@ PRESETS = {
                    steps=5000, clip_sample=False),
     "patches": dict(_PRESET_COMMON, sample_size=32, channels=(16, 32, 64, 64),
                     attention=(False, False, False, True), steps=4000, clip_sample=True),
+    # blur kernels (7x7 padded to 8x8, kappa in [-1, 1]): data come fresh from the generator
+    "kernels": dict(_PRESET_COMMON, sample_size=8, channels=(16, 32), attention=(False, False),
+                    steps=4000, clip_sample=True, augment=False),
 }
 # The presets are sized for CPU training (the shipped priors were trained on a shared 2-core CPU):
 # 0.69M / 1.09M parameters, 2.8 / 4.4 MB of float32 safetensors. ``clip_sample`` is written to the

@@ -40,6 +40,7 @@ from .blur import Blur
 from .callables import CallableOperator, LinearCallableOperator
 from .cg import conjugate_gradient
 from .dense import CompressedSensing, Matrix
+from .kernel_blur import KernelBlur
 from .masks import Identity, Inpainting
 from .mri import MRI
 from .phase import PhaseRetrieval
@@ -53,6 +54,7 @@ __all__ = [
     "CompressedSensing",
     "SuperResolution",
     "Blur",
+    "KernelBlur",
     "Colorization",
     "MRI",
     "PhaseRetrieval",
