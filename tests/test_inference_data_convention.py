@@ -108,5 +108,7 @@ def test_smc_result_runs_as_chains_with_weights(setup):
     # an SMC solver's Draws carry the model: the same groups without passing it
     d = sampler.draw(6, y=y, generator=torch.Generator().manual_seed(3))
     _check(d.to_inference_data(), op, y, sigma, 1, 6)
+    # the former signature to_inference_data(n, generator) still works
+    assert res.to_inference_data(5, torch.Generator().manual_seed(0)).posterior["x"].shape[:2] == (2, 5)
     text = repr(res)
     assert len(text) < 400 and "runs=2" in text and "tensor(" not in text

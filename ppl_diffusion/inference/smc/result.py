@@ -100,6 +100,10 @@ class SMCResult:
         ``posterior_predictive`` and ``observed_data`` too."""
         from ...idata import smc_inference_data
 
+        if isinstance(model, int) and not isinstance(model, bool):  # the former to_inference_data(n, generator)
+            n, model = model, None
+            if args and (args[0] is None or isinstance(args[0], torch.Generator)):
+                generator, args = args[0], args[1:]
         return smc_inference_data(self, model, *args, n=n, generator=generator, **kwargs)
 
     def __repr__(self) -> str:
