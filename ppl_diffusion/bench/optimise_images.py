@@ -8,7 +8,7 @@ the mean PSNR over restarts and the spread (std over restarts) of the PSNR, the 
 restart (forward; those of DMPlug and Consistent-CSGM also have a backward pass), seconds per image.
 DPS and DDRM rows: the posterior mean of as many draws as restarts, and the per-draw PSNR spread.
 
-    python benchmarks/optimise_images.py [--images 3] [--restarts 4] [--methods dmplug,shred,dps,ddrm]
+    python benchmarks/optimise_images.py [--images 2] [--restarts 3] [--methods dmplug,shred,dps,ddrm]
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ __all__ = ["OPTIONS", "TASKS", "run", "main"]
 TASKS = ("inpaint_random70", "sr2", "deblur_gauss", "phase_retrieval")
 #: constructor options per method (iterations cut from the papers' thousands to CPU size)
 OPTIONS = {
-    "dmplug": dict(iterations=300, lr=1e-2),
-    "shred": dict(iterations=100, lr=1e-2),
-    "consistent_csgm": dict(iterations=200, lr=1e-2),
+    "dmplug": dict(iterations=150, lr=1e-2),
+    "shred": dict(iterations=60, lr=1e-2),
+    "consistent_csgm": dict(iterations=150, lr=1e-2),
     "dps": dict(steps=50),
     "ddrm": dict(steps=50),
 }
@@ -38,7 +38,7 @@ OPTIONS = {
 PHASE_METHODS = ("dmplug", "dps")
 
 
-def run(methods, n_images: int = 3, restarts: int = 4, seed: int = 0, noise_std: float = 0.05, out=None,
+def run(methods, n_images: int = 2, restarts: int = 3, seed: int = 0, noise_std: float = 0.05, out=None,
         cmd: str = "", name: str = "optimise_images") -> str:
     from ..inference.registry import get_solver
     from ..methods import run_method
@@ -101,8 +101,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python benchmarks/optimise_images.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="dmplug,shred,consistent_csgm,dps,ddrm")
-    p.add_argument("--images", type=int, default=3)
-    p.add_argument("--restarts", type=int, default=4)
+    p.add_argument("--images", type=int, default=2)
+    p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="optimise_images", help="name of the table file (<name>.md)")
     add_out_argument(p, "optimise_images")
