@@ -47,7 +47,7 @@ def test_ray_equals_inprocess_and_loads_the_prior_once_per_worker(tmp_path):
     same(a.table, b.table)
     np.testing.assert_array_equal(a.inference_data.posterior["x"].values, b.inference_data.posterior["x"].values)
     loads = b.table.groupby("worker")["prior_load_s"].apply(lambda s: int((s > 0).sum()))
-    assert (loads <= 1).all() and loads.sum() == b.table["worker"].nunique() <= 2
+    assert (loads == 1).all()  # every worker process loaded the prior once, in its first cell
 
 
 def test_ray_killed_worker_is_retried_then_reported(tmp_path):
