@@ -44,19 +44,24 @@ Defaults, measured (issue 16). ``lam`` is in THIS module's units (sums, ``1 / si
 data term), so the paper's ``lam = 0.25`` without ``paper_balance`` weighs the prior ``d sigma_y^2 / m``
 times less than the paper does: 400x at sigma_y = 0.05, ``m = d``. The regulariser then barely acts
 and the fit is a regularised least-squares estimate. On two held-out digits of the shipped prior
-(sigma_y = 0.05, 200 steps; PSNR of the posterior mean, dB), the former demo setting (lr 0.02,
-``learn_scale=True``, no balance) against the paper's balance (lr 0.1, point estimate): Gaussian
-deblur 14.5 -> 29.0, phase retrieval 11.1 -> 28.4 (the sign of the image, which the Fourier
-magnitude does not see, is then set by the prior: the former setting returned inverted digits),
-random inpainting 18.6 -> 20.4, 2x super-resolution 22.4 -> 27.7 (30.2 with lr 0.02 and no balance:
-there the data alone nearly suffice). ``learn_scale=True`` adds the entropy of ``q`` against a
+(sigma_y = 0.05, 200 steps; PSNR of the posterior mean, dB;
+``benchmarks/results/red_diff_defaults.md``), the former demo setting (lr 0.02, ``learn_scale=True``,
+no balance) -> the paper's balance (lr 0.1, point estimate) / the new default of ``run_method``
+(lr 0.1, ``learn_scale``, ``paper_balance="auto"``): Gaussian deblur 14.4 -> 29.0 / 27.8, phase
+retrieval 7.5-11.1 (two runs) -> 28.4 / 27.4 (the sign of the image, which the Fourier magnitude
+does not see, is then set by the prior: the former setting returned inverted digits), random
+inpainting 18.5 -> 20.4 / 20.0, 2x super-resolution 22.4 -> 27.7 / 25.6 (30.2 with lr 0.02, no
+balance, point estimate: there the data alone nearly suffice), box inpainting 21.0 -> 19.8 / 19.7
+(slightly worse). ``learn_scale=True`` adds the entropy of ``q`` against a
 regulariser that is LINEAR in ``x`` (no curvature): the scale is held only by the data and by the
-noise of the probes, so it grows where the operator does not see ``x`` (a learned scale of 2.5 on a
-[-1, 1] image at the unbalanced ``lam``); its intervals are not posterior intervals (demo coverage
-0.65 at 16 draws where exact draws would give 0.79). On the exact GMM check (d = 8, d_y = 2, 6
-problems, 1,000 steps) the point estimate lies 1.6-1.8 from the nearest component mean with or
-without the balance and sits in a component of posterior weight 0.18-0.35 where the heaviest has
-0.93: RED-Diff finds A mode, not the dominant one, and says nothing about the others.
+noise of the probes, so it grows where the operator does not see ``x`` (a user reported a learned
+scale of 2.5 on a [-1, 1] image after 100 SVI steps at the unbalanced ``lam``); its intervals are not
+posterior intervals (90 % coverage 0.59-0.92 across the demo tasks at 16 draws, where exact draws
+would give 0.79). On the exact GMM check (d = 8, d_y = 2, 6 problems, 1,000 steps) the point
+estimate lies 1.6-1.8 from the nearest component mean with or without the balance (1.3 with the
+``"score"`` weighting, a MAP sweep) and sits in a component of mean posterior weight 0.18-0.35 where
+the heaviest has 0.93: RED-Diff finds A mode, not the dominant one, and says nothing about the
+others.
 
 Plates of measurements (``with pyro.plate("images", B)``): ``mu`` has shape
 ``(*plate_shape, *event)``, each measurement's data and regulariser terms enter the (summed) loss, and
