@@ -175,6 +175,15 @@ def test_kernel_prior_gibbs_ddrm_model_density_refused():
 
     with pytest.raises(ValueError, match="'k'.*no log density.*theta_prior='l1'"):
         GibbsDDRM(model)
+    # the image path runs with a 7x7 kernel diffusion prior (smoke: shapes, kernels on the simplex)
+    y = torch.zeros(8, 8, dtype=F64)
+    d = BlindDPS(model, steps=3).draw(2, y=y, generator=torch.Generator().manual_seed(0))
+    k = d.extra["theta"]["k"]
+    assert k.shape == (1, 2, 7, 7) and (k >= 0).all()
+    assert torch.allclose(k.sum((-2, -1)), torch.ones(1, 2, dtype=k.dtype))
+    d = GibbsDDRM(model, steps=3, theta_prior="l1", theta_start=1.0, langevin_steps=2).draw(
+        2, y=y, generator=torch.Generator().manual_seed(0))
+    assert d.extra["theta"]["k"].shape == (1, 2, 7, 7) and torch.isfinite(d.samples).all()
 
 
 # -- the shipped kernel prior -----------------------------------------------------------------

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import torch
 
-from ..blind import ThetaRecord, operator_site
+from ..blind import ThetaRecord, measurement_at, operator_site
 from ..problem import Problem
 from ..sampler import ddim_coefficients, terminal_noise
 from ..solver import check_number
-from ..theta import ThetaLikelihood
 from .base import DiffusionGuide
 
 __all__ = ["BlindDPS"]
@@ -72,7 +71,7 @@ class BlindDPS(DiffusionGuide):
     def run(self, problem: Problem, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         site, pprior = operator_site(problem, self.name, self.theta_site, diffusion=True)
         self.joint = record = ThetaRecord(site)
-        lik = ThetaLikelihood(problem)
+        y = problem.observation
         times = self.times(problem)
         dx, du = problem.denoiser, pprior.denoiser
         x = terminal_noise(problem.prior, (n,) + tuple(problem.event_shape), generator, problem.dtype, problem.device)
@@ -88,7 +87,8 @@ class BlindDPS(DiffusionGuide):
                 x0 = dx(x, t)
                 u0 = du(u, t.to(u))
                 phi0 = pprior.to_value(u0)
-                sq = lik(x0, {site: phi0}, form="sqnorm")[0]
+                g = measurement_at(problem, site, phi0, x0)
+                sq = (y - g.loc).pow(2).reshape(n, -1).sum(-1)
                 loss = torch.sqrt(sq.clamp(min=torch.finfo(sq.dtype).tiny))
                 if self.l1:
                     loss = loss + self.l1 * phi0.abs().reshape(n, -1).sum(-1)

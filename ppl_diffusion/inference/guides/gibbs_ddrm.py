@@ -134,7 +134,8 @@ class GibbsDDRM(DiffusionGuide):
         x_noisier = self.eta_b * ybar / safe + (1 - self.eta_b) * xb0 + \
             torch.sqrt((rho_s**2 - (self.eta_b * sigma / safe) ** 2).clamp(min=0.0)) * z
         x_null = xb0 + (1 - self.eta_d**2) ** 0.5 * rho_s * eb + self.eta_d * rho_s * z
-        return sp.V(torch.where(zero, x_null, torch.where(noisier, x_noisier, x_less)))
+        # (a model that reshapes x for the operator: V returns the operator's shape)
+        return sp.V(torch.where(zero, x_null, torch.where(noisier, x_noisier, x_less))).reshape(x0.shape)
 
     def _langevin(self, problem, site, fn, phi, x0, y, sigma, generator):
         n = phi.shape[0]
@@ -180,7 +181,7 @@ class GibbsDDRM(DiffusionGuide):
         den = problem.denoiser
         times = self.times(problem)
         y = problem.observation
-        yb = y.expand((n,) + tuple(y.shape[y.dim() - len(problem.event_shape):]))
+        yb = y.expand((n,) + tuple(y.shape))  # one measurement (no plate): y has the operator's out shape
         with torch.no_grad():
             phi = fn.sample((n,)).to(problem.dtype)
         x = terminal_noise(problem.prior, (n,) + tuple(problem.event_shape), generator, problem.dtype,
@@ -195,7 +196,7 @@ class GibbsDDRM(DiffusionGuide):
         noisier = s * rho >= sigma
         safe = torch.where(noisier, s, torch.ones_like(s))
         xb = torch.where(noisier, ybar / safe + torch.sqrt((rho**2 - (sigma / safe) ** 2).clamp(min=0)) * z, rho * z)
-        x = alphas[0] * sp.V(xb)
+        x = alphas[0] * sp.V(xb).reshape(x.shape)
         record.set(phi)
         for i in range(len(times) - 1):
             with torch.no_grad():
