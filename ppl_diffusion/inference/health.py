@@ -282,14 +282,15 @@ def _rates(v: torch.Tensor) -> str:
 # -- SMC health ---------------------------------------------------------------------------------
 class SMCMonitor:
     """ESS and log-evidence after every step of ``R`` runs, the all-``-inf`` check and the ESS
-    collapse warning (``collapse_steps`` consecutive-or-not steps with ESS < 1.5, default a quarter
-    of the steps, at least 5)."""
+    collapse warning (``collapse_steps`` steps, consecutive or not, with ESS < 1.5; default a fifth of
+    the steps, at least 3: healthy MCGDiff / TDS runs of 16 particles on the GMM benchmark problems
+    have none, runs with ``y`` 100 prior scales away have 4-8 of 20)."""
 
     def __init__(self, R: int, K: int, N: int, method: str, collapse_steps: int | None = None):
         self.method, self.K, self.N = method, K, N
         self.log_evidence = torch.full((R, K), math.nan, dtype=torch.float64)
         self.ess = torch.full((R, K), math.nan, dtype=torch.float64)
-        self.collapse_steps = collapse_steps if collapse_steps is not None else max(5, K // 4)
+        self.collapse_steps = collapse_steps if collapse_steps is not None else max(3, K // 5)
 
     def record(self, k: int, logw: torch.Tensor, logZ: torch.Tensor, partial=None) -> None:
         lse = torch.logsumexp(logw, -1)
