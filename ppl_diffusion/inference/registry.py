@@ -23,6 +23,7 @@ FAMILIES = {
     "smc": "asymptotically exact: sequential Monte Carlo",
     "latent": "explicit approximation on a latent diffusion prior (LatentDiffusionPrior)",
     "optimisation": "point estimates by optimising a sampler's input (restarts are the draws)",
+    "text": "explicit approximation on a text-conditioned latent prior (prior.condition(prompt))",
 }
 
 
@@ -111,6 +112,14 @@ _DECLARATIONS += [  # latent diffusion priors (LatentDiffusionPrior), inference/
     _s("mpgd", "latent.mpgd:MPGD", "latent", "likelihood", "MPGD (He et al. 2024): manifold-preserving guidance"),
     _s("stsl", "latent.stsl:STSL", "latent", "likelihood",
        "STSL (Rout et al. 2024): second-order Tweedie (our constants)"),
+]
+
+_DECLARATIONS += [  # text-conditioned latent priors (prior.condition(prompt)), inference/text/
+    _s("p2l", "text.p2l:P2L", "text", "linear", "P2L (Chung et al. 2023): prompt tuning + latent DPS + projection"),
+    _s("treg", "text.treg:TReg", "text", "linear",
+       "TReg (Kim et al. 2025): CG data consistency + adaptive negation of the null prompt"),
+    _s("dreamsampler", "text.dreamsampler:DreamSampler", "text", "linear",
+       "DreamSampler (Kim et al. 2024): text-guided inpainting by score distillation + DPS", "dream-sampler"),
 ]
 
 SOLVERS: dict[str, SolverInfo] = {info.name: info for info in _DECLARATIONS}

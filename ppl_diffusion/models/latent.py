@@ -99,6 +99,24 @@ class LatentDiffusionPrior(TorchDistribution):
                          "pixel-space denoiser. Use a latent solver: " + LATENT_SOLVERS_HINT +
                          ", or a pixel prior such as load_prior('digits')")
 
+    @property
+    def prompt(self) -> str | None:
+        """The prompt of a text-conditioned prior (``None`` for an unconditional one)."""
+        return getattr(self.latent_denoiser, "prompt", None)
+
+    def condition(self, prompt: str = "", guidance: float = 1.0, embedding=None) -> LatentDiffusionPrior:
+        """This text-conditioned prior at ``prompt`` with classifier-free guidance weight ``guidance``
+        (``embedding``: an ``(L, d)`` prompt embedding to use instead of encoding ``prompt``); see
+        :mod:`ppl_diffusion.models.text`."""
+        from .text import PromptedDenoiser, text_denoiser_of
+
+        text = text_denoiser_of(self.latent_denoiser)
+        if text is None:
+            raise ValueError("this latent prior is not text-conditioned (its latent denoiser takes no prompt); "
+                             "load one that is, e.g. load_latent_prior('digits-text')")
+        den = PromptedDenoiser(text, prompt, guidance, embedding=embedding)
+        return LatentDiffusionPrior(self.autoencoder, den, batch_shape=self.batch_shape, **self._options())
+
     def _options(self) -> dict:
         lp = self.latent
         return dict(steps=lp.steps, eta=lp.eta, grid=lp.grid, terminal=lp.terminal, progress=lp.progress)
@@ -185,6 +203,10 @@ def load_latent_prior(name_or_path, device=None, dtype=None, clip_x0: bool = Fal
     from .zoo import load_unet, prior_folder
 
     folder = prior_folder(name_or_path)
+    if (folder / "text_encoder").is_dir():  # a text-conditioned latent prior
+        from .text_prior import load_text_latent_prior
+
+        return load_text_latent_prior(folder, device=device, dtype=dtype, **prior_kwargs)
     if not (folder / "vae").is_dir():
         raise ValueError(f"{folder} has no vae/ folder: a latent diffusion prior needs vae/ (AutoencoderKL), unet/ "
                          "and scheduler/; for a pixel-space prior use load_prior")

@@ -44,6 +44,8 @@ SHIPPED_PRIORS = {
                "the operator parameter of blind deblurring (a ParameterDiffusionPrior, not an image prior)",
     "digits-latent": "latent diffusion on the 16x16 digits: KL autoencoder to 4x4x4 latents + latent UNet",
     "patches-latent": "latent diffusion on the 32x32 patches: KL autoencoder to 8x8x4 latents + latent UNet",
+    "digits-text": "caption-conditioned latent diffusion on the 16x16 digits (label + attribute captions, "
+                   "classifier-free guidance) with a CLIP-like image-text model",
 }
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
