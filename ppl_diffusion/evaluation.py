@@ -16,6 +16,9 @@ CALIBRATION = {
              "intervals often too narrow)",
     "variational": "NOT calibrated: a fitted point estimate or mean-field Gaussian (intervals reflect the "
                    "fit, not the posterior)",
+    "latent": "NOT calibrated: an explicit approximation on a latent diffusion prior",
+    "text": "NOT calibrated: an explicit approximation on a text-conditioned latent prior",
+    "optimisation": "NOT calibrated: point estimates (the spread of random restarts is not posterior spread)",
 }
 
 

@@ -18,6 +18,12 @@ def test_expected_coverage_of_exact_draws(n):
     assert expected_coverage(16) == pytest.approx(0.9 * 15 / 17)
 
 
+def test_every_registered_family_has_a_calibration_statement():
+    from ppl_diffusion.inference.registry import FAMILIES
+
+    assert set(FAMILIES) <= set(CALIBRATION)
+
+
 def test_flags():
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(1, 16, 16, generator=g)
