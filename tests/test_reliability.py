@@ -151,6 +151,22 @@ def test_chunked_runs_are_bit_identical_to_one_batch(gmm):
         assert torch.equal(one, chunked), name
 
 
+def test_second_derivatives_through_checkpointed_chunks(gmm):
+    prior, op, model, y = gmm
+    x = torch.randn(6, 4, generator=G(), dtype=F64)
+
+    def run(cap):  # log p(x) by the ODE, its gradient and a second derivative (Score Prior's needs)
+        xx = x.clone().requires_grad_(True)
+        with max_batch(prior.denoiser, cap):
+            lp = prior.log_prob_with_error(xx, steps=3)[0].sum()
+            (g,) = torch.autograd.grad(lp, xx, create_graph=True)
+            (h,) = torch.autograd.grad(g.sum(), xx)
+        return lp.detach(), g.detach(), h
+
+    for one, chunked in zip(run(0), run(5)):  # 4 x 6 rows per call (exact divergence) in chunks of 5
+        assert torch.equal(one, chunked)
+
+
 def test_unet_chunks_bit_identical():
     from ppl_diffusion.models.zoo import load_prior
 
@@ -211,6 +227,23 @@ def test_cli_refuses_an_unwritable_out_before_work(tmp_path, capsys):
                  "--out", str(blocker / "sub")])
     err = capsys.readouterr().err
     assert code == 2 and "--out" in err and "cannot be created" in err and time.perf_counter() - t0 < 5
+
+
+def test_cli_writes_the_partial_result_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    import ppl_diffusion.methods as methods
+    from ppl_diffusion.cli import main
+    from ppl_diffusion.models.zoo import heldout_images
+
+    def interrupted(*args, **kwargs):  # what a solver raises on Ctrl-C
+        raise RunInterrupted("interrupted", partial={"x": torch.ones(3, 1, 16, 16), "interrupted": True})
+
+    monkeypatch.setattr(methods, "run_method", interrupted)
+    img = tmp_path / "digit.npy"
+    np.save(img, heldout_images("digits")[0].numpy())
+    code = main(["solve", "--image", str(img), "--operator", "inpainting", "--method", "ddrm", "--out",
+                 str(tmp_path / "o")])
+    assert code == 130 and np.load(tmp_path / "o" / "partial.npy").shape == (3, 1, 16, 16)
+    assert "partial.npy" in capsys.readouterr().err
 
 
 def test_checkpoint_with_nan_weights_is_refused(tmp_path):
