@@ -110,6 +110,10 @@ def _add_solve(sub):
     p.add_argument("--method-args", default="{}", help="JSON object of solver options (default {})")
     p.add_argument("--samples", type=int, default=8, help="posterior draws (default 8)")
     p.add_argument("--prior", default="digits", help="shipped prior name, diffusers folder or hub id (default digits)")
+    p.add_argument("--prompt", default=None, help="prompt of a text-conditioned prior (--prior digits-text), e.g. "
+                   "'a handwritten digit seven'; the caption vocabulary only (no language understanding)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --prompt "
+                   "(default 1: the conditional model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -219,6 +223,11 @@ def _cmd_solve(args):
     from .models.zoo import load_prior
 
     prior = load_prior(args.prior)
+    if args.prompt is not None:
+        if not hasattr(prior, "condition"):
+            raise ValueError(f"--prompt needs a text-conditioned prior (e.g. --prior digits-text); {args.prior!r} "
+                             "takes no prompt")
+        prior = prior.condition(args.prompt, guidance=args.guidance)
     shape = tuple(prior.event_shape)
     op = make_operator(args.operator, shape, **op_args)
     truth = None
@@ -257,7 +266,8 @@ def _cmd_solve(args):
         ll = Problem.from_model(model, y=y).log_likelihood(flat).reshape(res.samples.shape[:2])
     idata = to_inference_data({"x": res.samples}, observed_data={"y": y}, log_likelihood={"y": ll.double()},
                               attrs={"method": key, "operator": args.operator, "op_args": json.dumps(op_args),
-                                     "prior": str(args.prior), "noise_std": args.noise_std, "seed": args.seed})
+                                     "prior": str(args.prior), "prompt": str(args.prompt or ""),
+                                     "noise_std": args.noise_std, "seed": args.seed})
     idata.to_netcdf(str(out / "posterior.nc"))
     posterior_grid([dict(samples=flat, truth=truth, y=y, operator=op, label=key, n_samples_shown=4)],
                    path=out / "posterior.png", title=f"{key} on {args.operator}")

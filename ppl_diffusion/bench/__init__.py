@@ -27,6 +27,10 @@ current directory).
 * :mod:`.exactness` — the exact samplers against the spread of exact draws on new GMM families (full
   covariances, uneven weights, spread spectra): inside / outside on SW, component TV, 90 % coverage;
   the independent-run minor-mode weight (``mode_bias``).
+* :mod:`.text_e3` — P2L / TReg / DreamSampler on the exact text-conditioned problem E3 (posterior, P2L's
+  prompt against the empirical-Bayes prompt, TReg's adaptive negation).
+* :mod:`.text_images` — the same solvers on held-out digits with the shipped ``digits-text`` prior
+  (right / wrong / null prompt).
 """
 from __future__ import annotations
 
