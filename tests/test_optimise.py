@@ -319,3 +319,46 @@ def test_dmplug_and_shred_on_the_shipped_digits_prior():
         trace = out.extra["objective_trace"]
         assert out.samples.shape == (1, 2, 1, 16, 16) and float(out.samples.abs().max()) <= 1.0
         assert float(trace[-1].mean()) < float(trace[0].mean())
+
+
+def test_shipped_consistency_model_samples_against_the_data():
+    """32 samples of the shipped ``digits_cm`` against the training digits. Measured (seed 0): mean RMS
+    distance to the nearest training digit one step 0.60, two steps 0.37, against held-out digits 0.18,
+    matched Gaussian noise 0.79 and the teacher's own 18-step Heun ODE on the same grid 0.28. So the
+    criterion the shipped priors' samples meet (<= 1.5x the held-out distance, tests/test_zoo.py) is NOT
+    met: the distillation (2000 steps of batch 32 on one CPU thread) is under-trained. Asserted: two-step
+    samples closer than half the noise distance with the data's mean, std and neighbour correlation
+    (to 0.15); one-step samples closer than the noise."""
+    from ppl_diffusion import training
+    from ppl_diffusion.models.consistency import load_consistency
+    from tests.test_zoo import _lag1, _nn_rms
+
+    cm = load_consistency("digits_cm")
+    train = training.digits_dataset("train")
+    x1 = cm.sample(32, torch.Generator().manual_seed(0))
+    x2 = cm.sample(32, torch.Generator().manual_seed(0), steps=2)
+    assert x1.shape == x2.shape == (32, 1, 16, 16) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
+    noise = train.mean() + train.std() * torch.randn(x1.shape, generator=torch.Generator().manual_seed(1))
+    d_n = _nn_rms(noise, train)
+    assert _nn_rms(x1, train) < 0.8 * d_n and _nn_rms(x2, train) <= 0.5 * d_n
+    assert abs(float(x2.mean() - train.mean())) < 0.1
+    assert 0.75 < float(x2.std() / train.std()) < 1.25
+    assert abs(_lag1(x2) - _lag1(train)) < 0.15
+
+
+def test_consistent_csgm_on_the_shipped_digits_consistency_model():
+    from ppl_diffusion.models.operators import SuperResolution
+    from ppl_diffusion.models.zoo import heldout_images, load_prior
+
+    prior = load_prior("digits")
+    op = SuperResolution(2, (1, 16, 16))
+    y = op(heldout_images("digits")[1])
+
+    def model(y=None):
+        xs = pyro.sample("x", prior)
+        return pyro.sample("y", GaussianMeasurement(op, xs, 0.05), obs=y)
+
+    out = ConsistentCSGM(model, iterations=10, lr=5e-2).draw(2, y=y, generator=torch.Generator().manual_seed(0))
+    trace = out.extra["objective_trace"]
+    assert out.samples.shape == (1, 2, 1, 16, 16) and out.nfe_per_sample == 11
+    assert float(trace[-1].mean()) < float(trace[0].mean())

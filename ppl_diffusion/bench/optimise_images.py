@@ -105,9 +105,12 @@ def main(argv=None):
     p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="optimise_images", help="name of the table file (<name>.md)")
+    p.add_argument("--cm-steps", type=int, default=None, help="Consistent-CSGM's cm_steps (default: its own)")
     add_out_argument(p, "optimise_images")
     a = p.parse_args(argv)
     set_threads()
+    if a.cm_steps is not None:
+        OPTIONS["consistent_csgm"]["cm_steps"] = a.cm_steps
     text = run(a.methods.split(","), a.images, a.restarts, a.seed, out=a.out, name=a.name,
                cmd=shlex.join(["python", "benchmarks/optimise_images.py"] + argv))
     print(text)

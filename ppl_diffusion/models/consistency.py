@@ -57,12 +57,15 @@ class ConsistencyModel(nn.Module):
         net: module ``net(x, sigma) -> x0`` estimate (``sigma`` a tensor of shape ``(batch,)``).
         event_shape: shape of one sample.
         sigma_min, sigma_max, sigma_data: the consistency-model constants (paper: 0.002, 80, 0.5).
+        clip_x0: clip ``net``'s x0 estimate to [-1, 1] (data in [-1, 1]; at ``sigma = 80`` an epsilon
+            network's x0 estimate ``x - sigma eps_hat`` amplifies its error 80-fold).
     """
 
     def __init__(self, net: nn.Module, event_shape, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 sigma_data: float = 0.5):
+                 sigma_data: float = 0.5, clip_x0: bool = False):
         super().__init__()
         self.net = net
+        self.clip_x0 = bool(clip_x0)
         self.event_shape = torch.Size(event_shape)
         self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
         self.nfe = 0
@@ -77,7 +80,10 @@ class ConsistencyModel(nn.Module):
         self.nfe += 1
         self.sample_evals += flat.shape[0]
         cs = c_skip(s, self.sigma_min, self.sigma_data).reshape((-1,) + (1,) * ne)
-        return (cs * flat + (1 - cs) * self.net(flat, s)).reshape(x.shape)
+        d = self.net(flat, s)
+        if self.clip_x0:
+            d = d.clamp(-1.0, 1.0)
+        return (cs * flat + (1 - cs) * d).reshape(x.shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None, steps: int = 1, dtype=None) -> torch.Tensor:
         """``n`` samples: ``f(sigma_max z, sigma_max)`` and, for ``steps > 1``, the paper's multistep
@@ -176,6 +182,7 @@ def save_consistency(model: ConsistencyModel, folder, record: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.net.unet.save_pretrained(folder / "unet", safe_serialization=True)
     cfg = dict(sigma_min=model.sigma_min, sigma_max=model.sigma_max, sigma_data=model.sigma_data,
+               clip_x0=model.clip_x0,
                parametrisation="f = c_skip x + (1 - c_skip) D(x, sigma); D from an epsilon UNet in VP form",
                teacher_scheduler=record.get("teacher_scheduler"))
     (folder / "consistency.json").write_text(json.dumps(cfg, indent=1) + "\n")
@@ -204,7 +211,7 @@ def load_consistency(name_or_path: str = "digits_cm", device=None, dtype=None) -
     schedule = VPSchedule.from_scheduler_config(cfg["teacher_scheduler"])
     c, size = int(unet.config.in_channels), int(unet.config.sample_size)
     model = ConsistencyModel(UNetX0(unet, schedule), (c, size, size), cfg["sigma_min"], cfg["sigma_max"],
-                             cfg["sigma_data"])
+                             cfg["sigma_data"], clip_x0=bool(cfg.get("clip_x0", False)))
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()

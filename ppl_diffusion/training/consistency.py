@@ -112,6 +112,7 @@ def distill_prior(teacher: str = "digits", out=None, *, steps: int = 1500, batch
                     lr=lr, num_scales=num_scales, ema=ema, generator=g, log_every=log_every, callback=log)
     wall = time.perf_counter() - t0
     model.requires_grad_(False).eval()
+    model.clip_x0 = True  # inference only: the x0 estimate at sigma_max is clipped to the data range [-1, 1]
     x = model.sample(64, torch.Generator().manual_seed(1))
     train = src.train.flatten(1).double()
 
