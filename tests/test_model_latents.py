@@ -316,3 +316,18 @@ def test_theta_kernels_refuse_a_discrete_theta_at_construction(pb):
         PMMH(model, sampler=lambda m: TDS(m, particles=8))
     with pytest.raises(ValueError, match="'k'"):
         Gibbs(model, x_kernel=PnPDM)
+
+
+def test_a_proposed_noise_level_that_overflows_is_rejected_not_raised():
+    """NUTS on a latent sigma can step to sigma = inf or 0 in float32 during warm-up: the likelihood
+    must give a non-finite log-density (a rejected proposal), not raise; a fixed level still raises."""
+    op = Matrix(torch.eye(3))
+    x = torch.zeros(3)
+    for bad in (float("inf"), 0.0):
+        sigma = torch.tensor(bad, requires_grad=True)
+        lp = GaussianMeasurement(op, x, sigma).log_prob(torch.ones(3))
+        assert not torch.isfinite(lp).all()
+    with pytest.raises(ValueError, match="finite"):
+        GaussianMeasurement(op, x, float("inf"))
+    with pytest.raises(ValueError, match="noiseless"):
+        GaussianMeasurement(op, x, 0.0).log_prob(torch.ones(3))

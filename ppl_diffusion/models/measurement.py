@@ -33,7 +33,10 @@ class GaussianMeasurement(TorchDistribution):
         scale = noise_std
         if not isinstance(scale, torch.Tensor):
             scale = torch.tensor(float(noise_std), dtype=torch.float64)
-        if scale.is_complex() or not bool(torch.isfinite(scale.detach()).all()) or bool((scale.detach() < 0).any()):
+        if scale.is_complex() or (not scale.requires_grad and (not bool(torch.isfinite(scale.detach()).all())
+                                                                or bool((scale.detach() < 0).any()))):
+            # a level that carries gradients is a latent site under inference (an HMC / NUTS proposal):
+            # an overflow to inf or 0 there gets a non-finite log-density, which the kernel rejects
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         operator.check_input(x)
         n_in = len(operator.in_shape)
@@ -86,7 +89,7 @@ class GaussianMeasurement(TorchDistribution):
         return loc.expand(shape) + self._scale_b() * z
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        if bool((self.scale.detach() == 0).any()):
+        if not self.scale.requires_grad and bool((self.scale.detach() == 0).any()):
             raise ValueError("log_prob of a noiseless GaussianMeasurement (noise_std=0) is not defined")
         self.check_observation(y)
         n_out = len(self.event_shape)
