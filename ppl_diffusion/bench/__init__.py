@@ -27,6 +27,10 @@ current directory).
 * :mod:`.exactness` — the exact samplers against the spread of exact draws on new GMM families (full
   covariances, uneven weights, spread spectra): inside / outside on SW, component TV, 90 % coverage;
   the independent-run minor-mode weight (``mode_bias``).
+* :mod:`.latent_e2` — the latent solvers against the exact posterior of a linear "autoencoder" with a
+  Gaussian-mixture latent prior (E2), with the noise floor, coverage and network calls.
+* :mod:`.latent_images` — the latent solvers on held-out images of a shipped latent prior, beside
+  pixel-space DPS / DDRM on the pixel prior.
 * :mod:`.text_e3` — P2L / TReg / DreamSampler on the exact text-conditioned problem E3 (posterior, P2L's
   prompt against the empirical-Bayes prompt, TReg's adaptive negation).
 * :mod:`.text_images` — the same solvers on held-out digits with the shipped ``digits-text`` prior
