@@ -1,22 +1,23 @@
 """Combining independent SMC runs by their evidence, and saying when a run's draws are unreliable.
 
-Why (measured, benchmarks/results/smc_mode_bias.md): one draw from each of ``R`` independent runs of
+Why (benchmarks/results/smc_mode_bias.md): one draw from each of ``R`` independent runs of
 ``N`` particles follows, per run, the law ``E[sum_i W_i delta_{x_i}]``, which is not the SMC target:
 with ``Z_hat`` the run's evidence estimate (unbiased for ``Z``) and ``pi_hat(f) = sum_i W_i f(x_i)``,
 ``E[Z_hat pi_hat(f)] = Z pi(f)``, so
 
     E[pi_hat(f)] - pi(f) = -Cov(Z_hat / Z, pi_hat(f))                               (1)
 
-(e.g. Naesseth, Lindsten & Schön, "Elements of Sequential Monte Carlo", 2019, Sec. 4.2 on the
-unbiasedness of ``Z_hat``). On a multimodal posterior a run that has lost a mode in an early
+(``Z_hat`` is unbiased: Del Moral, "Feynman-Kac Formulae", Springer 2004; see also Naesseth,
+Lindsten & Schön, "Elements of Sequential Monte Carlo", Foundations and Trends in ML 2019).
+On a multimodal posterior a run that has lost a mode in an early
 resampling cannot re-weight it later: its ``Z_hat`` knows, its particles do not. That covariance is
 the independent-run mode-weight bias; it does not vanish with more runs, only with ``N``.
 
 Weighting run ``r`` by ``Z_hat_r`` removes it: the pooled particle weights
 ``Z_hat_r W_{r,i} / sum_s Z_hat_s`` give, by (1), a ratio estimator of ``pi(f)`` that is consistent
 as ``R -> infinity`` at fixed ``N`` (the combination of independent SMC samplers by their
-normalising-constant estimates; Whiteley, Lee & Heine, "On the role of interaction in sequential
-Monte Carlo algorithms", Bernoulli 2016, Sec. 2). :func:`pooled_resample` draws from it.
+normalising-constant estimates, as in Whiteley, Lee & Heine, "On the role of interaction in
+sequential Monte Carlo algorithms", Bernoulli 2016). :func:`pooled_resample` draws from it.
 
 The same identity bounds the bias of the independent-run draws (Cauchy-Schwarz, ``sd(pi_hat(f)) <= 1/2``
 for the probability of any set, e.g. of a mode):
@@ -25,6 +26,10 @@ for the probability of any set, e.g. of a mode):
 
 and the ESS of the run weights, ``(sum Z_hat)^2 / sum Z_hat^2 = R / (1 + cv_hat^2)``, is how many runs
 the pooled estimate effectively rests on. :func:`reliability` reports both per measurement.
+
+Measured (benchmarks/results/exactness_d8_dy*.md, exactness_d80_dy2.md): with 100-200 runs the pooled
+draws trade the bias for variance and are worse than one draw per run on more problems than they
+help (a few runs carry most of the evidence), so they are opt-in (``draw(pooled=True)``).
 """
 from __future__ import annotations
 
