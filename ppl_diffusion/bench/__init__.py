@@ -18,6 +18,8 @@ current directory).
 * :mod:`.latents`  — PMMH / Gibbs on GMM problems with an unknown noise level or gain, against exact
   posteriors by quadrature over theta.
 * :mod:`.latents_joint` — joint DPS and RED-Diff's autoguide on theta, on the same problems.
+* :mod:`.blind_e1` — BlindDPS, GibbsDDRM, Blind RED-Diff on the exact blind GMM problem (phi by quadrature).
+* :mod:`.blind_images` — blind deblurring of held-out digits with the shipped kernel prior.
 * :mod:`.plates`   — a plate of measurements against separate runs on the shipped digits prior.
 * :mod:`.red_diff_defaults` — RED-Diff's prior weight (our units against the paper's balance) on the
   demo tasks and the exact GMM check.
