@@ -259,30 +259,33 @@ def test_latent_solver_is_a_pyro_guide(e2):
 
 
 # -- the shipped latent priors ------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["digits-latent"])
-def test_shipped_latent_prior_reconstructs_and_samples_like_the_data(name):
+@pytest.mark.parametrize("name,latent_shape,min_psnr", [("digits-latent", (4, 4, 4), 28.0),
+                                                         ("patches-latent", (4, 8, 8), 24.0)])
+def test_shipped_latent_prior_reconstructs_and_samples_like_the_data(name, latent_shape, min_psnr):
     """Held-out reconstructions are sharp (PSNR) and decoded samples are as close to the training data
     as held-out images are (nearest-neighbour RMS distance), without copying it."""
     from ppl_diffusion.models.zoo import heldout_images, list_priors, load_prior, prior_info
-    from ppl_diffusion.training.data import digits_dataset
+    from ppl_diffusion.training.data import digits_dataset, patches_dataset
 
     if name not in list_priors():
         pytest.skip(f"{name} weights not installed")
     prior = load_prior(name, steps=100)
-    assert isinstance(prior, LatentDiffusionPrior) and prior.latent_shape == (4, 4, 4)
+    assert isinstance(prior, LatentDiffusionPrior) and prior.latent_shape == latent_shape
+    data = name.split("-")[0]
     info = prior_info(name)
-    assert info["command"].startswith("python -m ppl_diffusion.training.latent --dataset digits")
+    assert info["command"].startswith(f"python -m ppl_diffusion.training.latent --dataset {data}")
     x = heldout_images(name)
     with torch.no_grad():
         rec = prior.autoencoder.decode(prior.autoencoder.encode(x))
     psnr = 10 * torch.log10(4.0 / (rec - x).pow(2).flatten(1).mean(1))
-    assert float(psnr.mean()) > 28.0  # measured 31.0 dB (training.json)
+    assert float(psnr.mean()) > min_psnr  # measured 31.0 (digits) / 25.8 dB (patches), training.json
     s = prior.sample((32,), generator=_gen(3)).clamp(-1, 1)
-    train = digits_dataset("train")
+    train = digits_dataset("train") if data == "digits" else patches_dataset("train", num=2048)
 
     def nn(a, b):
-        return (torch.cdist(a.flatten(1).double(), b.flatten(1).double()).min(1).values / 16.0).mean()
+        return (torch.cdist(a.flatten(1).double(), b.flatten(1).double()).min(1).values / a[0].numel() ** 0.5).mean()
 
     d_samples, d_heldout = float(nn(s, train)), float(nn(x, train))
-    assert 0.5 * d_heldout < d_samples < 1.8 * d_heldout, (d_samples, d_heldout)  # measured 0.25 vs 0.18
-    assert abs(float(s.mean()) - float(train.mean())) < 0.1  # ink fraction of the data
+    # measured (64 samples, training.json): digits 0.25 vs 0.18, patches 0.17 vs 0.22
+    assert 0.5 * d_heldout < d_samples < 1.8 * d_heldout, (d_samples, d_heldout)
+    assert abs(float(s.mean()) - float(train.mean())) < 0.15  # brightness of the data
