@@ -72,12 +72,33 @@ def demo_config(fast: bool = False) -> dict:
     return {"samples": 16, "images": 3, "lin": lin, "phase": phase}
 
 
+def latent_demo_config(fast: bool = False) -> dict:
+    """Methods of the demo on a latent prior (``--prior digits-latent``): Latent DPS and MPGD on every
+    task (PSLD would refuse the blur and phase retrieval; see ``docs/latent.md`` for all five)."""
+    if fast:
+        lin = {"latent_dps": {"steps": 4}, "mpgd": {"steps": 4}}
+        return {"samples": 4, "images": 1, "lin": lin, "phase": {"latent_dps": {"steps": 4}}}
+    lin = {"latent_dps": {"steps": 100}, "mpgd": {"steps": 100}}
+    return {"samples": 16, "images": 3, "lin": lin, "phase": {"latent_dps": {"steps": 100}}}
+
+
 def _fmt(v, nd=2):
     if isinstance(v, float):
         if math.isnan(v):
             return "n/a"
         return f"{v:.{nd}f}"
     return str(v)
+
+
+def _latent_folder(prior):
+    """The folder of ``prior`` when it is a latent diffusion prior (has ``vae/``), else ``None``."""
+    from .models.zoo import prior_folder
+
+    try:
+        folder = prior_folder(prior)
+    except ValueError:
+        return None
+    return folder if (folder / "vae").is_dir() else None
 
 
 def run_demo(out="report", prior="digits", fast: bool = False, images: int | None = None, seed: int = 0,
@@ -96,6 +117,8 @@ def run_demo(out="report", prior="digits", fast: bool = False, images: int | Non
         torch.set_num_threads(int(threads))
     t_start = time.perf_counter()
     cfg = demo_config(fast)
+    if _latent_folder(prior) is not None:  # a latent diffusion prior: the latent solvers
+        cfg = latent_demo_config(fast)
     if methods_override:
         cfg.update(methods_override)
     n_img = int(images if images is not None else cfg["images"])

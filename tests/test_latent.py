@@ -289,3 +289,16 @@ def test_shipped_latent_prior_reconstructs_and_samples_like_the_data(name, laten
     # measured (64 samples, training.json): digits 0.25 vs 0.18, patches 0.17 vs 0.22
     assert 0.5 * d_heldout < d_samples < 1.8 * d_heldout, (d_samples, d_heldout)
     assert abs(float(s.mean()) - float(train.mean())) < 0.15  # brightness of the data
+
+
+def test_demo_uses_the_latent_solvers_on_a_latent_prior():
+    """`ppl-diffusion demo --prior digits-latent` runs latent solvers (the pixel ones would be refused)."""
+    from ppl_diffusion.demo import _latent_folder, latent_demo_config
+    from ppl_diffusion.models.zoo import list_priors
+
+    assert _latent_folder("digits") is None and _latent_folder("no/such-prior") is None
+    if "digits-latent" in list_priors():
+        assert _latent_folder("digits-latent") is not None
+    for fast in (True, False):
+        cfg = latent_demo_config(fast)
+        assert {SOLVERS[m].family for part in ("lin", "phase") for m in cfg[part]} == {"latent"}
