@@ -296,7 +296,7 @@ def test_demo_uses_the_latent_solvers_on_a_latent_prior():
     from ppl_diffusion.demo import _latent_folder, latent_demo_config
     from ppl_diffusion.models.zoo import list_priors
 
-    assert _latent_folder("digits") is None and _latent_folder("no/such-prior") is None
+    assert _latent_folder("digits") is None and _latent_folder("no-such-prior") is None
     if "digits-latent" in list_priors():
         assert _latent_folder("digits-latent") is not None
     for fast in (True, False):
