@@ -300,3 +300,19 @@ def test_reliability_bench_writes_its_table(tmp_path, monkeypatch):
     rel.main(["--out", str(tmp_path), "--skip-memory"])
     text = (tmp_path / "reliability.md").read_text()
     assert "| f | r | o |" in text and "| guide | run | 4 | yes |" in text
+
+
+def test_an_interrupted_pyro_mcmc_run_keeps_the_kernels_draws(gmm):
+    """Pyro's MCMC.run drops its samples on Ctrl-C (get_samples() then fails); our kernel keeps every
+    post-warm-up state it produced: kernel.samples_so_far()."""
+    from pyro.infer import MCMC
+
+    prior, op, model, y = gmm
+    kernel = PMC(_interrupt_model(prior, op, 15))
+    mcmc = MCMC(kernel, num_samples=30, warmup_steps=3, disable_progbar=True)
+    with pytest.raises(KeyboardInterrupt):
+        mcmc.run(y=y)
+    kept = kernel.samples_so_far()
+    assert kept.shape[0] == kernel._t - 3 and kept.shape[0] > 0, (kept.shape, kernel._t)
+    assert kept.shape[1:] == (4,) and torch.isfinite(kept).all()
+    assert not torch.equal(kept[0], kept[-1])  # the chain moved: these are its states, not a copy of one

@@ -250,6 +250,7 @@ class DiffusionKernel(MCMCKernel, Solver):
         self._warmup_steps = int(warmup_steps)
         self._t = 0
         self._divergences = []
+        self._kept = []  # post-warm-up states, so that an interrupted pyro.infer.MCMC.run keeps them
         if self._user_init is not None:
             x0 = self._user_init.to(problem.dtype)
         else:
@@ -286,8 +287,19 @@ class DiffusionKernel(MCMCKernel, Solver):
         if bool(bad.any()) and self._t >= self._warmup_steps:
             self._divergences.append(self._t - self._warmup_steps)
         self._last = self.schedule_info(self._t)
+        if self._t >= self._warmup_steps:
+            self._kept.append(new.reshape(self._state_shape).detach().clone())
         self._t += 1
         return {self.site: new.reshape(self._state_shape)}
+
+    def samples_so_far(self) -> torch.Tensor:
+        """The post-warm-up states of the current (or last) ``pyro.infer.MCMC`` run, ``(draw, *state)``,
+        every iteration (no thinning). Pyro's ``MCMC.run`` drops its samples when interrupted (Ctrl-C),
+        so ``mcmc.get_samples()`` then fails; this keeps what the chain computed."""
+        kept = getattr(self, "_kept", [])
+        if not kept:
+            return torch.empty((0, *self._state_shape)) if self.current_problem is not None else torch.empty(0)
+        return torch.stack(kept)
 
     def diagnostics(self):
         rate = 1.0 - len(self._divergences) / max(self._t - self._warmup_steps, 1)
