@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser"]
 
 _EPILOG = textwrap.dedent("""\
     first steps:
-      ppl-diffusion demo                      # the full report in ./report (~110 CPU-seconds, 1 thread)
+      ppl-diffusion demo                      # the full report in ./report (~90 s, 1 thread)
       ppl-diffusion demo --fast --out /tmp/r  # a seconds-scale version
       ppl-diffusion solve --image digit.png --operator sr --op-args factor=2 --method ddrm --out out/
       ppl-diffusion priors                    # shipped priors

@@ -50,8 +50,8 @@ def demo_config(fast: bool = False) -> dict:
 
     Linear tasks: DDRM (guide), RED-Diff (variational), MCGDiff (SMC); phase retrieval (nonlinear):
     DPS (guide), RED-Diff, PnP-DM (MCMC with Langevin likelihood steps). The full demo (3 images x 5
-    tasks x 3 methods, 16 draws each) used 110 CPU-seconds on one torch thread (measured 2026-11-30:
-    about 2 minutes alone on one core; 18 minutes of wall time on the 2-core machine shared with ~18
+    tasks x 3 methods, 16 draws each) takes 88 s wall / 81 CPU-seconds on one torch thread (measured
+    2026-11-30 on a quiet 2-core machine; 18 minutes of wall time on the same machine shared with ~18
     busy processes)."""
     if fast:
         lin = {"ddrm": {"steps": 4}, "red_diff": {"steps": 10, "lr": 0.1},
