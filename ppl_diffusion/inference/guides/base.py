@@ -52,6 +52,19 @@ REQUIREMENTS = {
 }
 
 
+
+def sample_prior_site(problem: Problem, x: torch.Tensor, frames) -> torch.Tensor:
+    """Emit a guide's draws ``x`` ``(n, *event)`` at the prior site as a ``Delta``, laid out over the
+    enclosing plate ``frames`` (``x[0]`` when there are none)."""
+    if frames:
+        batch = [1] * max(-f.dim for f in frames)
+        for f in frames:
+            batch[f.dim] = f.size
+        x = x.reshape(tuple(batch) + tuple(problem.event_shape))
+    else:
+        x = x[0]
+    return pyro.sample(problem.prior_site, dist.Delta(x, event_dim=len(problem.event_shape)))
+
 class DiffusionGuide(Solver):
     """Base class. Subclasses declare their options as explicit keyword arguments of ``__init__``
     (with the shared ``steps``, ``eta``, ``grid``, ``prior_site``, ``progress`` and their own
@@ -187,13 +200,4 @@ class DiffusionGuide(Solver):
             else:
                 v = v[0]
             pyro.sample(name, dist.Delta(v, event_dim=len(own) - len(bs)))
-        ne = len(problem.event_shape)
-        frames = plates + list(problem.plates)
-        if frames:
-            batch = [1] * max(-f.dim for f in frames)
-            for f in frames:
-                batch[f.dim] = f.size
-            x = x.reshape(tuple(batch) + tuple(problem.event_shape))
-        else:
-            x = x[0]
-        return pyro.sample(problem.prior_site, dist.Delta(x, event_dim=ne))
+        return sample_prior_site(problem, x, plates + list(problem.plates))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
 import torch
 from pyro.poutine.runtime import get_plates
 
@@ -110,13 +108,6 @@ class LatentSolver(Solver):
         problem = self.problem(*args, **kwargs)
         with torch.enable_grad():
             z = self.run(problem, n, None).detach()
-        x = problem.prior.autoencoder.decode(z)
-        ne = len(problem.event_shape)
-        if plates:
-            batch = [1] * max(-f.dim for f in plates)
-            for f in plates:
-                batch[f.dim] = f.size
-            x = x.reshape(tuple(batch) + tuple(problem.event_shape))
-        else:
-            x = x[0]
-        return pyro.sample(problem.prior_site, dist.Delta(x, event_dim=ne))
+        from ..guides.base import sample_prior_site
+
+        return sample_prior_site(problem, problem.prior.autoencoder.decode(z), plates)
