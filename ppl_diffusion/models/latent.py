@@ -154,7 +154,7 @@ class LatentDiffusionPrior(TorchDistribution):
 def load_autoencoder(folder, device=None, dtype=None) -> KLAutoencoder:
     """The :class:`KLAutoencoder` of ``folder/vae`` (or of ``folder`` itself when it holds the VAE's
     ``config.json``): an ``AutoencoderKL`` config and safetensors weights, checked."""
-    from .zoo import _load_state_dict, _read_json, _weights_file
+    from .zoo import _load_state_dict, _read_json, _weights_file, build_diffusers_module
 
     folder = Path(folder)
     vae_dir = folder / "vae" if (folder / "vae").is_dir() else folder
@@ -170,25 +170,8 @@ def load_autoencoder(folder, device=None, dtype=None) -> KLAutoencoder:
     weights = _weights_file(vae_dir)
     state = _load_state_dict(weights)
     from diffusers import AutoencoderKL
-    from diffusers.utils import logging as dlogging
 
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        vae = AutoencoderKL.from_config(cfg)
-    except Exception as e:
-        raise ValueError(f"{cfg_file}: cannot build an AutoencoderKL ({type(e).__name__}: {e})") from e
-    finally:
-        dlogging.set_verbosity(verbosity)
-    try:
-        vae.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        msg = str(e).splitlines()
-        raise ValueError(f"{weights} does not match {cfg_file}: {' '.join(m.strip() for m in msg[:3])}") from e
-    vae.requires_grad_(False).eval()
-    if device is not None or dtype is not None:
-        vae.to(device=device, dtype=dtype)
-    return KLAutoencoder(vae)
+    return KLAutoencoder(build_diffusers_module(AutoencoderKL, cfg, cfg_file, state, weights, device, dtype))
 
 
 def load_latent_prior(name_or_path, device=None, dtype=None, clip_x0: bool = False, **prior_kwargs):

@@ -268,25 +268,32 @@ def load_unet(name_or_path=DEFAULT_PRIOR, device=None, dtype=None):
     state = _load_state_dict(weights)
 
     from diffusers import UNet2DModel
+
+    return build_diffusers_module(UNet2DModel, cfg, cfg_file, state, weights, device, dtype), sched_cfg
+
+
+def build_diffusers_module(cls, cfg: dict, cfg_file, state: dict, weights, device=None, dtype=None):
+    """``cls.from_config(cfg)`` with the ``state`` loaded strictly, frozen in eval mode; a config it
+    cannot build or weights that do not match raise a ValueError naming the files."""
     from diffusers.utils import logging as dlogging
 
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # unknown config keys are ignored with a warning otherwise
     try:
-        unet = UNet2DModel.from_config(cfg)
+        module = cls.from_config(cfg)
     except Exception as e:
-        raise ValueError(f"{cfg_file}: cannot build a UNet2DModel from this config ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{cfg_file}: cannot build a {cls.__name__} from this config ({type(e).__name__}: {e})") from e
     finally:
         dlogging.set_verbosity(verbosity)
     try:
-        unet.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         msg = str(e).splitlines()
         raise ValueError(f"{weights} does not match {cfg_file}: {' '.join(m.strip() for m in msg[:3])}") from e
-    unet.requires_grad_(False).eval()
+    module.requires_grad_(False).eval()
     if device is not None or dtype is not None:
-        unet.to(device=device, dtype=dtype)
-    return unet, sched_cfg
+        module.to(device=device, dtype=dtype)
+    return module
 
 
 def load_prior(name_or_path=DEFAULT_PRIOR, device=None, dtype=None, clip_x0: bool | None = None,
