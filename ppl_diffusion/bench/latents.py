@@ -72,13 +72,13 @@ def gibbs_run(problem, chains: int, draws: int, warmup: int, particles: int, ste
 
 
 def bench_gibbs(kind: str, n_problems: int, chains: int, draws: int, warmup: int, particles: int, steps: int,
-                out=None, cmd: str = "", method: str = "gibbs", x_sampler: str = "tds") -> str:
+                out=None, cmd: str = "", method: str = "gibbs", x_sampler: str = "tds", first: int = 0) -> str:
     sched = VPSchedule.gmm_benchmark("mcgdiff")
     table = MarkdownTable("problem", "theta true", "exact mean ± std", "sampler mean (err / exact std)",
                           "exact 90 % interval", "sampler 90 % interval", "true in sampler 90 %", "R-hat", "ESS",
                           "x SW / floor", "x ESS", "x SW / floor at ESS", "x 90 % coverage", "s")
     inside, errs, rhats, covs, ratios, ess_ratios = [], [], [], [], [], []
-    for seed in range(n_problems):
+    for seed in range(first, first + n_problems):
         pb = PROBLEMS[kind](d=8, d_y=4, seed=seed, schedule=sched)
         theta, x, secs = gibbs_run(pb, chains, draws, warmup, particles, steps, seed, method, x_sampler)
         ex = pb.exact
@@ -132,6 +132,8 @@ def main(argv=None):
     p.add_argument("--kind", choices=sorted(PROBLEMS) + ["all"], default="all")
     p.add_argument("--method", choices=["gibbs", "pmmh"], default="gibbs")
     p.add_argument("--problems", type=int, default=3)
+    p.add_argument("--first-problem", type=int, default=0,
+                   help="seed of the first problem (to run problems in separate processes)")
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--draws", type=int, default=250)
     p.add_argument("--warmup", type=int, default=100)
@@ -146,7 +148,7 @@ def main(argv=None):
     cmd = shlex.join(["python", "benchmarks/latents.py"] + argv)
     for kind in (sorted(PROBLEMS) if a.kind == "all" else [a.kind]):
         print(bench_gibbs(kind, a.problems, a.chains, a.draws, a.warmup, a.particles, a.steps, a.out, cmd, a.method,
-                          a.x_sampler))
+                          a.x_sampler, a.first_problem))
 
 
 if __name__ == "__main__":
