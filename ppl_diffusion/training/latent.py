@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import DATASETS, _make_source
-from .loop import _lr_factor, _nn_dist, _save_grid
+from .loop import _lr_factor, _nn_dist, _save_grid, fit_epsilon_on_tensor
 from .unet import SCHEDULER_CONFIG, build_unet
 
 __all__ = ["LATENT_PRESETS", "train_latent_prior", "main"]
@@ -140,36 +139,11 @@ def train_latent_prior(dataset: str, out_dir, *, seed: int = 0, ae_steps: int | 
     sched_cfg = dict(SCHEDULER_CONFIG)
     scheduler = DDPMScheduler(**sched_cfg)
     ac = scheduler.alphas_cumprod.to(torch.float32)
-    opt = torch.optim.AdamW(unet.parameters(), lr=p["unet_lr"], weight_decay=0.0)
-    sch = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, 200, unet_steps))
-    params, ema_params = list(unet.parameters()), list(ema.parameters())
     log(f"[latent] latent UNet {n_unet / 1e6:.2f}M params on {tuple(lat.shape[1:])} latents ({lat.shape[0]} "
         f"encoded augmented images), {unet_steps} steps", flush=True)
-    t1 = time.perf_counter()
-    unet_curve, run, k = [], 0.0, 0
-    unet.train()
-    for step in range(unet_steps):
-        z0 = lat[torch.randint(0, lat.shape[0], (ubs,), generator=g)]
-        t = torch.randint(0, ac.numel(), (ubs,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
-        ab = ac[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(unet(ab.sqrt() * z0 + (1 - ab).sqrt() * eps, t).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sch.step()
-        d = min(p["ema_decay"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        run += float(loss.detach())
-        k += 1
-        if (step + 1) % 500 == 0 or step + 1 == unet_steps:
-            unet_curve.append([step + 1, round(run / k, 5)])
-            log(f"[latent] unet step {step + 1}/{unet_steps} loss {run / k:.4f} {time.perf_counter() - t1:.0f}s",
-                flush=True)
-            run, k = 0.0, 0
-    unet_time = time.perf_counter() - t1
+    unet_curve, unet_time = fit_epsilon_on_tensor(unet, ema, lat, ac, steps=unet_steps, batch_size=ubs,
+                                                  lr=p["unet_lr"], ema_decay=p["ema_decay"], generator=g, log=log,
+                                                  prefix="[latent] unet")
 
     # save and evaluate -----------------------------------------------------------------------
     out = Path(out_dir)

@@ -294,3 +294,41 @@ def _command_line(dataset, out, steps, batch_size, lr, seed, channels, attention
     if num_threads:
         parts.append(f"--threads {int(num_threads)}")
     return " ".join(parts)
+
+
+def fit_epsilon_on_tensor(unet, ema, data: torch.Tensor, alphas_cumprod: torch.Tensor, *, steps: int,
+                          batch_size: int, lr: float, ema_decay: float, generator: torch.Generator,
+                          warmup: int = 200, log_every: int = 500, log=None, prefix: str = "") -> tuple:
+    """Fit ``unet`` to epsilon-prediction on the rows of the tensor ``data`` (uniform timesteps of the
+    DDPM schedule ``alphas_cumprod``) with AdamW, linear warm-up + cosine decay, gradient-norm clip
+    1.0 and an EMA ``ema`` of the weights (decay ``min(ema_decay, (1 + k) / (10 + k))``). Random draws
+    per step, in this order from ``generator``: batch indices, timesteps, noise. Returns
+    ``(loss_curve, seconds)``; ``log(f"{prefix} step ...")`` every ``log_every`` steps."""
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    sch = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, steps))
+    params, ema_params = list(unet.parameters()), list(ema.parameters())
+    t0 = time.perf_counter()
+    curve, run, k = [], 0.0, 0
+    unet.train()
+    for step in range(steps):
+        x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]
+        t = torch.randint(0, alphas_cumprod.numel(), (batch_size,), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(unet(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t).sample, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sch.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        run += float(loss.detach())
+        k += 1
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            curve.append([step + 1, round(run / k, 5)])
+            if log is not None:
+                log(f"{prefix} step {step + 1}/{steps} loss {run / k:.4f} {time.perf_counter() - t0:.0f}s", flush=True)
+            run, k = 0.0, 0
+    return curve, time.perf_counter() - t0
