@@ -144,13 +144,18 @@ class InputOptimiser(Solver):
                     es_window, es_patience, init, generator) -> None:
         m = type(self).name
         self.iterations = check_int("iterations", iterations, m)
-        self.optimizer = check_choice("optimizer", optimizer, OPTIMIZERS, m)
-        self.lr = check_number("lr", lr, m, low=0.0, low_open=True)
-        self.loss = check_choice("loss", loss, LOSSES, m)
         self.sphere = bool(sphere)
         self.early_stopping = check_choice("early_stopping", early_stopping, EARLY_STOPPING, m)
         self.es_window = check_int("es_window", es_window, m, minimum=2)
         self.es_patience = check_int("es_patience", es_patience, m)
+        self._set_fit(structure, optimizer=optimizer, lr=lr, loss=loss, init=init, generator=generator)
+
+    def _set_fit(self, structure: Problem, *, optimizer, lr, loss, init, generator) -> None:
+        """Check and keep the options of the fit itself (optimizer, lr, loss, init, generator)."""
+        m = type(self).name
+        self.optimizer = check_choice("optimizer", optimizer, OPTIMIZERS, m)
+        self.lr = check_number("lr", lr, m, low=0.0, low_open=True)
+        self.loss = check_choice("loss", loss, LOSSES, m)
         if init is not None and not isinstance(init, torch.Tensor):
             raise OptionError(f"{m}: init must be None (z ~ N(0, I)) or a tensor of initial inputs, got {init!r}")
         self.init, self.generator = init, generator
