@@ -27,7 +27,8 @@ from ppl_diffusion.models.consistency import (
 )
 from tests.test_solver_contract import _checked_options
 
-OPT = sorted(n for n, i in SOLVERS.items() if i.family == "optimisation")
+#: the pixel-prior optimisers (Score-ILO needs a latent prior's decoder: tests/test_score_ilo.py)
+OPT = sorted(n for n, i in SOLVERS.items() if i.family == "optimisation" and not i.load().latent_prior)
 
 
 def _gd_iterate(B, c, z0, lr, k):

@@ -101,6 +101,9 @@ _DECLARATIONS = [
     _s("consistent_csgm", "optimise.consistent_csgm:ConsistentCSGM", "optimisation", "likelihood",
        "Consistent-CSGM: CSGM through a distilled consistency model (digits_cm); point estimates",
        "consistent-csgm"),
+    _s("score_ilo", "optimise.score_ilo:ScoreILO", "optimisation", "likelihood",
+       "Score-ILO (Daras et al. 2022): fit z, then a decoder layer h, with score pulls; latent prior",
+       "score-ilo", "sgilo"),
 ]
 
 _DECLARATIONS += [  # latent diffusion priors (LatentDiffusionPrior), inference/latent/
