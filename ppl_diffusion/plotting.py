@@ -8,6 +8,8 @@ the ``Figure``; pass ``path=`` to also save a PNG (the figure is then closed).
 * :func:`posterior_grid` — one row per (image, method) of those panels, with shared colour scales;
 * :func:`uncertainty_map` — std next to ``|error|`` with their correlation;
 * :func:`measurement_image` — a displayable image of a measurement ``y`` for any operator;
+* :func:`kernel_grid` — blind problems: the true kernel beside the posterior-mean kernel, a few
+  kernel draws and the per-pixel kernel std, one row per posterior;
 * :func:`plot_scalar_traces` — ArviZ ``plot_trace`` of scalar draws (e.g. per-image log-likelihood).
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["to_display", "measurement_image", "posterior_row_images", "posterior_grid", "uncertainty_map",
-           "plot_scalar_traces", "save_figure"]
+           "kernel_row_images", "kernel_grid", "plot_scalar_traces",
+           "save_figure"]
 
 
 def _np(x) -> np.ndarray:
@@ -120,15 +123,36 @@ def posterior_grid(rows: Sequence[dict], path=None, title: str | None = None, vm
                                        r.get("n_samples_shown", 3)) for r in rows]
     if not panel_rows:
         raise ValueError("rows: need at least one posterior")
-    ncol = max(len(p) for p in panel_rows)
     # std and |error| share one colour scale per row (comparable within a posterior, readable across
     # methods of very different accuracy)
     umaxes = [max([float(np.nanmax(img)) for (_, img, k) in p if k in ("std", "error")] + [1e-6]) for p in panel_rows]
-    figsize = (cell * ncol, cell * len(panel_rows) + (0.4 if title else 0))
-    fig, axes = plt.subplots(len(panel_rows), ncol, figsize=figsize, squeeze=False)
     cmap_img = plt.get_cmap("gray").with_extremes(bad="tab:blue")
-    for r, (panels, row) in enumerate(zip(panel_rows, rows)):
+
+    def draw(ax, r, name, img, kind):
         umax = umaxes[r]
+        if kind == "image":
+            ax.imshow(img, cmap=cmap_img, vmin=vmin, vmax=vmax, interpolation="nearest")
+        elif kind == "y":
+            finite = img[np.isfinite(img)]
+            if "log" in name and finite.size:
+                ax.imshow(img, cmap="viridis", interpolation="nearest")
+            else:
+                ax.imshow(img, cmap=cmap_img, vmin=vmin, vmax=vmax, interpolation="nearest")
+        else:
+            ax.imshow(img, cmap="magma", vmin=0.0, vmax=umax, interpolation="nearest")
+        if kind in ("std", "error"):
+            ax.set_xlabel(f"max {umax:.2f}", fontsize=6)
+
+    return _panel_grid(panel_rows, rows, draw, cell, cell, title, path)
+
+
+def _panel_grid(panel_rows: list, rows: Sequence[dict], draw, cell: float, row_height: float, title, path):
+    """A figure of ``panel_rows`` (lists of ``(name, img, kind)``), one row each: ``draw(ax, r, name,
+    img, kind)`` draws a panel; names head the first row, ``rows[r]["label"]`` labels row ``r``."""
+    ncol = max(len(p) for p in panel_rows)
+    figsize = (cell * ncol, row_height * len(panel_rows) + (0.4 if title else 0))
+    fig, axes = plt.subplots(len(panel_rows), ncol, figsize=figsize, squeeze=False)
+    for r, (panels, row) in enumerate(zip(panel_rows, rows)):
         for c in range(ncol):
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])
@@ -136,20 +160,9 @@ def posterior_grid(rows: Sequence[dict], path=None, title: str | None = None, vm
                 ax.axis("off")
                 continue
             name, img, kind = panels[c]
-            if kind == "image":
-                ax.imshow(img, cmap=cmap_img, vmin=vmin, vmax=vmax, interpolation="nearest")
-            elif kind == "y":
-                finite = img[np.isfinite(img)]
-                if "log" in name and finite.size:
-                    ax.imshow(img, cmap="viridis", interpolation="nearest")
-                else:
-                    ax.imshow(img, cmap=cmap_img, vmin=vmin, vmax=vmax, interpolation="nearest")
-            else:
-                ax.imshow(img, cmap="magma", vmin=0.0, vmax=umax, interpolation="nearest")
+            draw(ax, r, name, img, kind)
             if r == 0:
                 ax.set_title(name, fontsize=7)
-            if kind in ("std", "error"):
-                ax.set_xlabel(f"max {umax:.2f}", fontsize=6)
             if c == 0 and row.get("label"):
                 ax.set_ylabel(row["label"], fontsize=7)
     if title:
@@ -177,6 +190,54 @@ def uncertainty_map(samples, truth, path=None, title: str | None = None):
     fig.colorbar(im, ax=list(axes), fraction=0.046)
     fig.suptitle((title + " - " if title else "") + f"corr(std, |err|) = {corr:.2f}", fontsize=8)
     return save_figure(fig, path)
+
+
+def kernel_row_images(kernels, truth=None, n_draws_shown: int = 3) -> list:
+    """``[(title, kernel, kind)]`` panels of one kernel posterior; ``kind`` in {'kernel', 'std'}.
+
+    ``kernels`` is ``(n, kh, kw)`` or ``(chain, draw, kh, kw)`` (chains are pooled)."""
+    k = torch.as_tensor(_np(kernels))
+    if k.ndim < 2:
+        raise ValueError(f"kernels: expected (n, kh, kw) or (chain, draw, kh, kw), got shape {tuple(k.shape)}")
+    k = k.reshape((-1,) + tuple(k.shape[-2:]))
+    mean = k.mean(0)
+    std = k.std(0) if k.shape[0] > 1 else torch.zeros_like(mean)
+    panels = []
+    if truth is not None:
+        t = torch.as_tensor(_np(truth))
+        if tuple(t.shape) != tuple(mean.shape):
+            raise ValueError(f"truth: a kernel of shape {tuple(mean.shape)} expected, got {tuple(t.shape)}")
+        panels.append(("true kernel", t.numpy(), "kernel"))
+        panels.append((f"posterior mean\nMSE {float(((mean - t) ** 2).mean()):.1e}", mean.numpy(), "kernel"))
+    else:
+        panels.append(("posterior mean", mean.numpy(), "kernel"))
+    for i in range(min(n_draws_shown, k.shape[0])):
+        panels.append((f"draw {i + 1}", k[i].numpy(), "kernel"))
+    panels.append(("kernel std", std.numpy(), "std"))
+    return panels
+
+
+def kernel_grid(rows: Sequence[dict], path=None, title: str | None = None, cell: float = 1.35):
+    """Blind problems: one figure row per kernel posterior. Each ``row`` is a dict with ``kernels``
+    (``(n, kh, kw)`` draws) and optionally ``truth`` (the true kernel), ``label`` and
+    ``n_draws_shown`` (default 3). Panels: true kernel, posterior-mean kernel (with its MSE), draws,
+    per-pixel std. The kernels of a row share one colour scale (``viridis``, 0 to the row's largest
+    entry), the std its own (``magma``); both maxima are printed under the panels."""
+    panel_rows = [kernel_row_images(r["kernels"], r.get("truth"), r.get("n_draws_shown", 3)) for r in rows]
+    if not panel_rows:
+        raise ValueError("rows: need at least one kernel posterior")
+    # per row: the kernels share 0..their largest entry, the std its own scale
+    vmax = [{k: max([float(np.nanmax(img)) for (_, img, kind) in panels if kind == k] + [1e-6])
+             for k in ("kernel", "std")} for panels in panel_rows]
+
+    def draw(ax, r, name, img, kind):
+        ax.imshow(img, cmap="viridis" if kind == "kernel" else "magma", vmin=0.0, vmax=vmax[r][kind],
+                  interpolation="nearest")
+        ax.set_xlabel(f"max {vmax[r][kind]:.3f}", fontsize=6)
+        if "MSE" in name:  # its own MSE on every row
+            ax.set_title(name, fontsize=7)
+
+    return _panel_grid(panel_rows, rows, draw, cell, cell + 0.25, title, path)
 
 
 def plot_scalar_traces(idata, var_names: Sequence[str] | None = None, group: str = "log_likelihood",
