@@ -19,6 +19,7 @@ _EPILOG = textwrap.dedent("""\
       ppl-diffusion demo                      # the full report in ./report (~90 s, 1 thread)
       ppl-diffusion demo --fast --out /tmp/r  # a seconds-scale version
       ppl-diffusion solve --image digit.png --operator sr --op-args factor=2 --method ddrm --out out/
+      ppl-diffusion solve --image digit.png --task blind_deblur --method blind_dps --out out/  # unknown kernel
       ppl-diffusion priors                    # shipped priors
       ppl-diffusion methods                   # registered solvers (name, family, needs)
       ppl-diffusion solve --list              # methods and operators
@@ -56,7 +57,9 @@ def _add_demo(sub):
                    help=f"held-out images per task (default {full['images']}; {fast['images']} with --fast)")
     p.add_argument("--samples", type=int, default=None,
                    help=f"posterior draws per image (default {full['samples']}; {fast['samples']} with --fast)")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of: inpainting,box,sr2,deblur,phase")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of: inpainting,box,sr2,deblur,phase "
+                   "(default: all five), and the opt-in blind_deblur (an unknown 7x7 kernel: BlindDPS and Blind "
+                   "RED-Diff, figures with the estimated kernels; about 50 CPU-s more on digits)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -80,9 +83,11 @@ def _cmd_demo(args):
 # solve
 # ---------------------------------------------------------------------------------------------
 def _add_solve(sub):
+    from .blind_tasks import BLIND_TASKS
     from .tasks import OPERATORS
 
     ops = "\n".join(f"  {k:<11} {v}" for k, v in OPERATORS.items())
+    blind = "\n".join(f"  {k:<11} {v}" for k, v in BLIND_TASKS.items())
     p = sub.add_parser(
         "solve", help="sample the posterior for your own image or measurement",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,8 +98,14 @@ def _add_solve(sub):
             of the operator's output shape). Writes OUT/samples.npy (draws, C, H, W), OUT/mean.npy,
             OUT/std.npy, OUT/posterior.png, OUT/uncertainty.png (with --image), OUT/posterior.nc and
             OUT/result.json (metrics when the truth is known, NFE, time).
+            --task blind_deblur instead of --operator: a blur by an UNKNOWN 7x7 kernel, inferred with the
+            image by a blind solver (--method blind_dps, gibbs_ddrm or blind_red_diff) under the shipped
+            'kernels' prior; with --image the true kernel comes from our seeded generator. Adds
+            OUT/kernels.npy (draws, 7, 7), OUT/kernel_true.npy and OUT/kernels.png (true kernel,
+            posterior-mean kernel, draws, std); posterior.nc holds x and k.
             """),
         epilog="operators (--operator NAME --op-args key=value,...):\n" + ops +
+               "\n\nblind tasks (--task NAME --op-args key=value,...):\n" + blind +
                "\n\nmethods: see `ppl-diffusion methods`; --method-args takes a JSON object of the "
                "solver's options,\ne.g. --method ddrm --method-args '{\"steps\": 50}', --method pnpdm --method-args "
                "'{\"chains\": 4, \"warmup\": 20}'.")
@@ -103,6 +114,8 @@ def _add_solve(sub):
     src.add_argument("--image", help="ground-truth image (.png or .npy) to simulate the measurement from")
     src.add_argument("--measurement", help="measurement y as .npy (shape = the operator's output shape)")
     p.add_argument("--operator", default=None, help="forward operator (see below)")
+    p.add_argument("--task", default=None, choices=["blind_deblur"],
+                   help="a blind task instead of --operator: blind_deblur (unknown 7x7 kernel; see below)")
     p.add_argument("--op-args", action="append", default=None, help="operator parameters key=value[,key=value]")
     p.add_argument("--noise-std", type=float, default=0.05, help="sigma_y on the [-1, 1] scale (default 0.05)")
     p.add_argument("--method", default="dps",
@@ -190,6 +203,7 @@ def _cmd_solve(args):
     import torch
 
     from .compat import ensure_diffusers_importable
+    from .blind_tasks import BlindDeblur, add_true_kernel, check_blind_method, kernel_metrics
     from .evaluation import CALIBRATION, coverage_flag, evaluate
     from .methods import method_key, run_method
     from .tasks import OPERATORS, make_model, make_operator, parse_op_args
@@ -201,11 +215,15 @@ def _cmd_solve(args):
         for k, v in OPERATORS.items():
             print(f"  {k:<11} {v}")
         return 0
-    if args.operator is None:
-        raise ValueError("--operator is required (e.g. --operator inpainting); see `ppl-diffusion solve --help`")
+    if args.operator is None and args.task is None:
+        raise ValueError("--operator is required (e.g. --operator inpainting), or --task blind_deblur; see "
+                         "`ppl-diffusion solve --help`")
+    if args.operator is not None and args.task is not None:
+        raise ValueError(f"--task {args.task} brings its own operator (a blur by an unknown kernel): drop --operator")
     if not args.image and not args.measurement:
         raise ValueError("give --image (ground truth to simulate y from) or --measurement (y as .npy)")
     key = method_key(args.method)  # unknown method -> error before loading anything
+    check_blind_method(key, args.task is not None)
     try:
         opts = json.loads(args.method_args)
     except json.JSONDecodeError as e:
@@ -229,21 +247,32 @@ def _cmd_solve(args):
                              "takes no prompt")
         prior = prior.condition(args.prompt, guidance=args.guidance)
     shape = tuple(prior.event_shape)
-    op = make_operator(args.operator, shape, **op_args)
+    blind = None
+    if args.task is not None:  # blind_deblur: the operator KernelBlur(k) of an unknown kernel k
+        unknown = set(op_args) - {"family", "kernel_seed", "kernel", "kernel_prior"}
+        if unknown:
+            raise ValueError(f"--task blind_deblur: unknown --op-args {sorted(unknown)}; allowed: family, kernel_seed, "
+                             "kernel, kernel_prior")
+        blind = BlindDeblur(shape, args.noise_std, **op_args)
+        k_true = blind.true_kernel() if (args.image or blind.given is not None) else None
+        op = blind.operator(k_true) if k_true is not None else None
+    else:
+        op = make_operator(args.operator, shape, **op_args)
+    out_shape = shape if blind is not None else op.out_shape
     truth = None
     if args.image:
         truth = _read_image(args.image, shape)
         g = torch.Generator().manual_seed(args.seed + 7919)
-        y = op(truth) + args.noise_std * torch.randn(op.out_shape, generator=g)
+        y = op(truth) + args.noise_std * torch.randn(out_shape, generator=g)
     else:
         try:
             y = torch.as_tensor(np.load(args.measurement, allow_pickle=False).astype(np.float32))
         except Exception as e:
             raise ValueError(f"--measurement: cannot read {args.measurement} as .npy ({e})") from e
-        if tuple(y.shape) != tuple(op.out_shape):
+        if tuple(y.shape) != tuple(out_shape):
             raise ValueError(f"--measurement: shape {tuple(y.shape)} does not match the operator's output "
-                             f"shape {tuple(op.out_shape)}")
-    model = make_model(prior, op, args.noise_std)
+                             f"shape {tuple(out_shape)}")
+    model = blind.model(prior) if blind is not None else make_model(prior, op, args.noise_std)
     gen = torch.Generator().manual_seed(args.seed)
     try:
         res = run_method(key, model, y, args.samples, generator=gen, options=opts, progress=args.progress)
@@ -260,29 +289,53 @@ def _cmd_solve(args):
     np.save(out / "measurement.npy", y.numpy().astype(np.float32))
     from .diagnostics import to_inference_data
     from .inference.problem import Problem
-    from .plotting import posterior_grid, uncertainty_map
+    from .plotting import kernel_grid, posterior_grid, uncertainty_map
 
-    with torch.no_grad():
-        ll = Problem.from_model(model, y=y).log_likelihood(flat).reshape(res.samples.shape[:2])
-    idata = to_inference_data({"x": res.samples}, observed_data={"y": y}, log_likelihood={"y": ll.double()},
-                              attrs={"method": key, "operator": args.operator, "op_args": json.dumps(op_args),
+    post = {"x": res.samples}
+    if blind is not None:  # kernel draws paired with the images
+        post["k"] = res.extra["theta"]["k"].to(flat.dtype)
+        kflat = post["k"].reshape((-1,) + tuple(post["k"].shape[2:]))
+        np.save(out / "kernels.npy", kflat.numpy().astype(np.float32))
+        ll = blind.log_likelihood(flat, kflat, y)
+    else:
+        with torch.no_grad():
+            ll = Problem.from_model(model, y=y).log_likelihood(flat)
+    ll = ll.reshape(res.samples.shape[:2])
+    idata = to_inference_data(post, observed_data={"y": y}, log_likelihood={"y": ll.double()},
+                              dims={"k": ["chain", "draw", "k_row", "k_col"]} if blind is not None else None,
+                              attrs={"method": key, "operator": args.operator or args.task,
+                                     "op_args": json.dumps(op_args),
                                      "prior": str(args.prior), "prompt": str(args.prompt or ""),
                                      "noise_std": args.noise_std, "seed": args.seed})
+    if blind is not None and k_true is not None:
+        add_true_kernel(idata, k_true)
     idata.to_netcdf(str(out / "posterior.nc"))
     posterior_grid([dict(samples=flat, truth=truth, y=y, operator=op, label=key, n_samples_shown=4)],
-                   path=out / "posterior.png", title=f"{key} on {args.operator}")
-    info = {"method": key, "family": res.family, "options": opts, "operator": args.operator,
+                   path=out / "posterior.png", title=f"{key} on {args.operator or args.task}")
+    info = {"method": key, "family": res.family, "options": opts, "operator": args.operator or args.task,
             "op_args": op_args, "noise_std": args.noise_std, "samples": int(flat.shape[0]), "seed": args.seed,
             "nfe_per_sample": res.nfe_per_sample, "seconds": res.seconds}
     if truth is not None:
         if flat.shape[0] > 1:
             uncertainty_map(flat, truth, path=out / "uncertainty.png", title=key)
         info["metrics"] = evaluate(flat, truth)
+    if blind is not None:
+        if k_true is not None:
+            np.save(out / "kernel_true.npy", k_true.numpy().astype(np.float32))
+            info["kernel_metrics"] = kernel_metrics(kflat, k_true, blind.prior_mean(seed=args.seed))
+            info["kernel_true"] = {"family": blind.family, "kernel_seed": blind.kernel_seed} if blind.given is None \
+                else {"file": str(op_args["kernel"])}
+        kernel_grid([dict(kernels=kflat, truth=k_true, label=key, n_draws_shown=4)], path=out / "kernels.png",
+                    title=f"{key}: {'true and ' if k_true is not None else ''}estimated 7x7 kernels")
     (out / "result.json").write_text(json.dumps(info, indent=2) + "\n")
     msg = f"{key}: {flat.shape[0]} draws in {res.seconds:.1f} s ({res.nfe_per_sample:.0f} NFE/draw) -> {out}/"
     if truth is not None:
         m = info["metrics"]
         msg += f"; PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, coverage90 {m['coverage90']:.2f}"
+        if "kernel_metrics" in info:
+            km = info["kernel_metrics"]
+            msg += (f"; kernel MSE {km['kernel_mse']:.2e} (kernel prior's mean: "
+                    f"{km['kernel_mse_prior_mean']:.2e})")
         flag = coverage_flag(m["coverage90"], int(flat.shape[0]))
         if flag:  # far from what exact draws would cover: say so, and what the family's intervals mean
             msg += (f" [{flag.upper()}: exact draws would cover {m['coverage90_exact']:.2f} with {flat.shape[0]} "
