@@ -129,7 +129,7 @@ def lipschitz(e: E2ILO) -> float:
     return 2.0 / e.m * float(torch.linalg.matrix_norm(AW, 2)) ** 2
 
 
-def run_map(e: E2ILO, restarts: int = 4, seed: int = 0, gd=(0.5, 20.0, 1500), adam=(0.05, 0.1, 3000)) -> dict:
+def run_map(e: E2ILO, restarts: int = 4, seed: int = 0, gd=(0.5, 20.0, 8000), adam=(0.05, 0.1, 3000)) -> dict:
     """MAP mode on one problem. GD at ``lr = gd[0] / L`` (L: :func:`lipschitz`), ``tau = gd[1] lr``: the
     final ``h`` against the stationary points of ``J`` (its gradient there; L-BFGS from the same start,
     and L-BFGS polishing from ``h``). Adam with the code's constants against the same."""
@@ -219,7 +219,7 @@ def main(argv=None) -> str:
              "components scaled by 0.25), variants a (orthonormal W) and b (ill-conditioned W); the layer h = z "
              "(G1 = identity), G2 = Dec; score model = the exact GMM denoiser; t = 0.01, hot_steps 1, snr 1e-4. "
              "MAP rows: 4 restarts from prior draws; GD at lr = 0.5 / L (L the largest curvature of the MSE), "
-             "tau = 20 lr; "
+             "tau = 20 lr, 8000 iterations; "
              "h_J is the L-BFGS stationary point of J from the same start (J is not convex: it may be another "
              "stationary point), 'polish' how far L-BFGS on J moves from Score-ILO's h; "
              "'dist to posterior MAP' the distance (in exact posterior standard deviations, mean over restarts) "
