@@ -37,7 +37,8 @@ __all__ = ["LatentDiffusionPrior", "load_latent_prior", "load_autoencoder", "sav
            "LATENT_SOLVERS_HINT"]
 
 #: the solvers that accept a LatentDiffusionPrior (named in refusals)
-LATENT_SOLVERS_HINT = "latent_dps, psld, resample, mpgd, stsl (ppl_diffusion.inference.latent)"
+LATENT_SOLVERS_HINT = ("latent_dps, psld, resample, mpgd, stsl (ppl_diffusion.inference.latent) or score_ilo "
+                       "(point estimates through the split decoder)")
 
 
 class LatentDiffusionPrior(TorchDistribution):
