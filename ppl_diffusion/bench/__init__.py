@@ -33,6 +33,9 @@ current directory).
   Gaussian-mixture latent prior (E2), with the noise floor, coverage and network calls.
 * :mod:`.latent_images` — the latent solvers on held-out images of a shipped latent prior, beside
   pixel-space DPS / DDRM on the pixel prior.
+* :mod:`.score_ilo_exact` — Score-ILO on E2 with a linear G2 and the exact GMM score on the layer: the
+  MAP-mode fixed point against the stationary point of its closed-form objective, sampling mode by SW.
+* :mod:`.score_ilo_images` — Score-ILO and its ablations on held-out digits with ``digits-latent``.
 * :mod:`.text_e3` — P2L / TReg / DreamSampler on the exact text-conditioned problem E3 (posterior, P2L's
   prompt against the empirical-Bayes prompt, TReg's adaptive negation).
 * :mod:`.text_images` — the same solvers on held-out digits with the shipped ``digits-text`` prior
