@@ -14,7 +14,8 @@ The originals split StyleGAN2; here the generator is the decoder of a latent aut
   with ``G1 = identity`` (``h = z``) and ``G2 = Dec`` (linear).
 
 :class:`IntermediateScore` is a denoiser on the normalised layer ``u = 2 (h - low) / (high - low) - 1``
-(sgilo normalises each layer with fixed min / max of its training activations) with the layer name
+(sgilo normalises each layer with the fixed min / max of its training activations, to [0, 1]; here to
+[-1, 1], the range the library's VP priors are trained on) with the layer name
 and a fingerprint of ``G1``'s weights, so that a score model is never used with a generator it was
 not trained on. :func:`load_ilo_score` reads the shipped ``digits-latent-ilo`` (trained on
 ``G1(Enc(x))`` of training digits by ``python -m ppl_diffusion.training.ilo``).

@@ -34,8 +34,10 @@ stationary point of ``MSE(h) - tau / (lr c^2) [(dt beta + eps_c) log p_t(u) + dt
 the method is not calibrated. With ``noise > 0`` (the paper's posterior sampling, 0.025 in the
 code) the PC sampler's own noise is on as well; the draws are a heuristic, not posterior samples.
 
-Each draw is one random restart (``z ~ N(0, I)``, projected); the objective each reached is in
-``sample_stats``. Cost per iteration: one generator forward / backward and ``2 hot_steps`` score-model
+Each draw is one random restart (``z ~ N(0, I)``, projected; the code starts StyleGAN's latent at
+all ones, one start per image); the objective each reached is in ``sample_stats``. Dropped from the
+code's loss: LPIPS (no offline weights) and the StyleGAN-specific geocross term.
+Cost per iteration: one generator forward / backward and ``2 hot_steps`` score-model
 calls (counted in ``nfe_per_sample``; the decoder passes in ``extra["decoder_evals_per_sample"]``).
 """
 from __future__ import annotations
