@@ -29,7 +29,7 @@ TASKS = ("inpaint_random70", "sr2", "deblur_gauss")
 #: label -> Score-ILO options (the official 300 + 300 iterations, Adam lr 0.05, tau 0.1)
 VARIANTS = {
     "score_ilo (MAP, noise 0)": {},
-    "ILO, no score pulls": dict(z_temperature=0.0, h_temperature=0.0, score_model=None),
+    "ILO without score pulls": dict(z_temperature=0.0, h_temperature=0.0, score_model=None),
     "CSGM through the decoder (z round only)": dict(h_steps=0, z_temperature=0.0, score_model=None),
     "score_ilo sampling mode (noise 0.025)": dict(noise=0.025),
 }
