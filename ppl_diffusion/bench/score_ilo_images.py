@@ -84,11 +84,14 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default=None, help=f"comma-separated subset of {list(VARIANTS)}")
+    p.add_argument("--variants", default=None, help=f"semicolon-separated subset of {list(VARIANTS)}")
     add_out_argument(p, "score_ilo_images")
     a = p.parse_args(argv)
     set_threads()
-    variants = a.variants.split(",") if a.variants else None
+    variants = a.variants.split(";") if a.variants else None
+    unknown = sorted(set(variants or []) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     text = run(variants, a.images, a.restarts, a.seed, out=a.out,
                cmd=shlex.join(["python", "benchmarks/score_ilo_images.py"] + argv))
     print(text)
