@@ -29,6 +29,8 @@ current directory).
 * :mod:`.exactness` — the exact samplers against the spread of exact draws on new GMM families (full
   covariances, uneven weights, spread spectra): inside / outside on SW, component TV, 90 % coverage;
   the independent-run minor-mode weight (``mode_bias``).
+* :mod:`.variance_loss` — the variance the plug-in DDPM step drops, in closed form for one Gaussian
+  coordinate, per grid, step count and ``tail_steps`` (where the SMC samplers' narrow coverage comes from).
 * :mod:`.latent_e2` — the latent solvers against the exact posterior of a linear "autoencoder" with a
   Gaussian-mixture latent prior (E2), with the noise floor, coverage and network calls.
 * :mod:`.latent_images` — the latent solvers on held-out images of a shipped latent prior, beside

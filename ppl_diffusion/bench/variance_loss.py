@@ -1,0 +1,96 @@
+"""Where the SMC samplers' 1-2 points of 90 % coverage go: the variance the plug-in DDPM step drops.
+
+The reverse step every sampler of the library takes (DDIM with ``eta``; ``eta = 1`` is the DDPM
+ancestral step, Ho et al. 2020, Eq. 7) puts the denoiser's mean ``E[x_0 | x_t]`` where the exact
+reverse kernel ``p(x_s | x_t) = int q(x_s | x_t, x_0) p(x_0 | x_t) dx_0`` integrates over ``x_0``: it
+drops ``alpha_s^2 (1 - c_eps alpha_t / (alpha_s sigma_t))^2 Var(x_0 | x_t)`` of variance at every
+step (the term Bao et al., ICLR 2022, "Analytic-DPM", Eq. 7 restore with their optimal variance).
+The chain is then exact only as the grid gets fine. The SMC samplers (MCGDiff, TDS, ParticleGibbs)
+are exact for the *discretised* prior, so their posteriors inherit the loss.
+
+For one Gaussian coordinate ``x_0 ~ N(0, c)`` with its exact denoiser the loss has a closed form
+(:func:`plugin_variance`): the state stays Gaussian, ``x_0_hat = k_t x_t`` with
+``k_t = alpha_t c / (alpha_t^2 c + sigma_t^2)``, and the step maps the variance ``v_t`` to
+``m_t^2 v_t + c_noise^2``. The table gives the final variance over ``c`` (1 = exact) per grid, step
+count and ``tail_steps``, and the 90 % coverage it implies, ``2 Phi(1.645 sqrt(ratio)) - 1`` (the
+fraction of exact draws inside the sampler's 90 % interval, the statistic of ``exactness.py``).
+
+    python benchmarks/variance_loss.py
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+
+import torch
+
+from ..inference.sampler import ddim_coefficients
+from ..inference.smc.tail import refine_tail
+from ..schedules import VPSchedule, time_grid
+from .report import MarkdownTable, add_out_argument, write_result
+
+__all__ = ["plugin_variance", "implied_coverage", "main"]
+
+Z90 = 1.6448536269514722
+
+
+def plugin_variance(schedule, times: torch.Tensor, c: float, eta: float = 1.0) -> float:
+    """Variance of ``x_0`` after the plug-in reverse chain over ``times`` (decreasing to 0) for
+    ``x_0 ~ N(0, c)``, started from the exact marginal ``N(0, alpha^2 c + sigma^2)`` at ``times[0]``."""
+    times = torch.as_tensor(times, dtype=torch.float64)
+    a, s = schedule.alpha(times).double(), schedule.sigma(times).double()
+    v = a[0] ** 2 * c + s[0] ** 2
+    for i in range(times.numel() - 1):
+        k = a[i] * c / (a[i] ** 2 * c + s[i] ** 2)
+        c_eps, c_noise = ddim_coefficients(a[i], s[i], a[i + 1], s[i + 1], eta)
+        m = a[i + 1] * k + c_eps * (1.0 - a[i] * k) / s[i]
+        v = m**2 * v + c_noise**2
+    return float(v)
+
+
+def implied_coverage(ratio: float) -> float:
+    """Fraction of ``N(0, c)`` inside the central 90 % interval of ``N(0, ratio c)``."""
+    return math.erf(Z90 * math.sqrt(ratio) / math.sqrt(2.0))
+
+
+def table(schedule, configs, variances) -> MarkdownTable:
+    t = MarkdownTable("grid", "steps", "tail_steps", "sigma at the last positive time",
+                      *[f"c = {c:g}: ratio (coverage)" for c in variances])
+    for grid, steps, tail in configs:
+        times = refine_tail(schedule, time_grid(schedule, steps, grid), tail)
+        cells = []
+        for c in variances:
+            r = plugin_variance(schedule, times, c) / c
+            cells.append(f"{r:.3f} ({implied_coverage(r):.3f})")
+        t.add(grid, steps, tail, f"{float(schedule.sigma(times[-2])):.4f}", *cells)
+    return t
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variances", default="0.01,0.05,0.2,1,2")
+    add_out_argument(p, "smc_variance_loss")
+    a = p.parse_args(argv)
+    variances = [float(v) for v in a.variances.split(",")]
+    sched = VPSchedule.gmm_benchmark("mcgdiff")
+    configs = [("alpha", 100, 0), ("alpha", 100, 10), ("alpha", 200, 0), ("alpha", 200, 10), ("alpha", 400, 0),
+               ("alpha", 400, 10), ("alpha", 1000, 10), ("uniform", 100, 0), ("quadratic", 100, 0),
+               ("quadratic", 100, 10), ("edm", 100, 0), ("edm", 400, 0)]
+    body = ("Schedule: the GMM benchmark's (`VPSchedule.gmm_benchmark('mcgdiff')`); `alpha` is the default grid "
+            "of MCGDiff / TDS (`grid='auto'` on VP schedules).\n\n" + str(table(sched, configs, variances)))
+    notes = ("Reading: on the default grid at the default 100 steps a coordinate of unit variance keeps 92 % of "
+             "it (implied coverage 0.885), one of variance 0.2 keeps 81 % (0.858): the 1-2 points of narrow "
+             "coverage of MCGDiff / TDS on the exactness families. `tail_steps` refines only the last step "
+             "(the noiseless one, which drops all of `Var(x_0 | x_t1)`); more steps shrink every step's "
+             "loss. A Gaussian coordinate is the worst case for the mixture problems only in so far as "
+             "their posterior components are Gaussian; the measured coverages are in the exactness tables.")
+    print(write_result(a.out, "smc_variance_loss", "The variance the plug-in DDPM step drops (one Gaussian "
+                       "coordinate, closed form)", shlex.join(["python", "benchmarks/variance_loss.py"] + argv),
+                       body, notes))
+
+
+if __name__ == "__main__":
+    main()
