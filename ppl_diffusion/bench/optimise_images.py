@@ -94,7 +94,21 @@ def run(methods, n_images: int = 2, restarts: int = 3, seed: int = 0, noise_std:
              "(DMPlug: 3 per iteration plus as many backward passes; SHRED: 10 per iteration, no backward pass "
              "through the network with its straight-through gradient; Consistent-CSGM: 1 per iteration plus "
              "backward). Wall time on 2 CPU cores shared with other jobs, 1 torch thread (noisy).")
+    if "consistent_csgm" in methods:
+        notes += " " + _consistency_note()
     return write_result(out, name, "Optimise-the-input solvers on held-out digits", cmd, str(table), notes)
+
+
+def _consistency_note() -> str:
+    """Which consistency model Consistent-CSGM used (the shipped ``digits_cm``, from its training.json)."""
+    import json
+
+    from ..models.consistency import CONSISTENCY_DIR
+
+    rec = json.loads((CONSISTENCY_DIR / "digits_cm" / "training.json").read_text())
+    return (f"Consistent-CSGM's generator: the shipped consistency model 'digits_cm' ({rec['parameters']} parameters, "
+            f"sigma_max {rec.get('sigma_max', 80.0):g}, {rec.get('steps_done', rec['steps'])} distillation steps of "
+            f"batch {rec['batch_size']}; ppl_diffusion/weights/digits_cm/training.json).")
 
 
 def main(argv=None):
