@@ -27,7 +27,7 @@ from . import fourier
 from .base import LinearOperator, _as_shape
 from .blur import Blur
 
-__all__ = ["KernelBlur", "BatchedFourierSVD", "check_kernel"]
+__all__ = ["KernelBlur", "BatchedFourierSVD", "check_kernel", "project_simplex"]
 
 
 def check_kernel(k, site: str = "k", simplex: bool = False, size=None) -> torch.Tensor:
@@ -53,6 +53,18 @@ def check_kernel(k, site: str = "k", simplex: bool = False, size=None) -> torch.
             raise ValueError(f"kernel site {site!r} does not sum to one (sums {tot.flatten()[:4].tolist()}); "
                              "normalise it: k / k.sum((-2, -1), keepdim=True)")
     return k
+
+
+def project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of ``v`` ``(..., D)`` onto the probability simplex
+    ``{k >= 0, sum k = 1}`` (the sort-based algorithm of Duchi, Shalev-Shwartz, Singer, Chandra,
+    ICML 2008): ``max(v - tau, 0)`` with the one ``tau`` that makes the row sum to one."""
+    u = torch.sort(v, -1, descending=True).values
+    css = u.cumsum(-1) - 1
+    j = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
+    r = (u - css / j > 0).sum(-1, keepdim=True)          # >= 1: the largest entry always qualifies
+    tau = css.gather(-1, r - 1) / r.to(v.dtype)
+    return (v - tau).clamp(min=0)
 
 
 def _hermitian_edges(K: torch.Tensor, W: int) -> torch.Tensor:
