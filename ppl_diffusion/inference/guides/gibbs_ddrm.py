@@ -36,13 +36,15 @@ same ``(x_t, x0_hat, eps_hat)``. Two targets:
   autograd through the model, with the scale-free step ``lr / h``, ``h`` the diagonal curvature of the
   target at the sweep's start (one backward pass per parameter entry).
 
-Why the simplex matters (measured, ``tests/test_blind.py``): given the true digit, a 7x7 kernel's
-least-squares estimate is no better than a flat kernel (the digit has almost no energy at the
-frequencies that pin the kernel's high-frequency part), while the simplex-constrained estimate is
-within 1e-4 mean squared error; without the projection the sampled kernels carry negative,
-high-frequency parts and x is over-sharpened (14-17 dB instead of 30+ on held-out digits).
-Deviation for cost: the paper runs 500 Langevin steps 3 times per step; the default is 500 x 1
-(``"l1"``) and 50 x 1 (``"model"``).
+Why the simplex matters (measured on held-out digits; ``tests/test_blind.py``): given the true digit,
+a 7x7 kernel's least-squares estimate is about as far from the truth as a flat kernel (the digit has
+almost no energy at the frequencies that pin the kernel's high-frequency part), while the
+simplex-constrained estimate is within 0.2-4e-4 mean squared error. Without the projection the
+sampled kernels carry negative, high-frequency parts and x is over-sharpened (14-17 dB, against
+26-31 dB now; ``blind_images.md``). Deviations: the kernel updates start at t = 0.2 with ``"l1"``
+(fitted to the blurry ``x0'`` of t = 0.7, the paper's start, the kernel locks in wrong: 17-20 dB);
+the paper runs 500 Langevin steps 3 times per step, the default is 500 x 1 (``"l1"``) and 50 x 1
+(``"model"``).
 
 Needs: a ``GaussianMeasurement`` whose operator, built by the model from the parameter, is a
 :class:`~ppl_diffusion.models.operators.KernelBlur` (its FFT-SVD is rebuilt for every sample's
