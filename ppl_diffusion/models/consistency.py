@@ -15,6 +15,14 @@ which keeps the boundary condition exactly (``1 - c_skip`` vanishes at ``sigma_m
 ``D_theta`` start from the teacher diffusion model's own network, in the teacher's input and time
 conventions (:class:`UNetX0`). This is our design choice, not the paper's ``c_out``.
 
+With that start, the constants matter. ``D(x, sigma) = x - sigma * eps(...)`` multiplies the
+network's error by ``sigma``, so the teacher's one-step estimate at ``sigma = 80`` is pixel noise;
+and with ``sigma_data = 0.5`` the initial ``f = c_skip x + (1 - c_skip) D`` keeps about half of the
+noisy input at ``sigma ~ 0.5``, so early distillation targets carry that noise. The shipped
+``digits_cm`` therefore uses ``sigma_max = 10`` and ``sigma_data = 0.05`` (the teacher's Heun ODE
+started at ``10 z`` is as good as the one started at ``80 z``; measurements in
+:mod:`ppl_diffusion.training.consistency`). Both constants are read from ``consistency.json``.
+
 :func:`gaussian_consistency` is the closed-form consistency function of a Gaussian prior
 ``N(mu, C)`` (the probability-flow ODE of a Gaussian is linear):
 ``f(x, sigma) = mu + (C + sigma_min^2 I)^{1/2} (C + sigma^2 I)^{-1/2} (x - mu)``.
