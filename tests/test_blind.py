@@ -335,7 +335,8 @@ def test_gibbs_ddrm_with_the_kernel_fixed_at_the_truth_is_ddrm():
 
     blind, known, x, k, y = _heldout_digit_blind()
     gen = torch.Generator
-    d = GibbsDDRM(blind, steps=50, theta_prior="l1", sweeps=0).draw(4, y=y, generator=gen().manual_seed(0))
+    d = GibbsDDRM(blind, steps=50, theta_prior="l1", sweeps=0, theta_init="prior").draw(
+        4, y=y, generator=gen().manual_seed(0))
     ref = build_solver("ddrm", known, steps=50).draw(4, y=y, generator=gen().manual_seed(0))
     assert torch.equal(d.extra["theta"]["k"][0], k.expand(4, 7, 7))
     p, q = float(psnr(d.samples[0].mean(0), x)), float(psnr(ref.samples[0].mean(0), x))
@@ -362,3 +363,23 @@ def test_blind_red_diff_defaults_avoid_the_no_blur_solution():
                     [float(((kk - k) ** 2).mean()) for kk in d.extra["theta"]["k"][0]])
     assert min(res["new"][0]) > 20 and max(res["new"][1]) < 40e-4, res["new"]
     assert min(res["old"][0]) < 15 or max(res["old"][1]) > 80e-4, res["old"]
+
+
+def test_gibbs_ddrm_l1_starts_from_a_centred_gaussian_kernel():
+    """With ``theta_prior="l1"`` the kernel starts at the centred isotropic Gaussian (std 1 px for 7x7:
+    centre of mass at (3, 3), on the simplex, the centre entry exp(0) / sum), not at the site's prior
+    draw (here a flat Delta); ``theta_init="prior"`` keeps the draw."""
+    from ppl_diffusion.inference.guides.gibbs_ddrm import centred_gaussian_kernel
+
+    model, problem, site, fn, x, k, y = _digit_problem()
+    g = centred_gaussian_kernel((7, 7), F64)
+    grid = torch.arange(7, dtype=F64)
+    assert torch.allclose(g.sum(), torch.tensor(1.0, dtype=F64))
+    assert torch.allclose((g.sum(1) * grid).sum(), torch.tensor(3.0, dtype=F64))
+    assert torch.allclose((g.sum(0) * grid).sum(), torch.tensor(3.0, dtype=F64))
+    r2 = (grid - 3)[:, None] ** 2 + (grid - 3)[None, :] ** 2
+    assert torch.allclose(g[3, 3], 1 / torch.exp(-r2 / 2).sum())
+    for init, want in ((None, g), ("prior", torch.full((7, 7), 1 / 49, dtype=F64))):
+        d = GibbsDDRM(model, steps=3, theta_prior="l1", sweeps=0, theta_init=init).draw(
+            2, y=y, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(d.extra["theta"]["k"][0], want.expand(2, 7, 7))

@@ -66,6 +66,18 @@ from .base import DiffusionGuide
 __all__ = ["GibbsDDRM"]
 
 THETA_PRIORS = ("model", "l1")
+THETA_INITS = ("gaussian", "prior")
+
+
+def centred_gaussian_kernel(size, dtype=torch.float64, device=None) -> torch.Tensor:
+    """An isotropic Gaussian kernel of shape ``size = (kh, kw)``, std ``max(kh, kw) / 7`` px (1 px for
+    7x7), centred at ``(kh // 2, kw // 2)`` (``KernelBlur``'s centre), on the simplex."""
+    kh, kw = size
+    s = max(kh, kw) / 7.0
+    r = torch.arange(kh, dtype=dtype, device=device) - kh // 2
+    c = torch.arange(kw, dtype=dtype, device=device) - kw // 2
+    k = torch.exp(-(r[:, None] ** 2 + c[None, :] ** 2) / (2 * s**2))
+    return k / k.sum()
 
 
 class GibbsDDRM(DiffusionGuide):
@@ -91,6 +103,13 @@ class GibbsDDRM(DiffusionGuide):
         nonnegative: with ``theta_prior="l1"``, project the kernel onto the simplex after every step
             (default); ``False``: only divide by its sum, as the paper's code does (measured on held-out
             digits: the kernel spreads into negative, high-frequency parts, 14-17 dB; ``blind_images.md``).
+        theta_init: the parameter's start: ``"gaussian"`` (a centred isotropic Gaussian kernel, std
+            ``size / 7`` px, for a ``(kh, kw)`` site; other sites start from a prior draw) or
+            ``"prior"`` (a draw of the site's prior). Default: ``"gaussian"`` with ``"l1"`` (the
+            paper's code starts from a broad centred blob), ``"prior"`` with ``"model"``. Measured on
+            held-out digits (scratch runs, 8 cells, 8 draws): 27.7 dB mean from the Gaussian, 26.7 from
+            prior draws, 24.7 from a flat kernel; in ``blind_images.md`` / ``blind_images_patches.md``
+            the change moved the cells by -1.9 to +0.9 dB (within the spread between images).
         theta_site: the operator-parameter site (default: the one free latent site).
         grid, prior_site, progress: as for every guide.
     """
@@ -103,7 +122,7 @@ class GibbsDDRM(DiffusionGuide):
     def __init__(self, model, *, steps: int = 100, eta: float = 0.8, eta_a: float = 0.0, eta_b: float = 0.9,
                  eta_c: float = 0.8, eta_d: float = 0.8, theta_start: float | None = None, sweeps: int = 1,
                  langevin_steps: int | None = None, langevin_lr: float | None = None, theta_prior: str = "model",
-                 l1: float = 0.0, nonnegative: bool = True,
+                 l1: float = 0.0, nonnegative: bool = True, theta_init: str | None = None,
                  theta_site: str | None = None, grid: str = "uniform", prior_site: str | None = None,
                  progress: bool = False):
         if eta_d == 0.8 and eta != 0.8:  # the guide-wide eta sets the null-space noise unless eta_d is given
@@ -121,6 +140,9 @@ class GibbsDDRM(DiffusionGuide):
                                          else theta_start, self.name, 0.0, 1.0)
         self._langevin_steps = check_int("langevin_steps", (500 if l1_mode else 50) if langevin_steps is None
                                          else langevin_steps, self.name)
+        self.theta_init = theta_init
+        self._theta_init = check_choice("theta_init", ("gaussian" if l1_mode else "prior") if theta_init is None
+                                        else theta_init, THETA_INITS, self.name)
         self._langevin_lr = check_number("langevin_lr", (1.0 if l1_mode else 0.1) if langevin_lr is None
                                          else langevin_lr, self.name, low=0.0, low_open=True)
         self.l1 = check_number("l1", l1, self.name, low=0.0)
@@ -251,6 +273,8 @@ class GibbsDDRM(DiffusionGuide):
         yb = y.expand((n,) + tuple(y.shape))  # one measurement (no plate): y has the operator's out shape
         with torch.no_grad():
             phi = fn.sample((n,)).to(problem.dtype)
+        if self._theta_init == "gaussian" and phi.dim() == 3:  # a kernel site (kh, kw)
+            phi = centred_gaussian_kernel(tuple(phi.shape[-2:]), phi.dtype, phi.device).expand(phi.shape).clone()
         x = terminal_noise(problem.prior, (n,) + tuple(problem.event_shape), generator, problem.dtype,
                            problem.device)
         alphas, sigmas = den.schedule.alpha(times).to(x), den.schedule.sigma(times).to(x)
