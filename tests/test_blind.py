@@ -383,3 +383,26 @@ def test_gibbs_ddrm_l1_starts_from_a_centred_gaussian_kernel():
         d = GibbsDDRM(model, steps=3, theta_prior="l1", sweeps=0, theta_init=init).draw(
             2, y=y, generator=torch.Generator().manual_seed(0))
         assert torch.allclose(d.extra["theta"]["k"][0], want.expand(2, 7, 7))
+
+
+def test_gibbs_ddrm_kernel_quadratic_is_the_log_likelihood():
+    """``(H, b)`` of the kernel step reproduce ``log p(y | x, k)`` up to a constant: for pairs of random
+    kernels, ``log p(k1) - log p(k2) = -(k1 H k1 - k2 H k2) / 2 + b (k1 - k2)`` to 1e-9 relative."""
+    model, problem, site, fn, x, k, y = _digit_problem()
+    n = 3
+    g = torch.Generator().manual_seed(1)
+    xs = x.reshape(256) + 0.1 * torch.randn(n, 256, generator=g, dtype=F64)
+    solver = GibbsDDRM(model, theta_prior="l1")
+    H, b = solver._kernel_quadratic(problem, site, torch.zeros(n, 7, 7, dtype=F64), xs, y.expand(n, 1, 16, 16), 0.02)
+    k1, k2 = torch.rand(n, 7, 7, generator=g, dtype=F64), torch.rand(n, 7, 7, generator=g, dtype=F64)
+
+    def logp(kk):
+        return GaussianMeasurement(KernelBlur(kk, (1, 16, 16)), xs.reshape(n, 1, 16, 16), 0.02).log_prob(
+            y.expand(n, 1, 16, 16))
+
+    def quad(kk):
+        v = kk.reshape(n, 49)
+        return -0.5 * (v * (H @ v.unsqueeze(-1)).squeeze(-1)).sum(-1) + (b * v).sum(-1)
+
+    lhs, rhs = logp(k1) - logp(k2), quad(k1) - quad(k2)
+    assert torch.allclose(lhs, rhs, rtol=1e-9, atol=1e-9 * float(lhs.abs().max())), (lhs, rhs)
