@@ -121,7 +121,7 @@ def test_invariance_from_exact_reference(method, ancestor_sampling):
     g = torch.Generator().manual_seed(1)
     cls = MCGDiff if method == "mcgdiff" else TDS
     # uniform grid: its coarse late steps make plain SMC with N = 4 visibly biased (the control)
-    pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform"), chains=C, generator=g,
+    pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform", tail_steps=0), chains=C, generator=g,
                        ancestor_sampling=ancestor_sampling)
     pg.setup(0, y=pb.y)
     m, Sg, Vt = _fk_target(pg, pb, mu, cov, method)
@@ -137,7 +137,8 @@ def test_invariance_from_exact_reference(method, ancestor_sampling):
     assert float(z.abs().max()) < 4.0, (method, z)
     # negative control: independent SMC runs of the same size (resampling at every step, like the
     # kernel's inner SMC) miss the target by > 8 standard errors
-    xi = cls(model, particles=N, steps=steps, resampling="multinomial", ess_threshold=1.0, grid="uniform").sample(
+    xi = cls(model, particles=N, steps=steps, resampling="multinomial", ess_threshold=1.0, grid="uniform",
+             tail_steps=0).sample(
         C, y=pb.y, generator=g)
     zi = (xi.mean(0) - mK) / (xi.std(0) / math.sqrt(C))
     assert float(zi.abs().max()) > 8.0, zi

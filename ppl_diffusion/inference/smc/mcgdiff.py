@@ -263,9 +263,13 @@ class MCGDiff(SMCSampler):
             ``steps`` network steps), snapping the others with the exact extra-variance correction.
         tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
             1e-3 (:func:`.tail.refine_tail`: the noiseless last DDPM step then drops ~1e-6 of variance
-            instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid.
+            instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid. Default 10.
         particles: particles per run (64).
-        steps: base time steps (100); every inserted matching time adds one network step.
+        steps: base time steps (200); every inserted matching time adds one network step. The plug-in
+            DDPM step drops ``Var(x_0 | x_t)`` at every step, so fewer steps narrow the posterior: at 100
+            steps the 90 % coverage on exact Gaussian-mixture posteriors read 0.873-0.878 where exact
+            draws read 0.891; 200 steps with 10 tail steps read 0.883 (``benchmarks/variance_loss.py``,
+            ``benchmarks/exactness.py``).
         eta: DDIM noise of the proposal (1.0).
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
             ``"multinomial"``, ``1.0``).
@@ -278,7 +282,7 @@ class MCGDiff(SMCSampler):
     requires = ("svd",)
 
     def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,
-                 max_match_times: int | None = None, tail_steps: int = 0, particles: int = 64, steps: int = 100,
+                 max_match_times: int | None = None, tail_steps: int = 10, particles: int = 64, steps: int = 200,
                  eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
                  grid: str = "auto", prior_site: str | None = None, progress: bool = False):

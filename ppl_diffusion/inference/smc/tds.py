@@ -147,9 +147,10 @@ class TDS(SMCSampler):
             (``rho_t^2``) or ``"tds"`` (TDS's image default ``rho^2 tau^2 / (rho^2 + tau^2)``).
         tau2: ``tau^2`` of ``twist_var="tds"`` (0.12).
         tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
-            1e-3 (:func:`.tail.refine_tail`); 0 keeps the grid.
+            1e-3 (:func:`.tail.refine_tail`); 0 keeps the grid. Default 10.
         particles: particles per run (16).
-        steps: time steps (100); one network call and one backprop per particle and step.
+        steps: time steps (200); one network call and one backprop per particle and step. Fewer steps
+            narrow the posterior (the plug-in DDPM step drops ``Var(x_0 | x_t)``; see :class:`MCGDiff`).
         eta: kept for the shared contract; the proposal is the DDPM (``eta = 1``) step.
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N``.
         max_batch, grid, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
@@ -158,8 +159,8 @@ class TDS(SMCSampler):
     name = "tds"
     requires = ("gaussian",)
 
-    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, tail_steps: int = 0,
-                 particles: int = 16, steps: int = 100,
+    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, tail_steps: int = 10,
+                 particles: int = 16, steps: int = 200,
                  eta: float = 1.0, resampling: str = "systematic", ess_threshold: float = 0.5,
                  max_batch: int | None = None, grid: str = "auto", prior_site: str | None = None,
                  progress: bool = False):
