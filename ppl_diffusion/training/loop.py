@@ -164,7 +164,6 @@ def train_prior(
     ema.requires_grad_(False).eval()
     scheduler = DDPMScheduler(**sched_cfg)
     ac = scheduler.alphas_cumprod.to(dev, torch.float32)
-    T = ac.numel()
 
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, steps))
@@ -180,20 +179,8 @@ def train_prior(
     unet.train()
     for step in range(steps):
         x0 = src.sample(batch_size, g)
-        t = torch.randint(0, T, (batch_size,), generator=g, device=dev)
-        eps = torch.randn(x0.shape, generator=g, device=dev)
-        ab = ac[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        loss = F.mse_loss(unet(xt, t).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        run += loss.detach()
+        loss = epsilon_step(unet, x0, ac, g, opt, sched, params, ema_params, ema_decay, step)
+        run += loss
         run_n += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             m = float(run) / run_n
@@ -296,6 +283,27 @@ def _command_line(dataset, out, steps, batch_size, lr, seed, channels, attention
     return " ".join(parts)
 
 
+def epsilon_step(unet, x0, alphas_cumprod, generator, opt, scheduler, params, ema_params, ema_decay: float,
+                 step: int) -> torch.Tensor:
+    """One epsilon-prediction step (Ho et al. 2020, Algorithm 1) on the batch ``x0``: uniform timesteps
+    of ``alphas_cumprod`` then the noise, both from ``generator`` on ``x0``'s device; gradient-norm
+    clip 1.0, optimiser and learning-rate scheduler step, EMA of ``params`` into ``ema_params`` with
+    decay ``min(ema_decay, (1 + step) / (10 + step))``. Returns the detached loss."""
+    t = torch.randint(0, alphas_cumprod.numel(), (x0.shape[0],), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    loss = F.mse_loss(unet(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t).sample, eps)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    scheduler.step()
+    d = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+    return loss.detach()
+
+
 def fit_epsilon_on_tensor(unet, ema, data: torch.Tensor, alphas_cumprod: torch.Tensor, *, steps: int,
                           batch_size: int, lr: float, ema_decay: float, generator: torch.Generator,
                           warmup: int = 200, log_every: int = 500, log=None, prefix: str = "") -> tuple:
@@ -312,19 +320,7 @@ def fit_epsilon_on_tensor(unet, ema, data: torch.Tensor, alphas_cumprod: torch.T
     unet.train()
     for step in range(steps):
         x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]
-        t = torch.randint(0, alphas_cumprod.numel(), (batch_size,), generator=generator)
-        eps = torch.randn(x0.shape, generator=generator)
-        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(unet(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sch.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        run += float(loss.detach())
+        run += float(epsilon_step(unet, x0, alphas_cumprod, generator, opt, sch, params, ema_params, ema_decay, step))
         k += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             curve.append([step + 1, round(run / k, 5)])
