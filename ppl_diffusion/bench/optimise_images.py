@@ -23,7 +23,7 @@ from . import heldout, image_denoiser, set_threads
 from .images import tasks
 from .report import MarkdownTable, add_out_argument, write_result
 
-__all__ = ["OPTIONS", "TASKS", "run", "main"]
+__all__ = ["OPTIONS", "TASKS", "draw_summary", "run", "main"]
 
 TASKS = ("inpaint_random70", "sr2", "deblur_gauss", "phase_retrieval")
 #: constructor options per method (iterations cut from the papers' thousands to CPU size)
@@ -38,11 +38,22 @@ OPTIONS = {
 PHASE_METHODS = ("dmplug", "dps")
 
 
+def draw_summary(res, x: torch.Tensor, point: bool) -> tuple[float, float, float, float]:
+    """``(PSNR, SSIM, mean PSNR, PSNR std)`` of one image's draws ``res`` against ``x``: the first two of the
+    restart with the smallest ``res.stats["objective"]`` (``point``: chosen without the ground truth) or
+    of the posterior mean of the draws; the last two over the single draws."""
+    from ..metrics import psnr, ssim
+
+    d = res.flat().reshape((-1,) + tuple(x.shape))
+    p = torch.stack([psnr(di, x) for di in d])
+    est = d[int(res.stats["objective"].reshape(-1).argmin())] if point else d.mean(0)
+    return float(psnr(est, x)), float(ssim(est[None], x[None]).mean()), float(p.mean()), float(p.std())
+
+
 def run(methods, n_images: int = 2, restarts: int = 3, seed: int = 0, noise_std: float = 0.05, out=None,
         cmd: str = "", name: str = "optimise_images") -> str:
     from ..inference.registry import get_solver
     from ..methods import run_method
-    from ..metrics import psnr, ssim
     from ..models import DiffusionPrior, GaussianMeasurement
 
     den, label = image_denoiser("digits")
@@ -67,17 +78,8 @@ def run(methods, n_images: int = 2, restarts: int = 3, seed: int = 0, noise_std:
             for x in xs:
                 y = op(x) + noise_std * torch.randn(op.out_shape, generator=g, dtype=x.dtype)
                 res = run_method(method, model, y, restarts, generator=g, options=OPTIONS.get(method, {}))
-                d = res.flat().reshape((restarts,) + tuple(x.shape))
-                p = torch.stack([psnr(di, x) for di in d])
-                if point:
-                    k = int(res.stats["objective"].reshape(-1).argmin())
-                    est = d[k]
-                else:
-                    est = d.mean(0)
-                best.append(float(psnr(est, x)))
-                best_ssim.append(float(ssim(est[None], x[None]).mean()))
-                mean.append(float(p.mean()))
-                spread.append(float(p.std()))
+                for acc, v in zip((best, best_ssim, mean, spread), draw_summary(res, x, point)):
+                    acc.append(v)
                 secs.append(res.seconds)
                 nfe = res.nfe_per_sample
 
