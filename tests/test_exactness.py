@@ -183,3 +183,33 @@ def test_tail_steps_restore_variance_the_noiseless_last_step_drops():
         var[tail] = float(r.resample(2000, torch.Generator().manual_seed(1))[:, 1].var())
     # sd of a variance estimate from 2,000 Gaussian draws: ~3 % of it
     assert var[0] < 0.027 and var[10] > 0.029 and var[10] < 0.05
+
+
+def test_exactness_table_run_in_parts_merges_to_the_whole_run(tmp_path):
+    """Problems 0-1 and 2-3 run separately (``--first-problem``) and joined give the summary and the
+    problem rows of one run over problems 0-3 (the seeds fix everything but the seconds column)."""
+    from ppl_diffusion.bench.exactness import main
+
+    common = ["--d", "8", "--dys", "1", "--samples", "40", "--steps", "20", "--methods", "tds:particles=8"]
+    main(common + ["--problems", "4", "--out", str(tmp_path / "whole.md")])
+    main(common + ["--problems", "2", "--out", str(tmp_path / "a.md")])
+    main(common + ["--problems", "2", "--first-problem", "2", "--out", str(tmp_path / "b.md")])
+    main(["merge", str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--out", str(tmp_path / "joined.md")])
+
+    def tables(path):
+        blocks = [b for b in (tmp_path / path).read_text().split("\n\n") if b.startswith("| ")]
+        strip = [[ln.rsplit("|", 2)[0] for ln in b.splitlines()] for b in blocks]  # drop the seconds column
+        return blocks[0], strip[1]
+
+    whole, joined = tables("whole.md"), tables("joined.md")
+    assert joined[1] == whole[1] and len(whole[1]) == 2 + 4 * 2  # independent and pooled rows
+    import re
+
+    def split(summary):  # counts exactly; the mean coverages are joined from 3-decimal parts: +-0.001
+        lines = summary.splitlines()
+        return [ln.rsplit("|", 2)[0] for ln in lines], [float(v) for v in re.findall(r"0\.[0-9]{3}", summary)]
+
+    (jc, jv), (wc, wv) = split(joined[0]), split(whole[0])
+    assert jc == wc and len(jv) == len(wv) == 4
+    assert all(abs(a - b) <= 0.0011 for a, b in zip(jv, wv)), (jv, wv)
+    assert "(spectrum, 8, 1, 2)" in (tmp_path / "b.md").read_text()  # seed 2 cycles to the third family

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import shlex
 import sys
 import time
@@ -211,14 +213,16 @@ def _draws(solver, opts, pb, sched, n, steps, g):
 
 
 def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
-                  families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = ""):
-    """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring)."""
+                  families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = "", first_problem: int = 0):
+    """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring); problems ``first_problem`` to
+    ``first_problem + n_problems - 1`` (seeds; families cycled by seed), so one table can be run in parts and
+    joined with :func:`merge_tables`."""
     sched = VPSchedule.gmm_benchmark()
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
                           "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov", "s")
     tally = {}
     for d_y in dys:
-        for i in range(n_problems):
+        for i in range(first_problem, first_problem + n_problems):
             fam = families[i % len(families)]
             pb = exactness_problem(fam, d, d_y, seed=i)
             if d > 8:
@@ -263,6 +267,40 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     write_result(out, name, f"Exactness: samplers against the exact sampler's spread (GMM families, d = {d})",
                  cmd, body, notes)
     return tally
+
+
+def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: str = ""):
+    """Join exactness tables run in parts (``--first-problem``): the problem rows in order, and the summary
+    recomputed from the parts' summaries (counts added, mean coverages weighted by their problem counts)."""
+    rows, counts, header_notes = [], {}, None
+    for path in paths:
+        text = open(path).read()
+        blocks = [b for b in text.split("\n\n") if b.startswith("| ")]
+        summary, problems = blocks[0].splitlines()[2:], blocks[1].splitlines()
+        rows.extend(problems[2:])
+        header = problems[:2]
+        for line in summary:
+            c = [v.strip() for v in line.strip("|").split("|")]
+            key, n = (c[0], c[1]), int(c[2])
+            cov, cov_exact = (float(v) for v in re.findall(r"[0-9.]+", c[7]))
+            acc = counts.setdefault(key, {"n": 0, "sw": 0, "tv": 0, "cov": 0, "all": 0, "c": 0.0, "ce": 0.0})
+            acc["n"] += n
+            for k, v in zip(("sw", "tv", "cov", "all"), c[3:7]):
+                acc[k] += int(v.split("/")[0])
+            acc["c"] += cov * n
+            acc["ce"] += cov_exact * n
+        header_notes = text.rstrip().split("\n\n")[-1]
+    summary = MarkdownTable("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage",
+                            "inside all three", "mean 90 % coverage (exact sets' mean)")
+    for (key, d_y), a in counts.items():
+        n = a["n"]
+        summary.add(key, d_y, n, *(f"{a[k]}/{n}" for k in ("sw", "tv", "cov", "all")),
+                    f"{a['c'] / n:.3f} ({a['ce'] / n:.3f})")
+    body = str(summary) + "\n\n" + "\n".join(header + rows)
+    notes = "Joined from " + ", ".join(os.path.basename(p) for p in paths) + ". " + header_notes
+    write_result(out, name, "Exactness: samplers against the exact sampler's spread (joined parts)", cmd, body,
+                 notes)
+    return counts
 
 
 MODE_BIAS_CONFIGS = (("mcgdiff", {"particles": 64}),
@@ -356,7 +394,8 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
-    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels"])
+    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge"])
+    p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
     p.add_argument("--problems", type=int, default=20, help="problems per d_y (families cycled)")
@@ -365,6 +404,8 @@ def main(argv=None):
     p.add_argument("--sets", type=int, default=20, help="exact sample sets per problem (>= 20)")
     p.add_argument("--methods", default="mcgdiff;tds:particles=64",
                    help="';'-separated solver[:opt=value,...] (e.g. mcgdiff:particles=256)")
+    p.add_argument("--first-problem", type=int, default=0,
+                   help="seed of the first problem (to run one table in parts; join them with `merge`)")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
@@ -376,8 +417,10 @@ def main(argv=None):
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "kernels":
         return kernel_diagnostics(out=a.out, cmd=cmd)
+    if a.what == "merge":
+        return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
     run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps,
-                  a.sets, tuple(a.families.split(",")), a.out, a.name, cmd)
+                  a.sets, tuple(a.families.split(",")), a.out, a.name, cmd, a.first_problem)
 
 
 if __name__ == "__main__":  # pragma: no cover
