@@ -28,15 +28,29 @@ model uses ``sigma_max = 10``, ``sigma_data = 0.05``.
 models are such EMAs, distinct from the target ``theta^-``) and returns it; ``checkpoint_every`` writes
 the model reached so far, so that an interrupted run leaves a usable result.
 
-Command (the shipped ``ppl_diffusion/weights/digits_cm``: see its ``training.json``)::
+Consistency training (``--method ct``, :func:`consistency_train`; Song et al. 2023, Algorithm 3) needs no
+teacher: the pair ``x0 + sigma_n z``, ``x0 + sigma_{n+1} z`` shares one ``z``, and the target is
+``f_{theta^-}`` at the lower level. :func:`consistency_train_prior` uses it to fine-tune a distilled model on
+the data (``--init``), with the options of Song & Dhariwal 2023 ("Improved techniques for training
+consistency models": pseudo-Huber metric, ``theta^- = theta``, ``lambda = 1 / (sigma_n - sigma_{n+1})``,
+lognormal noise index). A distillation can only be as good as its teacher's probability-flow ODE, which
+for the ``digits`` prior misses the shipped priors' sample criterion; a CT fine-tune is not bound by it.
+With the l2 metric the discrete CT fixed point shrinks the spread (tests/test_consistency_training.py:
+for Gaussian data each level multiplies by ``(lam + s_n s_{n+1}) / (lam + s_n^2)``, below the exact
+``sqrt((lam + s_{n+1}^2) / (lam + s_n^2))``), so ``N`` must be large (80 here).
+
+Commands (the shipped ``ppl_diffusion/weights/digits_cm``: see its ``training.json``)::
 
     python -m ppl_diffusion.training.consistency --teacher digits --out ppl_diffusion/weights/digits_cm
+    python -m ppl_diffusion.training.consistency --method ct --init <distilled model> --no-augment \\
+        --loss pseudo_huber --weighting ict --index lognormal --out <folder>
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +59,8 @@ import torch
 
 from ..models.consistency import ConsistencyModel, UNetX0, karras_sigmas, save_consistency
 
-__all__ = ["heun_step", "heun_chain", "distill", "distill_prior", "sample_checks", "main"]
+__all__ = ["heun_step", "heun_chain", "distill", "distill_prior", "ct_index_probs", "ct_loss", "consistency_train",
+           "consistency_train_prior", "memorisation_check", "sample_checks", "main"]
 
 
 def heun_step(teacher_ve, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
@@ -119,6 +134,103 @@ def distill(model: ConsistencyModel, teacher_ve, data, *, steps: int, batch_size
     return curve
 
 
+def ct_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """The lognormal noise-index distribution of improved consistency training (Song & Dhariwal 2023,
+    Section 3.5): ``p(n) propto erf((log sigma_n - P_mean) / (sqrt(2) P_std)) - erf((log sigma_{n+1} - P_mean)
+    / (sqrt(2) P_std))`` over the ``N - 1`` adjacent pairs of the DESCENDING grid ``sigmas``."""
+    e = torch.erf((torch.log(sigmas.double()) - p_mean) / (math.sqrt(2.0) * p_std))
+    w = e[:-1] - e[1:]
+    return w / w.sum()
+
+
+def ct_loss(a: torch.Tensor, b: torch.Tensor, kind: str = "l2", c: float | None = None) -> torch.Tensor:
+    """Per-sample distance ``d(a, b)``: ``"l2"`` the squared l2 norm (Song et al. 2023), ``"pseudo_huber"``
+    ``sqrt(|a - b|^2 + c^2) - c`` with ``c = 0.00054 sqrt(dim)`` unless given (Song & Dhariwal 2023,
+    Section 3.3)."""
+    sq = (a - b).pow(2).flatten(1).sum(1)
+    if kind == "l2":
+        return sq
+    if kind == "pseudo_huber":
+        c = 0.00054 * math.sqrt(a[0].numel()) if c is None else float(c)
+        return torch.sqrt(sq + c * c) - c
+    raise ValueError(f"ct_loss: kind must be 'l2' or 'pseudo_huber', got {kind!r}")
+
+
+def consistency_train(model: ConsistencyModel, data, *, steps: int, batch_size: int, lr: float,
+                      num_scales: int = 18, ema: float = 0.0, loss: str = "l2", huber_c: float | None = None,
+                      weighting: str = "uniform", index: str = "uniform", p_mean: float = -1.1, p_std: float = 2.0,
+                      lr_decay: bool = False, slow_ema: float = 0.0, generator: torch.Generator | None = None,
+                      log_every: int = 0, callback=None, checkpoint_every: int = 0, checkpoint=None) -> list:
+    """Train ``model`` in place by consistency training (Song et al. 2023, Algorithm 3: no teacher); returns
+    ``[(step, mean loss)]``.
+
+    Each step draws clean ``x0 = data(batch, generator)``, ONE ``z ~ N(0, I)`` per sample and an adjacent
+    pair ``sigma_n > sigma_{n+1}`` of the ``num_scales``-point Karras grid, and minimises
+    ``lambda(sigma_n) d(f_theta(x0 + sigma_n z, sigma_n), f_{theta^-}(x0 + sigma_{n+1} z, sigma_{n+1}))``
+    (the CT loss: the teacher's ODE step of :func:`distill` replaced by the one-sample estimate of the score,
+    the same ``z``). Options of the improved techniques (Song & Dhariwal 2023): ``ema = 0`` sets
+    ``theta^- = theta`` with a stop-gradient (Section 3.2; ``ema > 0``: the original EMA target),
+    ``loss="pseudo_huber"`` (Section 3.3, :func:`ct_loss`), ``weighting="ict"`` for
+    ``lambda(sigma_n) = 1 / (sigma_n - sigma_{n+1})`` (Section 3.3; ``"uniform"``: ``lambda = 1``) and
+    ``index="lognormal"`` for :func:`ct_index_probs` (Section 3.5; ``"uniform"``: ``n`` uniform as in
+    Algorithm 3). The model kept is ``theta^-`` (``theta`` when ``ema = 0``), or the slow EMA of the student
+    when ``slow_ema > 0``; ``lr_decay`` and ``checkpoint`` as in :func:`distill`."""
+    if not 0.0 <= slow_ema < 1.0 or not 0.0 <= ema < 1.0:
+        raise ValueError(f"consistency_train: ema and slow_ema must be in [0, 1), got {ema}, {slow_ema}")
+    if weighting not in ("uniform", "ict") or index not in ("uniform", "lognormal"):
+        raise ValueError(f"consistency_train: weighting must be 'uniform' or 'ict' and index 'uniform' or "
+                         f"'lognormal', got {weighting!r}, {index!r}")
+    if num_scales < 2:
+        raise ValueError(f"consistency_train: num_scales must be >= 2, got {num_scales}")
+    ct_loss(torch.zeros(1, 1), torch.zeros(1, 1), loss, huber_c)  # validates ``loss``
+    sigmas = karras_sigmas(num_scales, model.sigma_min, model.sigma_max)
+    probs = ct_index_probs(sigmas, p_mean, p_std) if index == "lognormal" else None
+    target = copy.deepcopy(model).requires_grad_(False) if ema else model
+    slow = copy.deepcopy(model).requires_grad_(False) if slow_ema else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if lr_decay else 1.0)
+    curve, acc, cnt = [], 0.0, 0
+    for step in range(1, steps + 1):
+        x0 = data(batch_size, generator)
+        b, shape = x0.shape[0], (-1,) + (1,) * (x0.dim() - 1)
+        if probs is None:
+            n = torch.randint(0, num_scales - 1, (b,), generator=generator)
+        else:
+            n = torch.multinomial(probs, b, replacement=True, generator=generator)
+        s, s_next = sigmas[n].to(x0.dtype).to(x0.device), sigmas[n + 1].to(x0.dtype).to(x0.device)
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        with torch.no_grad():
+            tgt = target(x0 + s_next.reshape(shape) * z, s_next)
+        d = ct_loss(model(x0 + s.reshape(shape) * z, s), tgt, loss, huber_c)
+        lam = 1.0 / (sigmas[n] - sigmas[n + 1]).to(d.dtype).to(d.device) if weighting == "ict" else 1.0
+        loss_val = (lam * d).mean()
+        opt.zero_grad(set_to_none=True)
+        loss_val.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            if target is not model:
+                for pt, p in zip(target.parameters(), model.parameters()):
+                    pt.lerp_(p, 1 - ema)
+            if slow is not None:
+                for ps, p in zip(slow.parameters(), model.parameters()):
+                    ps.lerp_(p, 1 - slow_ema)
+        acc, cnt = acc + float(loss_val.detach()), cnt + 1
+        if log_every and step % log_every == 0:
+            curve.append((step, acc / cnt))
+            acc, cnt = 0.0, 0
+            if callback is not None:
+                callback(step, curve[-1][1])
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            checkpoint(step, slow if slow is not None else target, target)
+    # the kept model: the slow EMA when asked for, else the target theta^- (theta itself when ema = 0)
+    kept = slow if slow is not None else target
+    if kept is not model:
+        model.load_state_dict(kept.state_dict())
+    return curve
+
+
 def _lag1(a: torch.Tensor) -> float:
     """Horizontal neighbour correlation of the pixels, each image centred (0 for white noise)."""
     a = a.double()
@@ -154,6 +266,22 @@ def sample_checks(model: ConsistencyModel, train: torch.Tensor, num: int = 32, s
     finally:
         model.clip_x0 = clip
     return out
+
+
+def memorisation_check(model: ConsistencyModel, train: torch.Tensor, held: torch.Tensor, num: int = 64,
+                       seed: int = 0) -> dict:
+    """Does ``model`` copy training images? ``num`` one-step samples (seed ``seed``): mean nearest-neighbour
+    RMS to the held-out images and to as many training images drawn at random (seed 0); a model that
+    generalises is about as close to both, one that copies its training set is closer to the training
+    subset. Also the smallest per-sample nearest-training-image RMS, against the same for the held-out images."""
+    sub = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[: held.shape[0]]]
+    x = model.sample(num, torch.Generator().manual_seed(seed))
+    d_x = torch.cdist(x.flatten(1).double(), train.flatten(1).double()).min(1).values / x[0].numel() ** 0.5
+    d_h = torch.cdist(held.flatten(1).double(), train.flatten(1).double()).min(1).values / x[0].numel() ** 0.5
+    return dict(samples=num, nn_rms_to_heldout=round(_nn_rms(x, held), 4),
+                nn_rms_to_as_many_training_images=round(_nn_rms(x, sub), 4),
+                min_nn_rms_to_train_samples=round(float(d_x.min()), 4),
+                min_nn_rms_to_train_heldout=round(float(d_h.min()), 4))
 
 
 def distill_prior(teacher: str = "digits", out=None, *, steps: int = 1500, batch_size: int = 32, lr: float = 2e-5,
@@ -259,32 +387,190 @@ def distill_prior(teacher: str = "digits", out=None, *, steps: int = 1500, batch
     return model
 
 
+def _consistency_folder(name_or_path) -> Path:
+    from ..models.consistency import CONSISTENCY_DIR
+
+    folder = Path(name_or_path)
+    return folder if folder.is_dir() else CONSISTENCY_DIR / str(name_or_path)
+
+
+def consistency_train_prior(init: str = "digits_cm", out=None, *, data: str = "digits", augment: bool = True,
+                            steps: int = 2000, batch_size: int = 32, lr: float = 1e-5, num_scales: int = 80,
+                            ema: float = 0.0, loss: str = "l2", huber_c: float | None = None,
+                            weighting: str = "uniform", index: str = "uniform", p_mean: float = -1.1,
+                            p_std: float = 2.0, slow_ema: float = 0.0, lr_decay: bool = False, seed: int = 0,
+                            threads: int | None = 1, checkpoint_every: int = 0, log_every: int = 50,
+                            verbose: bool = True) -> ConsistencyModel:
+    """Fine-tune a consistency model (``init``: a shipped name or a folder of :func:`save_consistency`, e.g. the
+    distilled ``digits_cm``) by consistency training on the data set ``data`` (:func:`consistency_train`: no
+    teacher); saves it to ``out`` with ``training.json`` (command, settings, wall time, loss curve, the sample
+    checks of :func:`sample_checks` before and after, and the ``init`` model's own ``training.json`` under
+    ``"init_training"``), also every ``checkpoint_every`` steps (``"partial": true``)."""
+    from ..models.consistency import load_consistency
+    from ..models.zoo import _read_json, heldout_images
+    from .data import _make_source
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    folder = _consistency_folder(init)
+    init_cfg = _read_json(folder / "consistency.json", "consistency config")
+    init_rec = _read_json(folder / "training.json", "training record") if (folder / "training.json").is_file() else {}
+    model = load_consistency(init)
+    model.requires_grad_(True).train()
+    model.clip_x0 = False  # training: the raw x0 estimate (a clipped one has no gradient where it clips)
+    src = _make_source(data, torch.device("cpu"), augment=augment)
+    train = src.train
+    g = torch.Generator().manual_seed(seed)
+    command = (f"python -m ppl_diffusion.training.consistency --method ct --init {init} --data {data}"
+               f"{'' if augment else ' --no-augment'} --out {out} --steps {steps} --batch-size {batch_size} "
+               f"--lr {lr} --num-scales {num_scales} --ema {ema} --slow-ema {slow_ema} --loss {loss}"
+               f"{'' if huber_c is None else f' --huber-c {huber_c}'} --weighting {weighting} --index {index} "
+               f"--p-mean {p_mean} --p-std {p_std}{' --lr-decay' if lr_decay else ''} --seed {seed} "
+               f"--threads {threads} --checkpoint-every {checkpoint_every} --log-every {log_every}")
+
+    held = heldout_images(data)
+
+    def checks(m, memorisation=False):
+        m = copy.deepcopy(m).requires_grad_(False).eval()
+        m.clip_x0 = True  # inference: the x0 estimate is clipped to the data range [-1, 1]
+        out = sample_checks(m, train)
+        if memorisation:
+            out["memorisation"] = memorisation_check(m, train, held)
+        return out
+
+    noise = train.mean() + train.std() * torch.randn((32,) + tuple(model.event_shape),
+                                                     generator=torch.Generator().manual_seed(1))
+    references = dict(init_model=checks(model, True), heldout=_stats(held, train),
+                      gaussian_noise=_stats(noise, train))
+    dim = model.event_shape.numel()
+
+    def record_of(m, curve, wall, step) -> dict:
+        rec = dict(
+            method="consistency training (Song et al. 2023, Algorithm 3: x0 + sigma_n z and x0 + sigma_{n+1} z with "
+            "the same z, no teacher), fine-tuning the consistency model " + repr(str(init)),
+            data=src.description, num_scales=num_scales, steps=steps, steps_done=step, partial=step < steps,
+            batch_size=batch_size, lr=lr, lr_decay=lr_decay, optimizer="Adam", ema=ema,
+            target="theta^- = theta, stop-gradient (Song & Dhariwal 2023, Section 3.2)" if ema == 0
+            else f"EMA of the student, decay {ema}", loss=loss,
+            huber_c=(0.00054 * dim**0.5 if huber_c is None else huber_c) if loss == "pseudo_huber" else None,
+            weighting=weighting, index=index, p_mean=p_mean if index == "lognormal" else None,
+            p_std=p_std if index == "lognormal" else None, slow_ema=slow_ema,
+            kept_model="slow EMA of the student" if slow_ema else ("the student theta" if ema == 0 else
+                                                                    "the EMA target theta^-"),
+            sigma_min=m.sigma_min, sigma_max=m.sigma_max, sigma_data=m.sigma_data, seed=seed, threads=threads,
+            student_init=str(init), parameters=sum(p.numel() for p in m.parameters()),
+            wall_time_train_s=round(wall, 1), loss_curve=curve,
+            teacher_scheduler=init_cfg.get("teacher_scheduler"),
+            sample_checks=dict(note="32 samples (seed 0) against the training digits: mean RMS distance to the "
+                               "nearest training digit, mean offset, std ratio, centred neighbour-correlation "
+                               "offset (the shipped priors' criterion, tests/test_zoo.py: nn_rms <= 1.5 x held-out, "
+                               "|mean| < 0.1, std ratio in (0.75, 1.25), |lag1| < 0.1); init_model: before "
+                               "consistency training; memorisation: see memorisation_check", **checks(m, True),
+                               **references),
+            command=command, init_training=init_rec)
+        return rec
+
+    def save(m, rec):
+        m = copy.deepcopy(m).requires_grad_(False).eval()
+        m.clip_x0 = bool(init_cfg.get("clip_x0", True))
+        save_consistency(m, out, rec)
+        out_path = Path(out)
+        rec["safetensors_bytes"] = sum(f.stat().st_size for f in out_path.rglob("*.safetensors"))
+        (out_path / "training.json").write_text(json.dumps(rec, indent=1) + "\n")
+
+    curve_so_far: list = []
+
+    def log_and_keep(step, val):
+        curve_so_far.append((step, val))
+        if verbose:
+            print(f"step {step}: loss {val:.5f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def checkpoint(step, kept, target):
+        if out is None:
+            return
+        rec = record_of(kept, list(curve_so_far), time.perf_counter() - t0, step)
+        save(kept, rec)
+        if verbose:
+            print(f"checkpoint {step}: one step {rec['sample_checks']['one_step_clip']}, two steps "
+                  f"{rec['sample_checks']['two_step_clip']}", flush=True)
+
+    t0 = time.perf_counter()
+    curve = consistency_train(model, lambda b, gen: src.sample(b, gen), steps=steps, batch_size=batch_size, lr=lr,
+                              num_scales=num_scales, ema=ema, loss=loss, huber_c=huber_c, weighting=weighting,
+                              index=index, p_mean=p_mean, p_std=p_std, lr_decay=lr_decay, slow_ema=slow_ema,
+                              generator=g, log_every=log_every, callback=log_and_keep,
+                              checkpoint_every=checkpoint_every, checkpoint=checkpoint)
+    wall = time.perf_counter() - t0
+    record = record_of(model, curve, wall, steps)
+    if out is not None:
+        save(model, record)
+    if verbose:
+        print(json.dumps(record["sample_checks"]), f"wall {wall:.0f} s", flush=True)
+    model.requires_grad_(False).eval()
+    model.clip_x0 = bool(init_cfg.get("clip_x0", True))
+    return model
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ppl_diffusion.training.consistency",
-                                description="Distil a diffusion prior into a one-step consistency model.")
-    p.add_argument("--teacher", default="digits", help="shipped prior name or local folder (default digits)")
+                                description="Distil a diffusion prior into a one-step consistency model (--method "
+                                "cd), or fine-tune one by consistency training on the data (--method ct).")
+    p.add_argument("--method", choices=("cd", "ct"), default="cd",
+                   help="cd: consistency distillation (Algorithm 2) from --teacher; ct: consistency training "
+                   "(Algorithm 3) of the model --init on --data")
+    p.add_argument("--teacher", default="digits", help="cd: shipped prior name or local folder (default digits)")
+    p.add_argument("--init", default="digits_cm", help="ct: the consistency model to start from (name or folder)")
+    p.add_argument("--data", default="digits", help="ct: the training data set (default digits)")
+    p.add_argument("--no-augment", action="store_true", help="ct: train on the data without augmentation")
     p.add_argument("--out", required=True, help="output folder (unet/, consistency.json, training.json)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=None, help="default 1500 (cd) / 2000 (ct)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--num-scales", type=int, default=18, help="N of the Karras grid (paper's CIFAR-10: 18)")
-    p.add_argument("--ema", type=float, default=0.95, help="EMA decay mu of the target network")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-5 (cd) / 1e-5 (ct)")
+    p.add_argument("--num-scales", type=int, default=None,
+                   help="N of the Karras grid (default 18, the paper's CIFAR-10 CD setting, for cd; 80 for ct)")
+    p.add_argument("--ema", type=float, default=None,
+                   help="EMA decay mu of the target network (default 0.95 for cd; 0 for ct: theta^- = theta)")
     p.add_argument("--slow-ema", type=float, default=0.0,
                    help="keep a second EMA of the student at this decay and ship it (default 0: ship the target)")
-    p.add_argument("--sigma-max", type=float, default=80.0, help="sigma_max of the grid and sampler (paper: 80)")
+    p.add_argument("--loss", choices=("l2", "pseudo_huber"), default="l2", help="ct: the metric d")
+    p.add_argument("--huber-c", type=float, default=None, help="ct: pseudo-Huber c (default 0.00054 sqrt(dim))")
+    p.add_argument("--weighting", choices=("uniform", "ict"), default="uniform",
+                   help="ct: lambda(sigma_n) = 1 (uniform) or 1 / (sigma_n - sigma_{n+1}) (ict)")
+    p.add_argument("--index", choices=("uniform", "lognormal"), default="uniform",
+                   help="ct: distribution of the noise index n (lognormal: improved CT, P_mean / P_std)")
+    p.add_argument("--p-mean", type=float, default=-1.1)
+    p.add_argument("--p-std", type=float, default=2.0)
+    p.add_argument("--lr-decay", action="store_true", help="ct: decay the learning rate linearly to 0")
+    p.add_argument("--sigma-max", type=float, default=80.0, help="cd: sigma_max of the grid and sampler (paper: 80)")
     p.add_argument("--sigma-data", type=float, default=0.5,
-                   help="sigma_data of c_skip (paper: 0.5; smaller keeps f close to the teacher's denoiser)")
+                   help="cd: sigma_data of c_skip (paper: 0.5; smaller keeps f close to the teacher's denoiser)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="write the model every this many steps")
     p.add_argument("--log-every", type=int, default=50, help="loss-curve interval (steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    cd = a.method == "cd"
+
+    def pick(v, cd_default, ct_default):
+        return v if v is not None else (cd_default if cd else ct_default)
+
     try:
-        distill_prior(a.teacher, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, num_scales=a.num_scales,
-                      ema=a.ema, slow_ema=a.slow_ema, sigma_max=a.sigma_max, sigma_data=a.sigma_data, seed=a.seed,
-                      threads=a.threads, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
-                      verbose=not a.quiet)
+        if cd:
+            distill_prior(a.teacher, a.out, steps=pick(a.steps, 1500, 0), batch_size=a.batch_size,
+                          lr=pick(a.lr, 2e-5, 0), num_scales=pick(a.num_scales, 18, 0), ema=pick(a.ema, 0.95, 0),
+                          slow_ema=a.slow_ema, sigma_max=a.sigma_max, sigma_data=a.sigma_data, seed=a.seed,
+                          threads=a.threads, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
+                          verbose=not a.quiet)
+        else:
+            consistency_train_prior(a.init, a.out, data=a.data, augment=not a.no_augment,
+                                    steps=pick(a.steps, 0, 2000), batch_size=a.batch_size, lr=pick(a.lr, 0, 1e-5),
+                                    num_scales=pick(a.num_scales, 0, 80), ema=pick(a.ema, 0, 0.0), loss=a.loss,
+                                    huber_c=a.huber_c, weighting=a.weighting, index=a.index, p_mean=a.p_mean,
+                                    p_std=a.p_std, slow_ema=a.slow_ema, lr_decay=a.lr_decay, seed=a.seed,
+                                    threads=a.threads, checkpoint_every=a.checkpoint_every,
+                                    log_every=a.log_every, verbose=not a.quiet)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
