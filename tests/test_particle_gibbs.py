@@ -170,12 +170,14 @@ def test_gmm_chains_inference_data_and_pyro():
     pb = gmm_benchmark_problem(8, 2, seed=0)
     model = pb.model(VPSchedule.gmm_benchmark())
     g = torch.Generator().manual_seed(3)
+    # 60 draws: the chains start spread over the posterior's modes (the sampler's own resampling) and
+    # move between them slowly at 16 particles; max R-hat 1.07-1.18 over seeds 3-6 (1.16-1.62 at 20 draws)
     res = ParticleGibbs(MCGDiff(model, particles=16, steps=10), chains=8, generator=g).run_chains(
-        y=pb.y, num_samples=20, warmup_steps=2)
+        y=pb.y, num_samples=60, warmup_steps=2)
     idata = res.to_inference_data()
-    assert idata.posterior["x"].dims[:2] == ("chain", "draw") and idata.posterior["x"].shape[:2] == (8, 20)
+    assert idata.posterior["x"].dims[:2] == ("chain", "draw") and idata.posterior["x"].shape[:2] == (8, 60)
     r, e = rhat(res.samples), ess_bulk(res.samples)
-    assert torch.isfinite(r).all() and torch.isfinite(e).all() and float(r.max()) < 1.5
+    assert torch.isfinite(r).all() and torch.isfinite(e).all() and float(r.max()) < 1.3
     mc = MCMC(ParticleGibbs(MCGDiff(model, particles=8, steps=10), generator=g), num_samples=4,
               warmup_steps=0, disable_progbar=True)
     mc.run(y=pb.y)
@@ -196,3 +198,24 @@ def test_bad_inputs():
         ParticleGibbs(MCGDiff(model, particles=8), chains=0)
     with pytest.raises(ValueError, match="final_correction"):
         ParticleGibbs(MCGDiff(model, particles=8, final_correction=True))
+
+
+def test_chains_start_from_the_samplers_own_resampling_not_every_step():
+    """The chains' first state is one unconditional run of the sampler as configured (systematic at
+    ESS < N/2), not the conditional sweeps' multinomial-at-every-step scheme, which misweights a
+    mixture's modes in a single run. On a d = 8 bimodal posterior (exactness family 'spectrum', seed 2,
+    exact weights 0.995 / 0.005), 200 chains, one draw each after the start and one sweep, 50 steps:
+    component-weight TV 0.005 (measured) against 0.205 when the sampler itself resamples at every step
+    (the start the kernel used before)."""
+    from ppl_diffusion.bench.exactness import component_weights, exactness_problem
+
+    pb = exactness_problem("spectrum", 8, 2, 2)
+    model = pb.model(VPSchedule.gmm_benchmark())
+    tv = {}
+    for label, kw in (("own", {}), ("every step", {"resampling": "multinomial", "ess_threshold": 1.0})):
+        sv = MCGDiff(model, particles=32, steps=50, final_correction=False, **kw)
+        kern = ParticleGibbs(sv, chains=200, generator=torch.Generator().manual_seed(0))
+        assert (sv.resampling, sv.ess_threshold) == ("multinomial", 1.0)  # the conditional sweeps' scheme
+        x = kern.draw(200, y=pb.y, warmup=0).flat().double()
+        tv[label] = float(0.5 * (component_weights(x, pb.posterior) - pb.posterior.weights).abs().sum())
+    assert tv["own"] < 0.04 and tv["every step"] > 0.12, tv

@@ -189,12 +189,23 @@ def _parse_method(spec: str):
 def _draws(solver, opts, pb, sched, n, steps, g):
     """``[(suffix, (n, d) draws)]``: an SMC sampler runs ``n`` independent runs once and gives both
     the one-draw-per-run samples (suffix ``""``) and the evidence-weighted pool (``" pooled"``,
-    :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); other solvers run as
+    :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); ``particle_gibbs`` (options ``base``,
+    ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains; other solvers run as
     :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
     from .gmm import run_solver
 
     model = pb.model(sched)
+    if solver == "particle_gibbs":  # ParticleGibbs(base): vectorised chains, ceil(n / chains) draws each
+        from ..inference.kernels import ParticleGibbs
+
+        opts = dict(opts)
+        base, chains = opts.pop("base", "mcgdiff"), int(opts.pop("chains", 20))
+        warmup, thin = int(opts.pop("warmup", 20)), int(opts.pop("thin", 1))
+        if base == "mcgdiff":  # ancestor sampling (PGAS) needs the plain final step
+            opts.setdefault("final_correction", False)
+        kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g)
+        return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1))]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
         from ..inference.smc.evidence import pooled_resample

@@ -72,6 +72,12 @@ class ParticleGibbs(MCMCKernel):
         structure = Problem.from_model(sampler.model, prior_site=sampler.prior_site, allow_unobserved=True)
         if structure.plates:  # conditional SMC pins one reference path per run; not laid out per measurement
             raise structure.plate_error("ParticleGibbs")
+        # the chains start from ONE unconditional run of the sampler as configured (its own resampling
+        # scheme and ESS threshold: systematic at ESS < N/2 by default, which keeps the mixture's mode
+        # weights, where resampling at every step misweights them in a single run: measured on a d = 8
+        # mixture, component-weight TV 0.48 against 0.010); the conditional sweeps then resample
+        # multinomially at every step, as conditional SMC requires
+        self._start = (sampler.resampling, sampler.ess_threshold)
         sampler.resampling, sampler.ess_threshold = "multinomial", 1.0
         self.sampler, self.generator = sampler, generator
         self.chains = check_int("chains", chains, "ParticleGibbs")
@@ -87,7 +93,8 @@ class ParticleGibbs(MCMCKernel):
         self._problem = None
 
     def _sweep(self, reference):
-        res = run_smc(self._fk, self.chains, self.sampler.particles, "multinomial", 1.0, self.generator,
+        scheme, threshold = self._start if reference is None else ("multinomial", 1.0)
+        res = run_smc(self._fk, self.chains, self.sampler.particles, scheme, threshold, self.generator,
                       reference=reference, keep_history=True,
                       ancestor_sampling=self.ancestor_sampling and reference is not None)
         j = torch.multinomial(res.weights.cpu(), 1, generator=self.generator).flatten().to(res.weights.device)
