@@ -108,9 +108,9 @@ def test_ct_loss_pseudo_huber_and_lognormal_index_against_closed_forms():
 
 def test_ct_fine_tune_of_the_shipped_consistency_model_through_the_cli(tmp_path):
     """``--method ct``: two steps from the shipped ``digits_cm`` write a loadable model whose
-    training.json records the CT settings, the command and the distillation stage it started from; the
+    training.json records the CT settings, the command and the record of the model it started from; the
     weights moved."""
-    from ppl_diffusion.models.consistency import load_consistency
+    from ppl_diffusion.models.consistency import CONSISTENCY_DIR, load_consistency
     from ppl_diffusion.training.consistency import main
 
     out = tmp_path / "cm"
@@ -146,7 +146,7 @@ def test_ct_fine_tune_of_the_shipped_consistency_model_through_the_cli(tmp_path)
     assert rec["command"].startswith("python -m ppl_diffusion.training.consistency --method ct --init digits_cm")
     assert rec["steps_done"] == 2 and len(rec["loss_curve"]) == 2 and rec["num_scales"] == 40
     assert math.isclose(rec["huber_c"], 0.00054 * 16) and rec["weighting"] == "ict" and rec["index"] == "lognormal"
-    assert "consistency distillation" in rec["init_training"]["method"]
+    assert rec["init_training"] == json.loads((CONSISTENCY_DIR / "digits_cm" / "training.json").read_text())
     new, old = load_consistency(out), load_consistency("digits_cm")
     assert (new.sigma_max, new.sigma_data, new.clip_x0) == (old.sigma_max, old.sigma_data, old.clip_x0)
     moved = max(float((p - q).abs().max()) for p, q in zip(new.parameters(), old.parameters()))
