@@ -95,13 +95,8 @@ def distill(model: ConsistencyModel, teacher_ve, data, *, steps: int, batch_size
     if not 0.0 <= slow_ema < 1.0:
         raise ValueError(f"distill: slow_ema must be in [0, 1), got {slow_ema}")
     sigmas = karras_sigmas(num_scales, model.sigma_min, model.sigma_max)
-    target = copy.deepcopy(model).requires_grad_(False)
-    slow = copy.deepcopy(model).requires_grad_(False) if slow_ema else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if lr_decay else 1.0)
-    curve, acc, cnt = [], 0.0, 0
-    for step in range(1, steps + 1):
+
+    def step_loss(target):
         x0 = data(batch_size, generator)
         n = torch.randint(0, num_scales - 1, (x0.shape[0],), generator=generator, device=x0.device)
         s, s_next = sigmas[n].to(x0.device), sigmas[n + 1].to(x0.device)
@@ -110,14 +105,37 @@ def distill(model: ConsistencyModel, teacher_ve, data, *, steps: int, batch_size
         with torch.no_grad():
             x_next = heun_step(teacher_ve, x, s, s_next)
             tgt = target(x_next, s_next.to(x0.dtype))
-        loss = (model(x, s.to(x0.dtype)) - tgt).pow(2).flatten(1).sum(1).mean()
+        return (model(x, s.to(x0.dtype)) - tgt).pow(2).flatten(1).sum(1).mean()
+
+    # the kept model: the slow EMA when asked for, else the target EMA (paper: theta^-)
+    return _optimise(model, step_loss, steps=steps, lr=lr, lr_decay=lr_decay, ema=ema, ema_target=True,
+                     slow_ema=slow_ema, log_every=log_every, callback=callback, checkpoint_every=checkpoint_every,
+                     checkpoint=checkpoint)
+
+
+def _optimise(model, step_loss, *, steps, lr, lr_decay, ema, ema_target, slow_ema, log_every, callback,
+              checkpoint_every, checkpoint) -> list:
+    """The loop shared by :func:`distill` and :func:`consistency_train`: ``steps`` Adam steps on
+    ``step_loss(target)`` (learning rate decayed linearly to 0 with ``lr_decay``), the target ``theta^-``
+    a copy of the student moved as an EMA at decay ``ema`` (``ema_target``) or the student itself, an
+    optional slow EMA, the loss curve every ``log_every`` steps and ``checkpoint(step, kept, target)``
+    every ``checkpoint_every``. Loads the kept model (slow EMA, else the target) into ``model``."""
+    target = copy.deepcopy(model).requires_grad_(False) if ema_target else model
+    slow = copy.deepcopy(model).requires_grad_(False) if slow_ema else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if lr_decay else 1.0)
+    curve, acc, cnt = [], 0.0, 0
+    for step in range(1, steps + 1):
+        loss = step_loss(target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
-            for pt, p in zip(target.parameters(), model.parameters()):
-                pt.lerp_(p, 1 - ema)
+            if target is not model:
+                for pt, p in zip(target.parameters(), model.parameters()):
+                    pt.lerp_(p, 1 - ema)
             if slow is not None:
                 for ps, p in zip(slow.parameters(), model.parameters()):
                     ps.lerp_(p, 1 - slow_ema)
@@ -129,8 +147,9 @@ def distill(model: ConsistencyModel, teacher_ve, data, *, steps: int, batch_size
                 callback(step, curve[-1][1])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             checkpoint(step, slow if slow is not None else target, target)
-    # the kept model: the slow EMA when asked for, else the target EMA (paper: theta^-)
-    model.load_state_dict((slow if slow is not None else target).state_dict())
+    kept = slow if slow is not None else target
+    if kept is not model:
+        model.load_state_dict(kept.state_dict())
     return curve
 
 
@@ -185,13 +204,7 @@ def consistency_train(model: ConsistencyModel, data, *, steps: int, batch_size: 
     ct_loss(torch.zeros(1, 1), torch.zeros(1, 1), loss, huber_c)  # validates ``loss``
     sigmas = karras_sigmas(num_scales, model.sigma_min, model.sigma_max)
     probs = ct_index_probs(sigmas, p_mean, p_std) if index == "lognormal" else None
-    target = copy.deepcopy(model).requires_grad_(False) if ema else model
-    slow = copy.deepcopy(model).requires_grad_(False) if slow_ema else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if lr_decay else 1.0)
-    curve, acc, cnt = [], 0.0, 0
-    for step in range(1, steps + 1):
+    def step_loss(target):
         x0 = data(batch_size, generator)
         b, shape = x0.shape[0], (-1,) + (1,) * (x0.dim() - 1)
         if probs is None:
@@ -204,31 +217,12 @@ def consistency_train(model: ConsistencyModel, data, *, steps: int, batch_size: 
             tgt = target(x0 + s_next.reshape(shape) * z, s_next)
         d = ct_loss(model(x0 + s.reshape(shape) * z, s), tgt, loss, huber_c)
         lam = 1.0 / (sigmas[n] - sigmas[n + 1]).to(d.dtype).to(d.device) if weighting == "ict" else 1.0
-        loss_val = (lam * d).mean()
-        opt.zero_grad(set_to_none=True)
-        loss_val.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            if target is not model:
-                for pt, p in zip(target.parameters(), model.parameters()):
-                    pt.lerp_(p, 1 - ema)
-            if slow is not None:
-                for ps, p in zip(slow.parameters(), model.parameters()):
-                    ps.lerp_(p, 1 - slow_ema)
-        acc, cnt = acc + float(loss_val.detach()), cnt + 1
-        if log_every and step % log_every == 0:
-            curve.append((step, acc / cnt))
-            acc, cnt = 0.0, 0
-            if callback is not None:
-                callback(step, curve[-1][1])
-        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
-            checkpoint(step, slow if slow is not None else target, target)
+        return (lam * d).mean()
+
     # the kept model: the slow EMA when asked for, else the target theta^- (theta itself when ema = 0)
-    kept = slow if slow is not None else target
-    if kept is not model:
-        model.load_state_dict(kept.state_dict())
-    return curve
+    return _optimise(model, step_loss, steps=steps, lr=lr, lr_decay=lr_decay, ema=ema, ema_target=bool(ema),
+                     slow_ema=slow_ema, log_every=log_every, callback=callback, checkpoint_every=checkpoint_every,
+                     checkpoint=checkpoint)
 
 
 def _lag1(a: torch.Tensor) -> float:
@@ -375,16 +369,27 @@ def distill_prior(teacher: str = "digits", out=None, *, steps: int = 1500, batch
         log(step, loss)
 
     t0 = time.perf_counter()
-    curve = distill(model, teacher_ve, lambda b, gen: src.sample(b, gen), steps=steps, batch_size=batch_size,
-                    lr=lr, num_scales=num_scales, ema=ema, slow_ema=slow_ema, generator=g, log_every=log_every,
-                    callback=log_and_keep, checkpoint_every=checkpoint_every, checkpoint=checkpoint)
+    _train_and_record(t0, lambda: distill(model, teacher_ve, lambda b, gen: src.sample(b, gen), steps=steps,
+                                      batch_size=batch_size, lr=lr, num_scales=num_scales, ema=ema,
+                                      slow_ema=slow_ema, generator=g, log_every=log_every,
+                                      callback=log_and_keep, checkpoint_every=checkpoint_every,
+                                      checkpoint=checkpoint),
+                      model, record_of, save if out is not None else None, steps, verbose)
+    return model
+
+
+def _train_and_record(t0: float, train, model, record_of, save, steps: int, verbose: bool) -> dict:
+    """Run ``train()`` (returns the loss curve; started at ``time.perf_counter() = t0``), build
+    ``record_of(model, curve, wall, steps)``, write it with ``save(model, record)`` when given and print
+    its sample checks when ``verbose``."""
+    curve = train()
     wall = time.perf_counter() - t0
     record = record_of(model, curve, wall, steps)
-    if out is not None:
+    if save is not None:
         save(model, record)
     if verbose:
         print(json.dumps(record["sample_checks"]), f"wall {wall:.0f} s", flush=True)
-    return model
+    return record
 
 
 def _consistency_folder(name_or_path) -> Path:
@@ -496,17 +501,13 @@ def consistency_train_prior(init: str = "digits_cm", out=None, *, data: str = "d
                   f"{rec['sample_checks']['two_step_clip']}", flush=True)
 
     t0 = time.perf_counter()
-    curve = consistency_train(model, lambda b, gen: src.sample(b, gen), steps=steps, batch_size=batch_size, lr=lr,
-                              num_scales=num_scales, ema=ema, loss=loss, huber_c=huber_c, weighting=weighting,
-                              index=index, p_mean=p_mean, p_std=p_std, lr_decay=lr_decay, slow_ema=slow_ema,
-                              generator=g, log_every=log_every, callback=log_and_keep,
-                              checkpoint_every=checkpoint_every, checkpoint=checkpoint)
-    wall = time.perf_counter() - t0
-    record = record_of(model, curve, wall, steps)
-    if out is not None:
-        save(model, record)
-    if verbose:
-        print(json.dumps(record["sample_checks"]), f"wall {wall:.0f} s", flush=True)
+    _train_and_record(t0, lambda: consistency_train(model, lambda b, gen: src.sample(b, gen), steps=steps,
+                                                batch_size=batch_size, lr=lr, num_scales=num_scales, ema=ema,
+                                                loss=loss, huber_c=huber_c, weighting=weighting, index=index,
+                                                p_mean=p_mean, p_std=p_std, lr_decay=lr_decay, slow_ema=slow_ema,
+                                                generator=g, log_every=log_every, callback=log_and_keep,
+                                                checkpoint_every=checkpoint_every, checkpoint=checkpoint),
+                      model, record_of, save if out is not None else None, steps, verbose)
     model.requires_grad_(False).eval()
     model.clip_x0 = bool(init_cfg.get("clip_x0", True))
     return model
