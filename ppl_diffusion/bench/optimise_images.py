@@ -102,15 +102,21 @@ def run(methods, n_images: int = 2, restarts: int = 3, seed: int = 0, noise_std:
 
 
 def _consistency_note() -> str:
-    """Which consistency model Consistent-CSGM used (the shipped ``digits_cm``, from its training.json)."""
+    """Which consistency model Consistent-CSGM used (the shipped ``digits_cm``, from its training.json: a
+    distillation record, or a consistency-training record with the distillation it started from in
+    ``init_training``)."""
     import json
 
     from ..models.consistency import CONSISTENCY_DIR
 
     rec = json.loads((CONSISTENCY_DIR / "digits_cm" / "training.json").read_text())
+    stages = [rec["init_training"], rec] if "init_training" in rec else [rec]
+    how = " then ".join(
+        f"{st.get('steps_done', st['steps'])} {'consistency-training' if 'teacher' not in st else 'distillation'} steps"
+        for st in stages)
     return (f"Consistent-CSGM's generator: the shipped consistency model 'digits_cm' ({rec['parameters']} parameters, "
-            f"sigma_max {rec.get('sigma_max', 80.0):g}, {rec.get('steps_done', rec['steps'])} distillation steps of "
-            f"batch {rec['batch_size']}; ppl_diffusion/weights/digits_cm/training.json).")
+            f"sigma_max {rec.get('sigma_max', 80.0):g}, {how} of batch {rec['batch_size']}; "
+            "ppl_diffusion/weights/digits_cm/training.json).")
 
 
 def main(argv=None):

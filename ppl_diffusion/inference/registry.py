@@ -99,7 +99,8 @@ _DECLARATIONS = [
     _s("shred", "optimise.shred:SHRED", "optimisation", "likelihood",
        "SHRED (Chihaoui et al. 2024): sphere-constrained 10-step DDIM inversion; point estimates"),
     _s("consistent_csgm", "optimise.consistent_csgm:ConsistentCSGM", "optimisation", "likelihood",
-       "Consistent-CSGM: CSGM through a distilled consistency model (digits_cm); point estimates",
+       "Consistent-CSGM: CSGM through a consistency model (digits_cm: distilled, then "
+       "consistency-trained); point estimates",
        "consistent-csgm"),
     _s("score_ilo", "optimise.score_ilo:ScoreILO", "optimisation", "likelihood",
        "Score-ILO (Daras et al. 2022): fit z, then a decoder layer h, with score pulls; latent prior",

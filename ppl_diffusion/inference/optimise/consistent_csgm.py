@@ -7,9 +7,11 @@ survey gives no constants; ours: Adam at lr 1e-2, ``z`` projected on the sphere 
 re-noising draws frozen at the start (so G stays deterministic). Cost per iteration: ``k`` network
 calls and their backward pass.
 
-The consistency model is NOT the model's prior: it is a generator distilled from it
-(``load_consistency("digits_cm")`` was distilled from the shipped ``digits`` prior,
-``python -m ppl_diffusion.training.consistency``). The model's prior site fixes the event shape.
+The consistency model is NOT the model's prior: it is a generator derived from it
+(``load_consistency("digits_cm")`` was distilled from the shipped ``digits`` prior, Song et al. 2023
+Algorithm 2, then fine-tuned by consistency training on the training digits, Algorithm 3;
+``python -m ppl_diffusion.training.consistency``, commands in its training.json). The model's prior site
+fixes the event shape.
 
 Point estimates: each draw is one random restart (see :mod:`.base`).
 """
@@ -35,7 +37,7 @@ class ConsistentCSGM(InputOptimiser):
             model's) and a differentiable likelihood.
         consistency_model: a :class:`~ppl_diffusion.models.consistency.ConsistencyModel`, or a name /
             folder for :func:`~ppl_diffusion.models.consistency.load_consistency` (default the shipped
-            ``"digits_cm"``, distilled from the ``digits`` prior).
+            ``"digits_cm"``, distilled from the ``digits`` prior, then consistency-trained on its data).
         cm_steps: consistency-model steps of the generator (1: ``f(sigma_max z, sigma_max)``).
         iterations: optimiser iterations.
         optimizer: "adam" or "sgd".
