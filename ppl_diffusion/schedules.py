@@ -299,7 +299,7 @@ class EDMSchedule(Schedule):
         return (_as_tensor(rho) / self.sigma_max).clamp(0, 1)
 
 
-GRID_KINDS = ("auto", "uniform", "quadratic", "edm", "alpha")
+GRID_KINDS = ("auto", "uniform", "quadratic", "edm", "alpha", "alpha_log")
 
 
 def resolve_grid(schedule: Schedule, kind: str) -> str:
@@ -335,7 +335,9 @@ def time_grid(
     "quad"). ``edm``: the :func:`edm_sigmas` spacing (Karras et al., rho=7) of the noise level
     ``rho(t)``, mapped back to t.
     ``alpha``: evenly spaced in ``alpha(t)`` down to ``alpha = 1e-2``, then one step to ``t_max``
-    (the official MCGDiff grid; VP schedules only). ``auto``: ``alpha`` on VP schedules, else ``uniform``.
+    (the official MCGDiff grid; VP schedules only). ``alpha_log``: ``alpha`` down to ``sigma(t) = 0.3``
+    with three quarters of the steps, then log-uniform in ``sigma`` down to ``1e-3`` (VP, ``t_min = 0``).
+    ``auto``: ``alpha`` on VP schedules, else ``uniform``.
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
@@ -371,6 +373,20 @@ def time_grid(
         if n_main < n_steps:
             t = torch.cat([torch.tensor([t_max], dtype=torch.float64), t])
         t[0], t[-1] = t_max, t_min
+    elif kind == "alpha_log":
+        # 'alpha' down to sigma(t) = 0.3, then a quarter of the steps log-uniform in sigma down to 1e-3, then
+        # t_min: the plug-in reverse step drops a share of Var(x_0 | x_t) wherever sigma_t^2 is comparable
+        # with it (Bao et al., ICLR 2022, Eq. 7), and 'alpha' is sparse below sigma ~ 0.3 (its last steps:
+        # 0.31, 0.28, 0.24, 0.20, 0.14, 0)
+        if t_min != 0.0:
+            raise ValueError("grid kind 'alpha_log' needs t_min = 0")
+        sig_cut, sig_end = 0.3, 1e-3
+        n_lo = max(1, n_steps // 4)
+        t_cut = float(schedule.t_of_rho(torch.tensor(sig_cut / math.sqrt(1 - sig_cut**2), dtype=torch.float64)))
+        hi = time_grid(schedule, n_steps - n_lo, "alpha", t_max, t_cut)
+        sig = torch.logspace(math.log10(sig_cut), math.log10(sig_end), n_lo, dtype=torch.float64)[1:]
+        lo = schedule.t_of_rho(sig / torch.sqrt(1 - sig**2)).to(torch.float64)
+        t = torch.cat([hi, lo, torch.zeros(1, dtype=torch.float64)])
     else:
-        raise ValueError(f"unknown grid kind {kind!r}; use 'uniform', 'quadratic', 'edm' or 'alpha'")
+        raise ValueError(f"unknown grid kind {kind!r}; use 'uniform', 'quadratic', 'edm', 'alpha' or 'alpha_log'")
     return t.to(dtype)

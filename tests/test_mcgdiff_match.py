@@ -42,7 +42,7 @@ class _SnapWithoutExtraVariance(MCGDiff):
 
 def _draws(cls, model, y, cap, steps, particles, n, seed=1):
     g = torch.Generator().manual_seed(seed)
-    smp = cls(model, particles=particles, steps=steps, max_match_times=cap, tail_steps=0)  # the grid itself
+    smp = cls(model, particles=particles, steps=steps, max_match_times=cap, tail_steps=0, grid="alpha")  # the grid
     res = smp.run(y=y, runs=n, generator=g)
     idx = torch.multinomial(torch.softmax(res.log_weights, -1), 1, generator=g)[:, 0]
     return res.particles[torch.arange(n), idx], res, smp.last_fk

@@ -269,7 +269,7 @@ def test_pmmh_recovers_a_sharp_gain_posterior():
 
     problem = unknown_gain_problem(d=8, d_y=4, seed=1, schedule=SCHED)
     pyro.set_rng_seed(0)
-    kernel = PMMH(problem.model, sampler=lambda m: TDS(m, particles=64, steps=30))
+    kernel = PMMH(problem.model, sampler=lambda m: TDS(m, particles=64, steps=30, grid="alpha", tail_steps=10))
     d = kernel.draw(300, y=problem.y, chains=2, warmup=50)  # two Pyro MCMC runs of 150 draws
     theta = d.extra["theta"]["gain"].double()
     assert theta.shape == (2, 150) and d.samples.shape == (2, 150, 8)

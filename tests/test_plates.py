@@ -268,7 +268,7 @@ def test_particle_gibbs_refuses_a_plate(setup):
 
 def test_plates_benchmark_smoke(tmp_path):
     """benchmarks/plates.py on the tiny random UNet: B = 2 measurements, the plate makes one separate
-    run's network calls (DDRM: 3 steps; MCGDiff: 3 + 1 matching time + 10 tail steps), a solver without plates is
+    run's network calls (DDRM: 3 steps; MCGDiff: 3 + 1 matching time), a solver without plates is
     listed as refused, the file is written."""
     from ppl_diffusion.bench.plates import bench_plates
 
@@ -276,5 +276,5 @@ def test_plates_benchmark_smoke(tmp_path):
     text = bench_plates(["ddrm", "mcgdiff", "score_prior"], "sr2", 2, 1, 3, 0, "tiny", out=str(path), cmd="cmd")
     assert path.read_text() == text
     assert "| ddrm | steps=3 |" in text and "| 3 / 3 / 6 | 2 / 1 | 3 / 3 |" in text
-    assert "| 14 / 14 / 28 | 16 / 8 |" in text  # MCGDiff: 1 draw x 8 particles x 2 measurements per call
+    assert "| 4 / 4 / 8 | 16 / 8 |" in text  # MCGDiff: 1 draw x 8 particles x 2 measurements per call
     assert "- score_prior: score_prior: the model puts the prior site 'x' in plate(s) ['images']" in text

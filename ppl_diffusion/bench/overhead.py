@@ -150,10 +150,10 @@ def ours_mcgdiff(model, y, n, particles, steps, generator):
     from ..inference.smc import MCGDiff
 
     # resampling pinned to the official code's choice (multinomial at every step), which the bare loop
-    # implements; the time grid is MCGDiff's default base grid without its tail steps, the bare loop takes
-    # mcgdiff_grid's default too
+    # implements; the time grid is the official "alpha" grid without tail steps, which the bare loop takes
+    # from mcgdiff_grid's default
     return MCGDiff(model, particles=particles, steps=steps, resampling="multinomial",
-                   ess_threshold=1.0, tail_steps=0).sample(n, y=y, generator=generator)
+                   ess_threshold=1.0, tail_steps=0, grid="alpha").sample(n, y=y, generator=generator)
 
 
 _LOG2PI = math.log(2 * math.pi)

@@ -71,7 +71,7 @@ from ._common import denoise_flat, normal_logpdf
 from .engine import FeynmanKac, SMCSampler
 from .kalman import gaussian_condition
 from .mcgdiff_grid import check_max_match_times, mcgdiff_grid
-from .tail import refine_tail
+from .tail import refine_tail, smc_grid
 
 __all__ = ["MCGDiff"]
 
@@ -97,7 +97,7 @@ class _MCGDiffFK(FeynmanKac):
         # (U^T y)_obs: (n_obs,), or per run (R * B, 1, n_obs) on a plate's view (broadcast over particles)
         self.uty = uty[..., self.obs_idx] if rows is None else uty[:, None, self.obs_idx]
         self.ybar = self.uty / self.s_obs
-        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=grid,
+        times = mcgdiff_grid(self.sched, steps, self.s_obs.cpu(), self.noise, kind=smc_grid(self.sched, grid, steps),
                              max_match_times=max_match_times).to(torch.float64)
         times = refine_tail(self.sched, times, tail_steps)
         self.times = times
@@ -263,18 +263,21 @@ class MCGDiff(SMCSampler):
             ``steps`` network steps), snapping the others with the exact extra-variance correction.
         tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
             1e-3 (:func:`.tail.refine_tail`: the noiseless last DDPM step then drops ~1e-6 of variance
-            instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid. Default 10.
+            instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid. Default 0: the default grid already ends
+            at 1e-3 (use 10 with ``grid="alpha"``).
         particles: particles per run (64).
         steps: base time steps (200); every inserted matching time adds one network step. The plug-in
             DDPM step drops ``Var(x_0 | x_t)`` at every step, so fewer steps narrow the posterior: at 100
             steps the 90 % coverage on exact Gaussian-mixture posteriors read 0.873-0.878 where exact
-            draws read 0.891; 200 steps with 10 tail steps read 0.883 (``benchmarks/variance_loss.py``,
-            ``benchmarks/exactness.py``).
+            draws read 0.891; 200 steps on the ``"alpha"`` grid with 10 tail steps 0.880-0.885, on the
+            default grid 0.883-0.887 (``benchmarks/variance_loss.py``, ``benchmarks/exactness.py``).
         eta: DDIM noise of the proposal (1.0).
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
             ``"multinomial"``, ``1.0``).
         max_batch: cap on the particles of one network call.
-        grid: base time grid (``"auto"``: uniform in ``alpha(t)`` on VP schedules, the official grid).
+        grid: base time grid (``"auto"``: ``"alpha_log"`` on VP schedules, :func:`.tail.smc_grid`: the
+            official grid, uniform in ``alpha(t)``, above ``sigma = 0.3``, log-uniform in ``sigma`` below;
+            ``"alpha"``: the official grid throughout).
         prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
     """
 
@@ -282,7 +285,7 @@ class MCGDiff(SMCSampler):
     requires = ("svd",)
 
     def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,
-                 max_match_times: int | None = None, tail_steps: int = 10, particles: int = 64, steps: int = 200,
+                 max_match_times: int | None = None, tail_steps: int = 0, particles: int = 64, steps: int = 200,
                  eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
                  grid: str = "auto", prior_site: str | None = None, progress: bool = False):

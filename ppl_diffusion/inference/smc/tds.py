@@ -22,7 +22,7 @@ from ..sampler import ddim_coefficients
 from ._common import LOG2PI, normal_logpdf
 from ..solver import check_choice, check_int, check_number
 from .engine import FeynmanKac, SMCSampler
-from .tail import refine_tail
+from .tail import refine_tail, smc_grid
 
 __all__ = ["TDS"]
 
@@ -37,7 +37,8 @@ class _TDSFK(FeynmanKac):
         _, self.y = self.observation_rows(lg.y, self.op.out_shape)
         self.bind(problem, max_batch)
         self.twist_var, self.tau2 = twist_var, tau2
-        self.times = refine_tail(self.sched, time_grid(self.sched, steps, grid), tail_steps)
+        kind = smc_grid(self.sched, grid, steps)
+        self.times = refine_tail(self.sched, time_grid(self.sched, steps, kind), tail_steps)
         self.n_steps = self.times.numel() - 1
         self.particle_nfe = self.n_steps  # + one backprop per particle and step
         self.ne = len(self.event_shape)
@@ -147,19 +148,21 @@ class TDS(SMCSampler):
             (``rho_t^2``) or ``"tds"`` (TDS's image default ``rho^2 tau^2 / (rho^2 + tau^2)``).
         tau2: ``tau^2`` of ``twist_var="tds"`` (0.12).
         tail_steps: extra steps between the last positive grid time and 0, geometric in sigma down to
-            1e-3 (:func:`.tail.refine_tail`); 0 keeps the grid. Default 10.
+            1e-3 (:func:`.tail.refine_tail`); 0 keeps the grid. Default 0: the default grid already ends
+            at 1e-3 (use 10 with ``grid="alpha"``).
         particles: particles per run (16).
         steps: time steps (200); one network call and one backprop per particle and step. Fewer steps
             narrow the posterior (the plug-in DDPM step drops ``Var(x_0 | x_t)``; see :class:`MCGDiff`).
         eta: kept for the shared contract; the proposal is the DDPM (``eta = 1``) step.
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N``.
-        max_batch, grid, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
+        grid: time grid (``"auto"``: ``"alpha_log"`` on VP schedules, :func:`.tail.smc_grid`).
+        max_batch, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
     """
 
     name = "tds"
     requires = ("gaussian",)
 
-    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, tail_steps: int = 10,
+    def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, tail_steps: int = 0,
                  particles: int = 16, steps: int = 200,
                  eta: float = 1.0, resampling: str = "systematic", ess_threshold: float = 0.5,
                  max_batch: int | None = None, grid: str = "auto", prior_site: str | None = None,
