@@ -271,10 +271,12 @@ class GibbsDDRM(DiffusionGuide):
         times = self.times(problem)
         y = problem.observation
         yb = y.expand((n,) + tuple(y.shape))  # one measurement (no plate): y has the operator's out shape
-        with torch.no_grad():
-            phi = fn.sample((n,)).to(problem.dtype)
-        if self._theta_init == "gaussian" and phi.dim() == 3:  # a kernel site (kh, kw)
-            phi = centred_gaussian_kernel(tuple(phi.shape[-2:]), phi.dtype, phi.device).expand(phi.shape).clone()
+        shape = (n,) + tuple(fn.batch_shape) + tuple(fn.event_shape)
+        if self._theta_init == "gaussian" and len(shape) == 3:  # a kernel site (kh, kw): no prior draw needed
+            phi = centred_gaussian_kernel(shape[-2:], problem.dtype, problem.device).expand(shape).clone()
+        else:
+            with torch.no_grad():
+                phi = fn.sample((n,)).to(problem.dtype)
         x = terminal_noise(problem.prior, (n,) + tuple(problem.event_shape), generator, problem.dtype,
                            problem.device)
         alphas, sigmas = den.schedule.alpha(times).to(x), den.schedule.sigma(times).to(x)

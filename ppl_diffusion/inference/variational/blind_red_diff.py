@@ -114,14 +114,14 @@ class BlindREDDiff(Solver):
         ev = tuple(problem.event_shape)
         y = problem.observation
         kernel = isinstance(fn, ParameterDiffusionPrior) and fn.kind == "kernel"
-        with torch.no_grad():
-            start = fn.sample((n,)).to(dtype)
-        if kernel and self.theta_init == "flat":
-            raw = torch.zeros(start.shape, dtype=dtype, device=dev)
+        shape = (n,) + tuple(fn.batch_shape) + tuple(fn.event_shape)
+        if kernel and self.theta_init == "flat":  # a kernel starts from logits: no prior draw (a diffusion)
+            raw = torch.zeros(shape, dtype=dtype, device=dev)
         elif kernel:
-            raw = torch.randn(start.shape, generator=generator, dtype=dtype, device=dev)
+            raw = torch.randn(shape, generator=generator, dtype=dtype, device=dev)
         else:
-            raw = start.clone()
+            with torch.no_grad():
+                raw = fn.sample((n,)).to(dtype)
 
         def value(r):
             if kernel:
