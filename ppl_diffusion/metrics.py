@@ -26,6 +26,9 @@ __all__ = [
     "noise_floor",
     "psnr",
     "ssim",
+    "nearest_distances",
+    "nearest_rms",
+    "neighbour_correlation",
     "coverage",
     "std_error_correlation",
     "gaussian_kl",
@@ -356,6 +359,27 @@ def ssim(
 # --------------------------------------------------------------------------------------------
 # uncertainty quantification
 # --------------------------------------------------------------------------------------------
+
+
+def nearest_distances(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """RMS-per-pixel distance of each image (row) of ``a`` to its nearest image of ``ref``, float64."""
+    a, ref = a.flatten(1).double(), ref.flatten(1).double()
+    return torch.cdist(a, ref).min(1).values / a.shape[1] ** 0.5
+
+
+def nearest_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over the images of ``a`` of the RMS-per-pixel distance to the nearest image of ``ref`` (the
+    shipped priors' sample check: samples should sit as near the training data as held-out images do)."""
+    return float(nearest_distances(a, ref).mean())
+
+
+def neighbour_correlation(a: torch.Tensor) -> float:
+    """Horizontal neighbour correlation of the pixels of the images ``a`` (``(..., H, W)``), each image
+    centred: about 0 for white noise, near 1 for smooth images."""
+    a = a.double()
+    a = a - a.mean(dim=(-2, -1), keepdim=True)
+    left, right = a[..., :, :-1], a[..., :, 1:]
+    return float((left * right).sum() / torch.sqrt((left**2).sum() * (right**2).sum()))
 
 
 def coverage(samples, truth, level: float = 0.9, reduce: bool = True) -> torch.Tensor:

@@ -57,6 +57,9 @@ from pathlib import Path
 
 import torch
 
+from ..metrics import nearest_distances
+from ..metrics import nearest_rms as _nn_rms
+from ..metrics import neighbour_correlation as _lag1
 from ..models.consistency import ConsistencyModel, UNetX0, karras_sigmas, save_consistency
 
 __all__ = ["heun_step", "heun_chain", "distill", "distill_prior", "ct_index_probs", "ct_loss", "consistency_train",
@@ -225,20 +228,6 @@ def consistency_train(model: ConsistencyModel, data, *, steps: int, batch_size: 
                      checkpoint=checkpoint)
 
 
-def _lag1(a: torch.Tensor) -> float:
-    """Horizontal neighbour correlation of the pixels, each image centred (0 for white noise)."""
-    a = a.double()
-    a = a - a.mean(dim=(-2, -1), keepdim=True)
-    left, right = a[..., :, :-1], a[..., :, 1:]
-    return float((left * right).sum() / torch.sqrt((left**2).sum() * (right**2).sum()))
-
-
-def _nn_rms(a: torch.Tensor, train: torch.Tensor) -> float:
-    """Mean over ``a`` of the RMS-per-pixel distance to the nearest image of ``train``."""
-    d = torch.cdist(a.flatten(1).double(), train.flatten(1).double()).min(1).values
-    return float(d.mean()) / a[0].numel() ** 0.5
-
-
 def _stats(x: torch.Tensor, train: torch.Tensor) -> dict:
     """The shipped priors' sample criterion (tests/test_zoo.py) on ``x``: nearest-training-image RMS,
     mean offset, std ratio and centred neighbour-correlation offset against ``train``."""
@@ -270,8 +259,7 @@ def memorisation_check(model: ConsistencyModel, train: torch.Tensor, held: torch
     subset. Also the smallest per-sample nearest-training-image RMS, against the same for the held-out images."""
     sub = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[: held.shape[0]]]
     x = model.sample(num, torch.Generator().manual_seed(seed))
-    d_x = torch.cdist(x.flatten(1).double(), train.flatten(1).double()).min(1).values / x[0].numel() ** 0.5
-    d_h = torch.cdist(held.flatten(1).double(), train.flatten(1).double()).min(1).values / x[0].numel() ** 0.5
+    d_x, d_h = nearest_distances(x, train), nearest_distances(held, train)
     return dict(samples=num, nn_rms_to_heldout=round(_nn_rms(x, held), 4),
                 nn_rms_to_as_many_training_images=round(_nn_rms(x, sub), 4),
                 min_nn_rms_to_train_samples=round(float(d_x.min()), 4),

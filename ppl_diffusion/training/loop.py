@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..metrics import nearest_distances
 from .data import DATASETS, PATCH_SCALES, PATCH_TRAIN_IMAGES, SPLIT_SEED, _make_source
 from .unet import PRESETS, SCHEDULER_CONFIG, build_unet, ddpm_sample
 
@@ -62,11 +63,7 @@ def _save_grid(x: torch.Tensor, path: Path, ncol: int = 8, scale: int = 4, pad: 
     img.save(path)
 
 
-def _nn_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """RMS per-pixel distance of each row of ``a`` to its nearest row of ``b``."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    d = torch.cdist(a, b).min(1).values
-    return d / math.sqrt(a.shape[1])
+_nn_dist = nearest_distances  # RMS per-pixel distance of each row of ``a`` to its nearest row of ``b``
 
 
 def _resolve_device(device) -> torch.device:
