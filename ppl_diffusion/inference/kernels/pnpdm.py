@@ -26,11 +26,16 @@ Replica exchange (``replicas=K``, ``rho_max``; our addition, not in the paper; :
 K chains at the couplings ``rho_min = r_0 < ... < r_{K-1} = rho_max`` (geometric), each a PnP-DM chain of
 its own relaxed target ``pi_j(x, z)``, all advanced in one batch; after each sweep adjacent pairs (even
 pairs on even iterations, odd on odd: the non-reversible DEO scheme) swap their states with probability
-``min(1, exp((D_j - D_{j+1}) (1/r_j^2 - 1/r_{j+1}^2) / 2))``, ``D = ||x - z||^2`` — the ratio of the joint
-targets of ``(x, z)``, in which the prior and the likelihood cancel, so no density of the network is
-needed (only x is kept: the next sweep redraws z from ``z | x``). The coldest chain (the one
-returned) keeps the rho_min target; hot chains cross between modes and hand the crossings down. Its
-hot states live on the kernel between calls (reset by ``setup`` / ``run_chains``).
+``min(1, r)``. With ``swap="joint"`` r is the ratio of the joint targets of ``(x, z)``,
+``exp((D_j - D_{j+1}) (1/r_j^2 - 1/r_{j+1}^2) / 2)``, ``D = ||x - z||^2``, in which the prior and the
+likelihood cancel, so no density of the network is needed; with ``swap="marginal"`` (the default
+wherever the likelihood step is the SVD closed form) it is the ratio of the x-marginals, whose
+relaxed likelihoods ``N(y; A x, sigma_y^2 I + r_j^2 A A^T)`` are closed-form in the spectral
+coordinates (the prior cancels again). Both are valid because only x is kept (the next sweep redraws
+z from ``z | x``); the marginal ratio drops the d-dimensional noise of ``D`` and accepts more swaps
+(measured: benchmarks/results/kernels_mode_diagnostics.md). The coldest chain (the one returned)
+keeps the rho_min target; hot chains cross between modes and hand the crossings down. Its hot states
+live on the kernel between calls (reset by ``setup`` / ``run_chains``).
 
 A plate of ``B`` measurements (see :mod:`.base`): the chains run on the
 :meth:`~ppl_diffusion.inference.problem.Problem.expand_measurements` view, whose ``y`` has one row per
@@ -60,7 +65,7 @@ from ...schedules import edm_sigmas
 from ..problem import Problem
 from ..solver import OptionError, check_choice, check_int, check_number
 from .base import DiffusionKernel, require_differentiable
-from .replica_exchange import ReplicaExchange, geometric_ladder
+from .replica_exchange import ReplicaExchange, geometric_ladder, marginal_swap_log_ratio, swap_log_ratio
 
 __all__ = ["PnPDM", "edm_sigmas", "AnnealingWarning"]
 
@@ -86,6 +91,9 @@ class PnPDM(DiffusionKernel):
         replicas: replica exchange over ``replicas`` couplings from rho_min to rho_max; ``1`` is plain
             PnP-DM. ``swap_acceptance`` gives the rates.
         rho_max: hottest coupling of the replicas (default ``rho0``).
+        swap: the replicas' swap ratio: ``"marginal"`` (x-marginals, closed form; needs the SVD
+            likelihood step), ``"joint"`` (the ``(x, z)`` targets; any likelihood), ``"auto"``
+            (marginal where it applies).
         prior_site, init, init_scale, progress: see :class:`~ppl_diffusion.inference.kernels.base.DiffusionKernel`.
     """
 
@@ -95,7 +103,8 @@ class PnPDM(DiffusionKernel):
                  prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
                  langevin_step: float = 1e-4, replicas: int = 1, rho_max: float | None = None,
-                 prior_site: str | None = None, init="randn", init_scale: float = 1.0, progress: bool = False):
+                 swap: str = "auto", prior_site: str | None = None, init="randn", init_scale: float = 1.0,
+                 progress: bool = False):
         n = self.name
         self.rho0 = check_number("rho0", rho0, n, low=0.0, low_open=True)
         self.rho_min = check_number("rho_min", rho_min, n, low=0.0, low_open=True)
@@ -119,6 +128,7 @@ class PnPDM(DiffusionKernel):
         self.rho_max = self.rho0 if rho_max is None else check_number("rho_max", rho_max, n, low=0.0, low_open=True)
         if self.replicas > 1 and self.rho_max <= self.rho_min:
             raise OptionError(f"{n}: rho_max ({self.rho_max}) must exceed rho_min ({self.rho_min}) for replicas > 1")
+        self.swap = check_choice("swap", swap, ("auto", "marginal", "joint"), n)
         self.exchange = ReplicaExchange(geometric_ladder(self.rho_min, self.rho_max, self.replicas))
         self._hot = None  # hot replicas (C, replicas - 1, *event), created by the first step
         super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale, progress=progress)
@@ -213,9 +223,14 @@ class PnPDM(DiffusionKernel):
             raise ValueError(f"{self.name}: a noiseless measurement needs an operator with an SVD, not only prox")
         if mode == "langevin":
             require_differentiable(problem, self.name)
+        if self.swap == "marginal" and mode != "svd":
+            raise ValueError(f"{self.name}: swap='marginal' needs the closed-form relaxed likelihood of the SVD "
+                             f"likelihood step (this model's likelihood step is {mode!r}); use swap='joint' or 'auto'")
 
     def prepare(self, problem: Problem) -> None:
         self.mode = self._mode(problem)
+        self.swap_ratio = "marginal" if self.swap == "marginal" or (self.swap == "auto" and self.mode == "svd") \
+            else "joint"
         self._y_batch = ()
         self._replica_views = {}
         # chains of a plate's view (its y has one row per chain)
@@ -381,9 +396,28 @@ class PnPDM(DiffusionKernel):
         ok[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
         new = new.reshape(X.shape)
         new = torch.where(ok.reshape((C, K) + (1,) * (x.dim() - 1)), new, X)  # hot replicas keep their state
-        self.exchange.swap(new, delta, rho, k, generator)
+        j = self.exchange.pairs(k, x.device)
+        if self.swap_ratio == "marginal":
+            ll = self._relaxed_loglik(new.reshape((C * K,) + tuple(x.shape[1:])), rho).reshape(C, K, K)
+            log_r = marginal_swap_log_ratio(torch.where(ok[..., None], ll, torch.nan), j)
+        else:
+            log_r = swap_log_ratio(delta, rho, j)
+        self.exchange.swap(new, log_r, rho, k, generator)
         self._hot = new[:, 1:].clone()
         return new[:, 0]
+
+    def _relaxed_loglik(self, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """``log L_l(x_b)`` up to a constant, ``(B, len(rho))``: the x-marginal likelihood of the split
+        target at each coupling ``rho_l``, ``N(y; A x, sigma_y^2 I + rho_l^2 A A^T)``, in the spectral
+        coordinates (variance ``sigma_y^2 + rho_l^2 s_i^2`` on observed coordinate i)."""
+        s = self.s.to(torch.float64)
+        xo = self.op.Vt(x).to(torch.float64)[:, : s.numel()]
+        ybar = self._rows(self.ybar, x.shape[0]).to(torch.float64)
+        nz = nonzero_singular(s)                                      # zero singular values carry no x
+        res2 = torch.where(nz, ybar - s * xo, 0.0).pow(2)             # (B, r)
+        var = self.noise_std**2 + rho.to(torch.float64)[:, None] ** 2 * s**2   # (L, r)
+        var = torch.where(nz, var, 1.0)
+        return -0.5 * (res2[:, None, :] / var + var.log()).sum(-1)
 
     @property
     def swap_acceptance(self) -> torch.Tensor:
