@@ -377,3 +377,21 @@ def test_bad_input():
     with pytest.raises(ValueError, match="step_size"):
         PMC(nl_model_noisy, step_size="auto", sigma0=1.0)
     PMC(nl_model_noisy, step_size=1e-3, sigma0=1.0)  # a numeric step size is fine
+
+
+def test_pnpdm_draw_default_warmup_is_longer_with_replicas(monkeypatch):
+    """PnPDM.draw's default burn-in: max(20, annealing) for one chain per coupling, max(200, annealing)
+    with replicas (the burn-in measured in benchmarks/results/exactness_d8_pnpdm.md); an explicit
+    warmup is kept."""
+    from ppl_diffusion.inference.kernels.base import DiffusionKernel
+
+    seen = []
+    monkeypatch.setattr(DiffusionKernel, "draw", lambda self, n, *a, warmup=None, **kw: seen.append(warmup))
+    model, *_ = gaussian_setup()
+    PnPDM(model, rho0=0.5, rho_min=0.5).draw(8)
+    PnPDM(model, rho0=0.5, rho_min=0.5, replicas=3, rho_max=2.0).draw(8)
+    k = PnPDM(model, rho0=100.0, rho_min=0.01, decay=0.96, replicas=3)
+    PnPDM(model, rho0=0.5, rho_min=0.5, replicas=3, rho_max=2.0).draw(8, warmup=7)
+    k.draw(8)
+    assert k.annealing_steps > 200
+    assert seen == [20, 200, 7, k.annealing_steps]

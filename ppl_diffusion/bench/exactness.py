@@ -49,7 +49,7 @@ from ..schedules import VPSchedule
 from .report import RESULTS_DIR, MarkdownTable, add_out_argument, write_result
 
 __all__ = ["FAMILIES", "exactness_problem", "component_weights", "score", "exact_spread", "Spread", "verdict",
-           "run_exactness", "mode_bias", "kernel_diagnostics", "main"]
+           "run_exactness", "mode_bias", "exact_prior_step", "kernel_diagnostics", "main"]
 
 FAMILIES = ("fullcov", "uneven", "spectrum")
 _FAMILY_ID = {f: i for i, f in enumerate(FAMILIES)}
@@ -359,46 +359,79 @@ def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: f
                  cmd, str(table), notes)
 
 
+def exact_prior_step(kernel, mixture: GaussianMixture):
+    """``kernel`` (a PnP-DM) with its prior step replaced by an exact draw from the mixture's conditional
+    ``p(x | z)``, ``z = x + rho eps`` (per sample: a component by its responsibility, then its Gaussian
+    conditional), to separate the reverse SDE's discretisation error from the chains' mixing."""
+
+    def prior(z, rho, level, generator):
+        sig = rho[level].to(z.dtype)[:, None]
+        logn, mean0 = mixture._component_terms(z, 1.0, sig)
+        k = torch.multinomial(torch.softmax(logn + mixture.weights.log(), -1), 1, generator=generator).flatten()
+        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        m = mean0[torch.arange(z.shape[0], device=z.device), k]
+        if mixture.isotropic:
+            v = mixture.variances[k][:, None]
+            return m + (v * sig**2 / (v + sig**2)).sqrt() * eps
+        lam = mixture.evals[k]
+        return m + torch.einsum("bij,bj->bi", mixture.evecs[k], (lam * sig**2 / (lam + sig**2)).sqrt() * eps)
+
+    kernel._prior = prior
+    return kernel
+
+
 def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov", 1, 0)), chains: int = 16,
-                       draws: int = 20, thin: int = 5, burnins=(200, 1000), out=RESULTS_DIR, cmd: str = ""):
+                       draws: int = 20, thin: int = 5, burnins=(200, 1000), configs=(("joint", 50), ("marginal", 100)),
+                       out=RESULTS_DIR, cmd: str = ""):
     """PnP-DM with 12 replicas (the kernels_replicas setting) on multimodal problems of the families:
     the component-weight TV of its draws against the exact sampler's spread, beside what a user sees
     without the truth (:func:`~ppl_diffusion.inference.kernels.mode_check.chain_convergence`: split
-    R-hat of the log-likelihood, region R-hat, swap rates, flags)."""
+    R-hat of the log-likelihood, region R-hat, swap rates, flags); one row per problem, ``configs``
+    entry ``(swap ratio, num_grid)`` and burn-in."""
     from ..inference.kernels import PnPDM
     from ..inference.kernels.mode_check import chain_convergence
 
     sched = VPSchedule.gmm_benchmark()
-    opts = dict(rho0=20.0, rho_min=0.1, num_grid=50, replicas=12, rho_max=20.0)
-    table = MarkdownTable("problem (family, d, d_y, seed)", "burn-in", "TV / exact q95", "90 % cov [exact range]",
-                          "inside TV", "R-hat log-lik", "max region R-hat", "swap min-max", "flagged", "s")
+    opts = dict(rho0=20.0, rho_min=0.1, replicas=12, rho_max=20.0)
+    table = MarkdownTable("problem (family, d, d_y, seed)", "swap", "num_grid", "burn-in", "TV / exact q95",
+                          "90 % cov [exact range]", "inside TV", "R-hat log-lik", "max region R-hat", "swap min-max",
+                          "flagged", "s")
     for fam, d_y, seed in problems:
         pb = exactness_problem(fam, 8, d_y, seed)
         ref = Reference.build(pb, seed=seed)
         n = chains * draws
         spread = exact_spread(ref, n, 20, seed=seed)
-        for burn in burnins:
-            kern = PnPDM(pb.model(sched), **opts)
-            t0 = time.perf_counter()
-            r = kern.run_chains(y=pb.y, num_chains=chains, num_samples=draws, warmup_steps=burn, thin=thin,
-                                generator=torch.Generator().manual_seed(40_000 + seed))
-            sec = time.perf_counter() - t0
-            sc = score(r.flat().reshape(n, -1), ref)
-            v = verdict(sc, spread)
-            diag = chain_convergence(r.samples, kern.problem(y=pb.y).log_likelihood, kernel=kern, regions=4)
-            sw = diag["swap_acceptance"]
-            b = spread.bounds
-            table.add(f"({fam}, 8, {d_y}, {seed})", burn, f"{sc['tv']:.3f} / {b['tv']:.3f}",
-                      f"{sc['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", "in" if v["tv"] else "OUT",
-                      f"{diag['rhat_loglik']:.3f}", f"{float(diag['rhat_regions'].max()):.3f}",
-                      "-" if sw is None else f"{float(sw.min()):.2f}-{float(sw.max()):.2f}",
-                      "yes" if not diag["ok"] else "no", f"{sec:.0f}")
-    notes = (f"PnP-DM, 12 replicas on a geometric ladder rho 0.1-20 (rho annealed from 20 by 0.9 per iteration), "
-             f"num_grid 50; {chains} chains from N(0, I), `burn-in` iterations dropped, then {draws} draws every "
-             f"{thin} iterations. TV / coverage as in the exactness table (exact spread: 20 sets of {chains * draws} "
-             "exact draws). Diagnostics (kernels/mode_check.py, computed without the truth): rank-normalised split "
-             "R-hat of log p(y | x), split R-hat of the indicator of each of 4 k-means regions of the pooled draws, "
-             "swap acceptance per adjacent replica pair; flagged = any R-hat > 1.05 or a pair below 0.05.")
+        for swap, grid in configs:
+            for burn in burnins:
+                if grid == "exact":
+                    kern = exact_prior_step(PnPDM(pb.model(sched), swap=swap, **opts), pb.prior)
+                else:
+                    kern = PnPDM(pb.model(sched), swap=swap, num_grid=int(grid), **opts)
+                t0 = time.perf_counter()
+                r = kern.run_chains(y=pb.y, num_chains=chains, num_samples=draws, warmup_steps=burn, thin=thin,
+                                    generator=torch.Generator().manual_seed(40_000 + seed))
+                sec = time.perf_counter() - t0
+                sc = score(r.flat().reshape(n, -1), ref)
+                v = verdict(sc, spread)
+                diag = chain_convergence(r.samples, kern.problem(y=pb.y).log_likelihood, kernel=kern, regions=4)
+                sw = diag["swap_acceptance"]
+                b = spread.bounds
+                table.add(f"({fam}, 8, {d_y}, {seed})", swap, grid, burn, f"{sc['tv']:.3f} / {b['tv']:.3f}",
+                          f"{sc['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", "in" if v["tv"] else "OUT",
+                          f"{diag['rhat_loglik']:.3f}", f"{float(diag['rhat_regions'].max()):.3f}",
+                          "-" if sw is None else f"{float(sw.min()):.2f}-{float(sw.max()):.2f}",
+                          "yes" if not diag["ok"] else "no", f"{sec:.0f}")
+    notes = ("PnP-DM, 12 replicas on a geometric ladder rho 0.1-20 (rho annealed from 20 by 0.9 per iteration); "
+             "swap: the replicas' swap ratio (joint: the (x, z) targets, the only one before 2026-12-01; marginal: "
+             "the x-marginals' closed-form relaxed likelihoods, now the default with the SVD likelihood step); "
+             "num_grid: points of the EDM grid of the prior step (the reverse SDE from rho; 100 is the library "
+             "default; 'exact': an exact draw from the mixture's conditional p(x | z), bench only, to separate the "
+             f"SDE's discretisation error from mixing). {chains} chains from N(0, I), `burn-in` iterations "
+             f"dropped, then {draws} draws every {thin} iterations. TV / coverage as in the exactness table "
+             f"(exact spread: 20 sets of {chains * draws} exact draws). Diagnostics (kernels/mode_check.py, "
+             "computed without the truth): rank-normalised split R-hat of log p(y | x), split R-hat of the "
+             "indicator of each of 4 k-means regions of the pooled draws, swap acceptance per adjacent replica "
+             "pair; flagged = any R-hat > 1.05 or a pair below 0.05.")
     write_result(out, "kernels_mode_diagnostics", "PnP-DM: mode-weight error against what its diagnostics say",
                  cmd, str(table), notes)
 
@@ -418,6 +451,10 @@ def main(argv=None):
     p.add_argument("--first-problem", type=int, default=0,
                    help="seed of the first problem (to run one table in parts; join them with `merge`)")
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--kernel-configs", default="joint:50,marginal:100",
+                   help="kernels: ','-separated swap:num_grid of PnP-DM (swap joint or marginal; num_grid 'exact': "
+                        "the Gaussian mixture's exact conditional as prior step)")
+    p.add_argument("--burnins", default="200,1000", help="kernels: ','-separated burn-in lengths")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -427,7 +464,8 @@ def main(argv=None):
     if a.what == "mode_bias":
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "kernels":
-        return kernel_diagnostics(out=a.out, cmd=cmd)
+        configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
+        return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
     if a.what == "merge":
         return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
     run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps,
