@@ -49,7 +49,7 @@ from ..schedules import VPSchedule
 from .report import RESULTS_DIR, MarkdownTable, add_out_argument, write_result
 
 __all__ = ["FAMILIES", "exactness_problem", "component_weights", "score", "exact_spread", "Spread", "verdict",
-           "run_exactness", "mode_bias", "variance_deficit", "exact_prior_step", "kernel_diagnostics", "main"]
+           "run_exactness", "mode_bias", "exact_prior_step", "kernel_diagnostics", "main"]
 
 FAMILIES = ("fullcov", "uneven", "spectrum")
 _FAMILY_ID = {f: i for i, f in enumerate(FAMILIES)}
@@ -320,48 +320,6 @@ MODE_BIAS_CONFIGS = (("mcgdiff", {"particles": 64}),
                      ("tds", {"particles": 64}))
 
 
-VARIANCE_CONFIGS = (("mcgdiff", {}), ("mcgdiff", {"steps": 400}), ("mcgdiff", {"grid": "edm", "steps": 400}),
-                    ("mcgdiff", {"grid": "alpha", "steps": 100}), ("tds", {}), ("tds", {"steps": 400}))
-
-
-def variance_deficit(variances=(0.2, 0.6, 2.0), d: int = 8, runs: int = 4000, configs=VARIANCE_CONFIGS,
-                     out=RESULTS_DIR, cmd: str = ""):
-    """Where the narrow coverage comes from: a one-component prior N(0, v I) with one observed
-    coordinate, whose exact posterior keeps variance ``v`` in the ``d - 1`` unobserved ones. There the
-    SMC samplers follow the discretised reverse process of the prior alone, so the ratio of their
-    sample variance to ``v`` is the variance the discretisation keeps; the 90 % coverage that a sampler
-    with that ratio ``r`` reads on exact draws is ``P(|Z| < 1.645 sqrt(r))``."""
-    from ..inference.registry import build_solver
-    from ..models.gmm import GMMProblem
-
-    sched = VPSchedule.gmm_benchmark()
-    table = MarkdownTable("sampler", "options", *(f"v = {v}: variance ratio (coverage)" for v in variances), "s")
-    z90 = 1.6448536269514722
-    for name, opts in configs:
-        cells, t0 = [], time.perf_counter()
-        for v in variances:
-            prior = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64),
-                                    torch.tensor([v], dtype=torch.float64))
-            A = torch.zeros(1, d, dtype=torch.float64)
-            A[0, 0] = 1.0
-            y = torch.tensor([0.3], dtype=torch.float64)
-            pb = GMMProblem(prior, A, y, 0.5, torch.zeros(d), prior.posterior(A, y, 0.5), 0)
-            sv = build_solver(name, pb.model(sched), **{"particles": 16, **opts})
-            x = sv.draw(runs, y=y, generator=torch.Generator().manual_seed(0)).flat().reshape(runs, -1)
-            r = float(x[:, 1:].var(0).mean() / v)
-            cover = math.erf(z90 * math.sqrt(r) / math.sqrt(2.0))
-            cells.append(f"{r:.3f} ({cover:.3f})")
-        table.add(name, ", ".join(f"{k}={v}" for k, v in opts.items()) or "defaults", *cells,
-                  f"{time.perf_counter() - t0:.0f}")
-    notes = (f"Prior N(0, v I), d = {d}, y = x_1 + 0.5 n observed; {runs} independent runs of 16 particles per cell "
-             "(one draw each); variance ratio = mean over the 7 unobserved coordinates of the sample variance / v "
-             f"(Monte Carlo s.e. about {math.sqrt(2.0 / runs / (d - 1)):.3f}); coverage = P(|Z| < 1.645 sqrt(ratio)), "
-             "the 90 % coverage on exact draws of intervals that narrow (exact: 0.900). Schedule: the GMM "
-             "benchmark's VP schedule.")
-    write_result(out, "smc_variance_deficit", "SMC: variance the discretised prior keeps in unobserved directions",
-                 cmd, str(table), notes)
-
-
 def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: float = 4.0, runs: int = 2000,
               configs=MODE_BIAS_CONFIGS, out=RESULTS_DIR, cmd: str = ""):
     """The minor-mode weight of ``runs`` independent SMC runs three ways: one draw per run, the mean of
@@ -480,7 +438,7 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
-    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "variance", "merge"])
+    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -503,8 +461,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cmd = "OMP_NUM_THREADS=1 python benchmarks/exactness.py " + shlex.join(argv)
-    if a.what == "variance":
-        return variance_deficit(out=a.out, cmd=cmd)
     if a.what == "mode_bias":
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "kernels":
