@@ -393,18 +393,17 @@ class PnPDM(DiffusionKernel):
         X = torch.cat([x[:, None], self._hot], 1)                     # (C, K, *event), coldest first
         level = torch.arange(K, device=x.device).repeat(C)
         new, z = self._sweep(X.reshape((C * K,) + tuple(x.shape[1:])), rho, level, generator)
-        ok = torch.isfinite(new.reshape(C * K, -1)).all(-1).reshape(C, K)
-        delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
-        delta = torch.where(ok, delta, torch.full_like(delta, float("nan")))  # non-finite replicas never swap
-        ok[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
-        new = new.reshape(X.shape)
-        new = torch.where(ok.reshape((C, K) + (1,) * (x.dim() - 1)), new, X)  # hot replicas keep their state
+        ok = torch.isfinite(new.reshape(C * K, -1)).all(-1).reshape(C, K)  # only finite replicas swap
+        keep = ok.clone()
+        keep[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
+        new = torch.where(keep.reshape((C, K) + (1,) * (x.dim() - 1)), new.reshape(X.shape), X)  # hot: old state
         j = self.exchange.pairs(k, x.device)
         if self.swap_ratio == "marginal":
             ll = self._relaxed_loglik(new.reshape((C * K,) + tuple(x.shape[1:])), rho).reshape(C, K, K)
             log_r = marginal_swap_log_ratio(torch.where(ok[..., None], ll, torch.nan), j)
         else:
-            log_r = swap_log_ratio(delta, rho, j)
+            delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
+            log_r = swap_log_ratio(torch.where(ok, delta, torch.nan), rho, j)
         self.exchange.swap(new, log_r, rho, k, generator)
         self._hot = new[:, 1:].clone()
         return new[:, 0]
