@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from ...schedules import resolve_grid
+
 __all__ = ["refine_tail", "smc_grid"]
 
 
@@ -28,8 +30,6 @@ def smc_grid(schedule, grid: str, steps: int = 200) -> str:
     (benchmarks/results/smc_variance_loss.md), and brings the samplers' 90 % coverage on the exactness
     families within one point of exact sample sets' (benchmarks/results/exactness_d8_dy*_alpha_log.md).
     Below 20 ``steps``: ``"alpha"``."""
-    from ...schedules import resolve_grid
-
     if grid != "auto":
         return grid
     if resolve_grid(schedule, "auto") != "alpha":
