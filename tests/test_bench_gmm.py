@@ -41,7 +41,8 @@ PINNED = {"ddrm": (19.23971470702653, 2.175146217529108, 20.0),
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_same_numbers_as_before(name):
-    opts = {"particles": 8, "tail_steps": 0, "grid": "alpha"} if name == "mcgdiff" else None  # the grid of then
+    # the grid and step variance of then
+    opts = {"particles": 8, "tail_steps": 0, "grid": "alpha", "reverse_variance": "ddpm"} if name == "mcgdiff" else None
     r = G.run_gmm(name, d=8, d_y=2, steps=20, n_problems=1, n_samples=200, n_ref=1000, options=opts)
     value, floor, nfe = PINNED[name]
     assert r.values[0] == pytest.approx(value, rel=1e-9) and r.floors[0] == pytest.approx(floor, rel=1e-9)

@@ -177,7 +177,7 @@ def test_tail_steps_restore_variance_the_noiseless_last_step_drops():
     pb = GMMProblem(prior, A, y, 0.3, torch.zeros(2), prior.posterior(A, y, 0.3), 0)
     var = {}
     for tail in (0, 10):
-        sv = MCGDiff(pb.model(sched), particles=2, steps=50, tail_steps=tail, grid="alpha")
+        sv = MCGDiff(pb.model(sched), particles=2, steps=50, tail_steps=tail, grid="alpha", reverse_variance="ddpm")
         r = sv.run(y=y, runs=2000, generator=torch.Generator().manual_seed(0))
         assert r.ess_history.shape[1] == 51 + tail  # 50 steps + the matching time + the tail
         var[tail] = float(r.resample(2000, torch.Generator().manual_seed(1))[:, 1].var())

@@ -28,7 +28,7 @@ def _gaussian_problem(d=4, dy=2, noise=0.2, seed=0):
 def _path_gaussian(fk, mu, C):
     """Mean ``(K+1, d)`` and covariance ``((K+1) d)^2`` of the whole DDIM-eta backward path on
     ``fk.times`` with the exact linear denoiser of ``N(mu, C)``, started at ``N(0, prior_std^2 I)``:
-    ``x_{j+1} = F_j x_j + b_j + c_j z``."""
+    ``x_{j+1} = F_j x_j + b_j + c_j z`` (``c_j`` the model's own step noise)."""
     dt = torch.float64
     d = mu.numel()
     Id = torch.eye(d, dtype=dt)
@@ -40,6 +40,8 @@ def _path_gaussian(fk, mu, C):
         a_s, s_s = sched.alpha(times[j + 1]).to(dt), sched.sigma(times[j + 1]).to(dt)
         G = a_t * C @ torch.linalg.inv(a_t ** 2 * C + s_t ** 2 * Id)  # E[x0|x_t] = mu + G (x_t - a_t mu)
         c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, getattr(fk, "eta", 1.0))
+        if getattr(fk, "c_noise", None) is not None:  # Analytic-DPM's step variance (the samplers' default)
+            c = fk.c_noise[j].to(dt)
         beta = a_s - c_eps * a_t / s_t
         F = beta * G + (c_eps / s_t) * Id
         means.append(F @ means[-1] + beta * (mu - a_t * G @ mu))
@@ -109,20 +111,24 @@ def _fk_target(pg, pb, mu, cov, method):
     return tds_path_target(pg._fk, mu, cov, pb.A, pb.y, pb.noise_std)
 
 
-@pytest.mark.parametrize("method,ancestor_sampling", [("mcgdiff", True), ("mcgdiff", False), ("tds", True)])
-def test_invariance_from_exact_reference(method, ancestor_sampling):
+@pytest.mark.parametrize("method,ancestor_sampling,rv", [("mcgdiff", True, "ddpm"), ("mcgdiff", False, "ddpm"),
+                                                           ("tds", True, "ddpm"), ("mcgdiff", True, "analytic"),
+                                                           ("tds", True, "analytic")])
+def test_invariance_from_exact_reference(method, ancestor_sampling, rv):
     """Start C independent chains at reference paths drawn from the closed-form target (the whole
     path, Gaussian); an invariant kernel keeps every later draw exactly distributed. Chain means and
     per-chain second moments are i.i.d. over chains -> z-scores against the closed form. N = 4 particles:
-    plain SMC with N = 4 is far off (negative control below), so only the conditional SMC passes."""
+    plain SMC with N = 4 is far off with the plug-in step variance (negative control below), so only the
+    conditional SMC passes; with Analytic-DPM's variance (``rv="analytic"``) the target is the chain with
+    those variances and plain SMC is closer to it (|z| ~ 3), so the control runs with ``"ddpm"`` only."""
     d, C, S, N, steps = 4, 256, 12, 4, 20
     pb, mu, cov = _gaussian_problem()
     model = pb.model(VPSchedule.gmm_benchmark())
     g = torch.Generator().manual_seed(1)
     cls = MCGDiff if method == "mcgdiff" else TDS
     # uniform grid: its coarse late steps make plain SMC with N = 4 visibly biased (the control)
-    pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform", tail_steps=0), chains=C, generator=g,
-                       ancestor_sampling=ancestor_sampling)
+    pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform", tail_steps=0, reverse_variance=rv),
+                       chains=C, generator=g, ancestor_sampling=ancestor_sampling)
     pg.setup(0, y=pb.y)
     m, Sg, Vt = _fk_target(pg, pb, mu, cov, method)
     mK, SK = Vt.T @ m[-d:], Vt.T @ Sg[-d:, -d:] @ Vt  # law of x_0 (user space)
@@ -135,10 +141,12 @@ def test_invariance_from_exact_reference(method, ancestor_sampling):
     z = (stats.mean(0) - exact) / (stats.std(0) / math.sqrt(C))
     # measured max |z| 1.7 (mcgdiff, AS), 1.2 (no AS), 1.1 (tds) over 14 statistics; 4.0 ~ p < 1e-3 overall
     assert float(z.abs().max()) < 4.0, (method, z)
+    if rv != "ddpm":
+        return
     # negative control: independent SMC runs of the same size (resampling at every step, like the
     # kernel's inner SMC) miss the target by > 8 standard errors
     xi = cls(model, particles=N, steps=steps, resampling="multinomial", ess_threshold=1.0, grid="uniform",
-             tail_steps=0).sample(
+             tail_steps=0, reverse_variance="ddpm").sample(
         C, y=pb.y, generator=g)
     zi = (xi.mean(0) - mK) / (xi.std(0) / math.sqrt(C))
     assert float(zi.abs().max()) > 8.0, zi

@@ -201,7 +201,8 @@ def test_ctrl_c_keeps_the_partial_results(gmm):
     assert isinstance(info.value, KeyboardInterrupt) and res.interrupted
     assert res.samples.shape[:2] == (2, 11) and torch.isfinite(res.samples).all()
     with pytest.raises(RunInterrupted) as info:
-        TDS(_interrupt_model(prior, op, 8), particles=8, steps=20).run(y=y, generator=G())
+        # the plug-in step variance: no Analytic-DPM estimate before the run, whose calls are counted
+        TDS(_interrupt_model(prior, op, 8), particles=8, steps=20, reverse_variance="ddpm").run(y=y, generator=G())
     res = info.value.partial
     assert res.extra["interrupted"] and res.particles.shape == (1, 8, 4) and res.extra["steps_done"] == 6
     with pytest.raises(RunInterrupted) as info:

@@ -151,9 +151,9 @@ def ours_mcgdiff(model, y, n, particles, steps, generator):
 
     # resampling pinned to the official code's choice (multinomial at every step), which the bare loop
     # implements; the time grid is the official "alpha" grid without tail steps, which the bare loop takes
-    # from mcgdiff_grid's default
-    return MCGDiff(model, particles=particles, steps=steps, resampling="multinomial",
-                   ess_threshold=1.0, tail_steps=0, grid="alpha").sample(n, y=y, generator=generator)
+    # from mcgdiff_grid's default, and the step variance is the plug-in one of the official code
+    return MCGDiff(model, particles=particles, steps=steps, resampling="multinomial", ess_threshold=1.0,
+                   tail_steps=0, grid="alpha", reverse_variance="ddpm").sample(n, y=y, generator=generator)
 
 
 _LOG2PI = math.log(2 * math.pi)

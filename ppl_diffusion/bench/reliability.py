@@ -213,8 +213,9 @@ def fault_rows():
         ("Ctrl-C in MCMC chains", "`PMC(...).run_chains(num_samples=20)`, KeyboardInterrupt at call 12",
          lambda: PMC(_interrupt_model(prior, op, 12)).run_chains(y=y, num_chains=2, num_samples=20,
                                                                   generator=g())),
-        ("Ctrl-C in SMC", "`TDS(..., steps=20).run(y=y)`, KeyboardInterrupt at call 8",
-         lambda: TDS(_interrupt_model(prior, op, 8), particles=8, steps=20).run(y=y, generator=g())),
+        ("Ctrl-C in SMC", "`TDS(..., steps=20, reverse_variance='ddpm').run(y=y)`, KeyboardInterrupt at call 8",
+         lambda: TDS(_interrupt_model(prior, op, 8), particles=8, steps=20,  # calls counted from the run
+                     reverse_variance="ddpm").run(y=y, generator=g())),
         ("Ctrl-C in RED-Diff", "`REDDiff(..., steps=50).draw(2, y=y)`, KeyboardInterrupt at call 10",
          lambda: REDDiff(_interrupt_model(prior, op, 10), steps=50).draw(2, y=y)),
         ("SMCDiff on a k-space (MRI) mask", "`SMCDiff(model_with_MRI_operator)`",

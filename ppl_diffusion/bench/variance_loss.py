@@ -26,6 +26,7 @@ import sys
 
 import torch
 
+from ..inference.analytic_variance import analytic_noise_std
 from ..inference.sampler import ddim_coefficients
 from ..inference.smc.tail import refine_tail
 from ..schedules import VPSchedule, time_grid
@@ -36,17 +37,27 @@ __all__ = ["plugin_variance", "implied_coverage", "main"]
 Z90 = 1.6448536269514722
 
 
-def plugin_variance(schedule, times: torch.Tensor, c: float, eta: float = 1.0) -> float:
+def plugin_variance(schedule, times: torch.Tensor, c: float, eta: float = 1.0,
+                    analytic_over: tuple | None = None) -> float:
     """Variance of ``x_0`` after the plug-in reverse chain over ``times`` (decreasing to 0) for
-    ``x_0 ~ N(0, c)``, started from the exact marginal ``N(0, alpha^2 c + sigma^2)`` at ``times[0]``."""
+    ``x_0 ~ N(0, c)``, started from the exact marginal ``N(0, alpha^2 c + sigma^2)`` at ``times[0]``.
+    ``analytic_over``: the chain takes Analytic-DPM's variance
+    (:mod:`~ppl_diffusion.inference.analytic_variance`) for data whose coordinates have these variances
+    (its exact denoising error, the mean of ``v s^2 / (a^2 v + s^2)`` over them)."""
     times = torch.as_tensor(times, dtype=torch.float64)
     a, s = schedule.alpha(times).double(), schedule.sigma(times).double()
+    if analytic_over is None:
+        noise = ddim_coefficients(a[:-1], s[:-1], a[1:], s[1:], eta)[1]
+    else:
+        vs = torch.as_tensor(analytic_over, dtype=torch.float64)[:, None]
+        err = (vs * s**2 / (a**2 * vs + s**2)).mean(0)
+        noise = analytic_noise_std(schedule, times, eta, err)
     v = a[0] ** 2 * c + s[0] ** 2
     for i in range(times.numel() - 1):
         k = a[i] * c / (a[i] ** 2 * c + s[i] ** 2)
-        c_eps, c_noise = ddim_coefficients(a[i], s[i], a[i + 1], s[i + 1], eta)
+        c_eps, _ = ddim_coefficients(a[i], s[i], a[i + 1], s[i + 1], eta)
         m = a[i + 1] * k + c_eps * (1.0 - a[i] * k) / s[i]
-        v = m**2 * v + c_noise**2
+        v = m**2 * v + noise[i] ** 2
     return float(v)
 
 
@@ -56,15 +67,17 @@ def implied_coverage(ratio: float) -> float:
 
 
 def table(schedule, configs, variances) -> MarkdownTable:
-    t = MarkdownTable("grid", "steps", "tail_steps", "sigma at the last positive time",
+    """One row per ``(grid, steps, tail_steps, reverse variance)``; ``"analytic"`` averages the denoising
+    error over the coordinates ``variances`` (data with these coordinate variances)."""
+    t = MarkdownTable("grid", "steps", "tail_steps", "reverse variance", "sigma at the last positive time",
                       *[f"c = {c:g}: ratio (coverage)" for c in variances])
-    for grid, steps, tail in configs:
+    for grid, steps, tail, rv in configs:
         times = refine_tail(schedule, time_grid(schedule, steps, grid), tail)
         cells = []
         for c in variances:
-            r = plugin_variance(schedule, times, c) / c
+            r = plugin_variance(schedule, times, c, analytic_over=tuple(variances) if rv == "analytic" else None) / c
             cells.append(f"{r:.3f} ({implied_coverage(r):.3f})")
-        t.add(grid, steps, tail, f"{float(schedule.sigma(times[-2])):.4f}", *cells)
+        t.add(grid, steps, tail, rv, f"{float(schedule.sigma(times[-2])):.4f}", *cells)
     return t
 
 
@@ -76,10 +89,13 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     variances = [float(v) for v in a.variances.split(",")]
     sched = VPSchedule.gmm_benchmark("mcgdiff")
-    configs = [("alpha", 100, 0), ("alpha", 100, 10), ("alpha", 200, 0), ("alpha", 200, 10), ("alpha", 400, 0),
-               ("alpha", 400, 10), ("alpha", 1000, 10), ("uniform", 100, 0), ("quadratic", 100, 0),
-               ("quadratic", 100, 10), ("edm", 100, 0), ("edm", 200, 0), ("edm", 400, 0), ("alpha_log", 100, 0),
-               ("alpha_log", 200, 0), ("alpha_log", 400, 0)]
+    configs = [(g, n, tail, "ddpm") for g, n, tail in (
+        ("alpha", 100, 0), ("alpha", 100, 10), ("alpha", 200, 0), ("alpha", 200, 10), ("alpha", 400, 0),
+        ("alpha", 400, 10), ("alpha", 1000, 10), ("uniform", 100, 0), ("quadratic", 100, 0),
+        ("quadratic", 100, 10), ("edm", 100, 0), ("edm", 200, 0), ("edm", 400, 0), ("alpha_log", 100, 0),
+        ("alpha_log", 200, 0), ("alpha_log", 400, 0))]
+    configs += [(g, n, 0, "analytic") for g, n in (("alpha", 20), ("alpha", 100), ("alpha_log", 20),
+                                                   ("alpha_log", 100), ("alpha_log", 200))]
     body = ("Schedule: the GMM benchmark's (`VPSchedule.gmm_benchmark('mcgdiff')`); `alpha` is the official "
             "MCGDiff grid, `alpha_log` the default of MCGDiff / TDS (`grid='auto'` on VP schedules: `alpha` above "
             "sigma = 0.3, a quarter of the steps log-uniform in sigma below, to 1e-3).\n\n"

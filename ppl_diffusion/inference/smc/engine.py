@@ -390,21 +390,23 @@ class SMCSampler(Solver):
 
     def _run(self, problem, runs: int, generator, reference=None, keep_history: bool = False) -> SMCResult:
         B = problem.num_measurements
+        den = problem.denoiser
+        check_fits(self.name, runs * B * self.particles, problem.event_shape, problem.dtype, problem.device,
+                   den=den, unit="particles (runs x particles)")
         if problem.plates:
             if reference is not None:
                 raise ValueError(f"{self.name}: conditional SMC (reference=) does not take a plate of measurements")
             fk = self.fk_model(problem.expand_measurements(runs))
         else:
             fk = self.fk_model(problem)
-        den = problem.denoiser
-        check_fits(self.name, runs * B * self.particles, problem.event_shape, problem.dtype, problem.device,
-                   den=den, unit="particles (runs x particles)")
         start = den.nfe
         with torch.no_grad(), running(self):
             res = run_smc(fk, runs * B, self.particles, self.resampling, self.ess_threshold, generator,
                           reference=reference, keep_history=keep_history)
         res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)
         res.extra["particle_nfe"] = getattr(fk, "particle_nfe", fk.n_steps)
+        # single-sample evaluations of a step-variance estimate made for this run (Analytic-DPM; 0 if cached)
+        res.extra["variance_evals"] = getattr(fk, "variance_evals", 0)
         res.method = self.name
         if problem.plates:
             res.extra["measurements"], res.extra["plate_shape"] = B, tuple(problem.plate_shape)
@@ -422,8 +424,9 @@ class SMCSampler(Solver):
         evidence does); ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
         of draws is unreliable.
 
-        ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
-        single-sample network evaluations of the call divided by the draws); ``extra`` holds each
+        ``nfe_per_sample = (particles x network steps per particle x runs + the evaluations of a
+        step-variance estimate made by this call) / num_samples`` (the single-sample network evaluations
+        of the call divided by the draws); ``extra`` holds each
         run's ``log_evidence`` and final ``ess`` (``(runs,)``) and the :class:`SMCResult` as ``result``.
 
         A plate of ``B`` measurements: ``num_samples`` draws PER measurement from ``num_samples * B``
@@ -439,7 +442,7 @@ class SMCSampler(Solver):
             x = pooled_resample(res, n, generator) if pooled and independent else res.resample(n * B, generator)
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
-        nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
+        nfe = (self.particles * res.extra["particle_nfe"] * res.num_runs + res.extra["variance_evals"]) / (n * B)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
                                                              "result": res, "reliability": reliability(res)},
                            nfe_per_sample=nfe)

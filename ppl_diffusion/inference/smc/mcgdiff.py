@@ -65,6 +65,7 @@ from __future__ import annotations
 import torch
 
 from ...models.operators import nonzero_singular
+from ..analytic_variance import resolve_reverse_variance
 from ..sampler import ddim_coefficients, exact_terminal
 from ..solver import check_int, check_number
 from ._common import denoise_flat, normal_logpdf
@@ -80,7 +81,7 @@ class _MCGDiffFK(FeynmanKac):
     name = "mcgdiff"
 
     def __init__(self, problem, steps, eta, kappa, max_batch, final_correction, grid="auto", max_match_times=None,
-                 tail_steps=0):
+                 tail_steps=0, reverse_variance=None):
         lg = problem.require_svd("MCGDiff")
         self.op, self.noise = lg.operator, float(lg.noise_std)
         self.bind(problem, max_batch)
@@ -102,6 +103,9 @@ class _MCGDiffFK(FeynmanKac):
         times = refine_tail(self.sched, times, tail_steps)
         self.times = times
         self.n_steps = times.numel() - 1
+        # the noise std of every step: the plug-in DDPM / DDIM one, or Analytic-DPM's (analytic_variance.py)
+        self.c_noise, self.variance_evals = (None, 0) if reverse_variance is None else \
+            reverse_variance.noise_std(self, times, eta)
         ab = self.sched.alpha_bar(times).to(torch.float64)
         self.ab = ab.to(self.device)
         extra = torch.zeros(self.obs_idx.numel(), dtype=torch.float64)
@@ -151,6 +155,8 @@ class _MCGDiffFK(FeynmanKac):
         x0b = self.op.Vt(x0)
         eps = (xb - a_t * x0b) / s_t
         c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, self.eta)
+        if self.c_noise is not None:
+            c = self.c_noise[j].to(self.dtype)
         return a_s * x0b + c_eps * eps, c
 
     def weight_terms(self, j, state):
@@ -266,12 +272,21 @@ class MCGDiff(SMCSampler):
             instead of ``Var(x_0 | x_{t_1})``); 0 keeps the grid. Default 0: the default grid already ends
             at 1e-3 (use 10 with ``grid="alpha"``).
         particles: particles per run (64).
-        steps: base time steps (200); every inserted matching time adds one network step. The plug-in
-            DDPM step drops ``Var(x_0 | x_t)`` at every step, so fewer steps narrow the posterior: at 100
-            steps the 90 % coverage on exact Gaussian-mixture posteriors read 0.873-0.878 where exact
-            draws read 0.891; 200 steps on the ``"alpha"`` grid with 10 tail steps 0.880-0.885, on the
-            default grid 0.883-0.887 (``benchmarks/variance_loss.py``, ``benchmarks/exactness.py``).
+        steps: base time steps (200); every inserted matching time adds one network step. With
+            ``reverse_variance="ddpm"`` the plug-in step drops ``Var(x_0 | x_t)`` at every step, so fewer
+            steps narrow the posterior: at 100 steps the 90 % coverage on exact Gaussian-mixture posteriors
+            read 0.873-0.878 where exact draws read 0.891; 200 steps on the ``"alpha"`` grid with 10 tail
+            steps 0.880-0.885, on the default grid 0.883-0.887 (``benchmarks/variance_loss.py``,
+            ``benchmarks/exactness.py``).
         eta: DDIM noise of the proposal (1.0).
+        reverse_variance: variance of the prior steps: ``"analytic"`` (default; Analytic-DPM's, Bao et al.
+            ICLR 2022 Theorem 1: the plug-in variance plus the prior's mean denoising error that the step
+            drops, estimated once per grid from data draws, :mod:`~ppl_diffusion.inference.analytic_variance`),
+            ``"ddpm"`` (the plug-in step's, the official code's), or an
+            :class:`~ppl_diffusion.inference.analytic_variance.AnalyticVariance` (own data or draws).
+            Measured on 60 exact Gaussian-mixture posteriors (d = 8, d_y = 1 / 2 / 4, defaults): 90 %
+            coverage 0.891 / 0.894 / 0.894 against exact sets' 0.892 / 0.891 / 0.891, where ``"ddpm"``
+            read 0.887 / 0.886 / 0.883 (benchmarks/results/exactness_d8_mcgdiff_analytic.md).
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
             ``"multinomial"``, ``1.0``).
         max_batch: cap on the particles of one network call.
@@ -286,17 +301,18 @@ class MCGDiff(SMCSampler):
 
     def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,
                  max_match_times: int | None = None, tail_steps: int = 0, particles: int = 64, steps: int = 200,
-                 eta: float = 1.0,
+                 eta: float = 1.0, reverse_variance="analytic",
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
                  grid: str = "auto", prior_site: str | None = None, progress: bool = False):
         self.kappa = check_number("kappa", kappa, self.name, low=0.0, low_open=True)
         self.final_correction = bool(final_correction)
         self.max_match_times = check_max_match_times(max_match_times, self.name)
         self.tail_steps = check_int("tail_steps", tail_steps, self.name, minimum=0)
+        self.reverse_variance = resolve_reverse_variance(reverse_variance, self.name)
         super().__init__(model, particles=particles, steps=steps, eta=eta, resampling=resampling,
                          ess_threshold=ess_threshold, max_batch=max_batch, grid=grid, prior_site=prior_site,
                          progress=progress)
 
     def fk_model(self, problem):
         return _MCGDiffFK(problem, self.steps, self.eta, self.kappa, self.max_batch, self.final_correction,
-                          self.grid, self.max_match_times, self.tail_steps)
+                          self.grid, self.max_match_times, self.tail_steps, self.reverse_variance)
