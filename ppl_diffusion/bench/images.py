@@ -19,6 +19,8 @@ fitted Gaussian, ``init="zeros"``).
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import time
 
 import pyro
@@ -163,6 +165,8 @@ def main(argv=None):
                    help="methods: any registered method (`ppl-diffusion methods`: ddrm, mcgdiff, red_diff, tds, ...)")
     p.add_argument("--tasks", default="")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", default="{}",
+                   help='JSON options for every method on top of their defaults, e.g. \'{"reverse_variance": "ddpm"}\'')
     p.add_argument("--prior", default="digits", choices=PRIORS,
                    help="the shipped digits prior, or a tiny random UNet (smoke tests)")
     add_out_argument(p, "images")
@@ -173,7 +177,8 @@ def main(argv=None):
     ts = tasks(tuple(den.event_shape), seed=a.seed)
     names = a.tasks.split(",") if a.tasks else list(ts)
     t0 = time.perf_counter()
-    results = [evaluate(gname, t, ts[t], den, x, a.samples, a.steps, a.seed)
+    extra = json.loads(a.options)
+    results = [evaluate(gname, t, ts[t], den, x, a.samples, a.steps, a.seed, options=extra)
                for t in names for gname in a.guides.split(",")]
     wall = time.perf_counter() - t0
     others = ", ".join(f"{k} {OPTIONS[k]}" for k in a.guides.split(",") if k in OPTIONS)
@@ -182,10 +187,11 @@ def main(argv=None):
 
         others += (f" (MCGDiff library defaults otherwise: resampling {MCGDiff.options()['resampling']!r}, ESS "
                    f"threshold {MCGDiff.options()['ess_threshold']})")
+    every = f"; for every method {json.dumps(extra)}" if extra else ""
     body = (f"Denoiser: {dlabel}. Images: {ilabel}, {a.images} images x {a.samples} samples, {a.steps} steps, "
-            f"default options of each guide; {others}; seed {a.seed}, float32, sigma_y = 0.05. "
+            f"default options of each guide; {others}{every}; seed {a.seed}, float32, sigma_y = 0.05. "
             f"Total wall time {wall / 60:.1f} min.\n\n" + table(results))
-    cmd = ("python benchmarks/images.py " + " ".join(argv or [])).strip()
+    cmd = shlex.join(["python", "benchmarks/images.py"] + list(argv or []))
     text = write_result(a.out, "images", "Image tasks", cmd, body, NOTES)
     print(text)
     return results
