@@ -2,5 +2,7 @@
 smc (sequential Monte Carlo). Everything a solver needs comes through :class:`Problem`."""
 from .problem import Problem, LinearGaussian
 from .sampler import reverse_diffusion, Hook, StepState, DivergenceError
+from .analytic_variance import AnalyticVariance
 
-__all__ = ["Problem", "LinearGaussian", "reverse_diffusion", "Hook", "StepState", "DivergenceError"]
+__all__ = ["Problem", "LinearGaussian", "reverse_diffusion", "Hook", "StepState", "DivergenceError",
+           "AnalyticVariance"]

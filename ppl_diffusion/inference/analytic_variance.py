@@ -40,7 +40,7 @@ from ..schedules import Schedule
 from .sampler import ddim_coefficients
 from .solver import OptionError, check_int
 
-__all__ = ["AnalyticVariance", "denoising_error", "resolve_reverse_variance"]
+__all__ = ["AnalyticVariance", "analytic_noise_std", "denoising_error", "resolve_reverse_variance"]
 
 
 def denoising_error(denoiser, schedule: Schedule, times: torch.Tensor, x0: torch.Tensor,
