@@ -48,7 +48,9 @@ Discretisation (measured, benchmarks/results/smc_calibration*.md): a coordinate 
 ``tau_i`` reaches t = 0 through few DDPM steps, and a plug-in DDPM step from ``rho_t`` to ``q rho_t``
 restores only a fraction ~``q^2`` of the conditional variance ``Var(x0 | x_t)`` (flat-prior limit), so
 well-observed coordinates come out too narrow at coarse grids: 90 % coverage 0.919 at 50 steps (over
--covering), 0.904 at 200 steps with sliced W at the noise floor (GMM d = 8, d_y = 2, N = 256).
+-covering), 0.904 at 200 steps with sliced W at the noise floor (GMM d = 8, d_y = 2, N = 256). The
+default step noise ``c`` is therefore Analytic-DPM's (``reverse_variance="analytic"``,
+:mod:`..analytic_variance`): the plug-in one plus the prior's mean denoising error that the step drops.
 
 A plate of measurements (:mod:`.engine`): the grid, matching times and potentials' variances depend
 only on the operator and ``sigma_y``, shared by every measurement; the rescaled observations
