@@ -100,3 +100,14 @@ def test_estimate_is_cached_and_options_checked():
     with pytest.raises(ValueError, match="data must be"):
         bad = AnalyticVariance(data=torch.zeros(5, 3, dtype=F64))
         MCGDiff(model, particles=4, steps=10, reverse_variance=bad).run(y=y, runs=1)
+
+
+def test_default_estimate_is_shared_by_solvers_on_the_same_prior_and_grid():
+    """``reverse_variance="analytic"`` is one process-wide estimator: a second solver built on the same prior
+    and grid (a study building one per image) pays nothing; another grid pays again."""
+    model, y, _, _ = _gaussian_model(seed=3)
+    g = torch.Generator().manual_seed(0)
+    first = MCGDiff(model, particles=4, steps=10).run(y=y, runs=1, generator=g).extra["variance_evals"]
+    again = MCGDiff(model, particles=4, steps=10).run(y=y, runs=1, generator=g).extra["variance_evals"]
+    other = MCGDiff(model, particles=4, steps=12).run(y=y, runs=1, generator=g).extra["variance_evals"]
+    assert first > 0 and again == 0 and other > 0, (first, again, other)

@@ -33,6 +33,7 @@ themselves slightly narrow, a second-order effect on the estimate).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -82,14 +83,17 @@ class AnalyticVariance:
         data: ``(M, *event)`` draws of the data distribution to use instead (e.g. training images).
         seed: seed of the estimate's own generator, so that the variances do not depend on the run's.
 
-    The estimate costs ``M`` denoiser calls per grid time, once per grid, dtype and device (cached).
+    The estimate costs ``M`` denoiser calls per grid time, once per denoiser, grid, dtype and device
+    (cached while the denoiser lives). ``reverse_variance="analytic"`` is one instance shared by every
+    solver of the process, so solvers built afresh per image or per problem on the same prior and grid
+    pay for it once.
     """
 
     def __init__(self, samples: int | str = "auto", data: torch.Tensor | None = None, seed: int = 0):
         self.samples = samples if samples == "auto" else check_int("samples", samples, "AnalyticVariance")
         self.data = data
         self.seed = int(seed)
-        self._cache: dict = {}
+        self._cache = weakref.WeakKeyDictionary()  # denoiser -> {(times, dtype, device): error}
         self.nfe = 0  # network calls of every estimate so far
         self.last_evals = 0  # single-sample evaluations of the last call of :meth:`error` (0: cached)
 
@@ -112,14 +116,18 @@ class AnalyticVariance:
         if gmm is not None and hasattr(gmm, "sample"):  # exact draws
             gmm = gmm if gmm.means.device == torch.device(device) else gmm.to(device=device)
             return gmm.sample(M, generator=generator).reshape((M,) + tuple(event_shape)).to(dtype=dtype)
-        return prior.sample((M,), generator=generator, dtype=dtype, device=device)
+        # a plate's prior has a batch shape: draw enough of its batches for M images
+        per = max(1, int(torch.Size(getattr(prior, "batch_shape", ())).numel()))
+        x0 = prior.sample((-(-M // per),), generator=generator, dtype=dtype, device=device)
+        return x0.reshape((-1,) + tuple(event_shape))[:M]
 
     def error(self, den, prior, times: torch.Tensor, event_shape, dtype, device, max_batch=None) -> torch.Tensor:
         """The clipped denoising error ``E tr Cov(x_0 | x_t) / d`` per time of ``times`` (cached)."""
         times = torch.as_tensor(times, dtype=torch.float64).cpu()
-        key = (times.numpy().tobytes(), str(dtype), str(device), id(den))
+        key = (times.numpy().round(9).tobytes(), str(dtype), str(device))  # grids equal up to round-off
+        cache = self._cache.setdefault(den, {})
         self.last_evals = 0
-        if key not in self._cache:
+        if key not in cache:
             evals = getattr(den, "sample_evals", 0)
             g = torch.Generator(device=device).manual_seed(self.seed)
             x0 = self._x0(den, prior, event_shape, dtype, device, g)
@@ -128,9 +136,8 @@ class AnalyticVariance:
             self.nfe += getattr(den, "nfe", 0) - start
             self.last_evals = getattr(den, "sample_evals", 0) - evals  # the data draws' included
             rho2 = (den.schedule.sigma(times).double() / den.schedule.alpha(times).double()) ** 2
-            # the entry holds the denoiser, so that its id cannot be reused by another one while cached
-            self._cache[key] = (den, torch.minimum(err.clamp(min=0.0), rho2))
-        return self._cache[key][1]
+            cache[key] = torch.minimum(err.clamp(min=0.0), rho2)
+        return cache[key]
 
     def noise_std(self, fk, times: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, int]:
         """Per step ``times[i] -> times[i + 1]`` the std ``sqrt(c^2 + k^2 E tr Cov(x_0 | x_t) / d)`` of the
@@ -150,13 +157,17 @@ def analytic_noise_std(schedule, times: torch.Tensor, eta: float, err: torch.Ten
     return torch.sqrt(c ** 2 + k ** 2 * err[:-1].to(torch.float64))
 
 
+_SHARED = AnalyticVariance()
+
+
 def resolve_reverse_variance(value, method: str) -> AnalyticVariance | None:
-    """``"ddpm"`` -> ``None`` (the plug-in step's variance), ``"analytic"`` -> :class:`AnalyticVariance`
-    with its defaults, an :class:`AnalyticVariance` as given."""
+    """``"ddpm"`` -> ``None`` (the plug-in step's variance), ``"analytic"`` -> the process-wide
+    :class:`AnalyticVariance` with its defaults (its cache shared by every solver), an
+    :class:`AnalyticVariance` as given."""
     if isinstance(value, AnalyticVariance):
         return value
     if value == "ddpm":
         return None
     if value == "analytic":
-        return AnalyticVariance()
+        return _SHARED
     raise OptionError(f"{method}: reverse_variance must be 'analytic', 'ddpm' or an AnalyticVariance, got {value!r}")
