@@ -424,10 +424,13 @@ class SMCSampler(Solver):
         evidence does); ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
         of draws is unreliable.
 
-        ``nfe_per_sample = (particles x network steps per particle x runs + the evaluations of a
-        step-variance estimate made by this call) / num_samples`` (the single-sample network evaluations
-        of the call divided by the draws); ``extra`` holds each
-        run's ``log_evidence`` and final ``ess`` (``(runs,)``) and the :class:`SMCResult` as ``result``.
+        ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
+        single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
+        run's ``log_evidence`` and final ``ess`` (``(runs,)``), the :class:`SMCResult` as ``result`` and
+        ``variance_evals``, the evaluations of a one-off step-variance estimate made by this call
+        (Analytic-DPM, cached per prior and grid: 0 when an earlier solver made it; a setup cost like
+        Score Prior's training, kept out of ``nfe_per_sample`` so that it does not depend on the order of
+        the calls).
 
         A plate of ``B`` measurements: ``num_samples`` draws PER measurement from ``num_samples * B``
         runs (one batch; ``B`` runs with ``independent=False``), samples ``(1, n, *plate_shape,
@@ -442,9 +445,10 @@ class SMCSampler(Solver):
             x = pooled_resample(res, n, generator) if pooled and independent else res.resample(n * B, generator)
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
-        nfe = (self.particles * res.extra["particle_nfe"] * res.num_runs + res.extra["variance_evals"]) / (n * B)
+        nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
-                                                             "result": res, "reliability": reliability(res)},
+                                                             "result": res, "reliability": reliability(res),
+                                                             "variance_evals": res.extra["variance_evals"]},
                            nfe_per_sample=nfe)
 
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
