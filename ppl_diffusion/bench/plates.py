@@ -132,7 +132,7 @@ def bench_plates(methods, task: str, B: int, n: int, steps: int, seed: int, prio
 range 2). Wall time: the whole `run_method` call (constructor, model tracing, draws), the plate against
 the sum of the {B} separate runs, median of {repeats} repetition(s) (plate and separate runs alternating,
 same seeds; the machine's other jobs make single timings noisy); the SMC samplers' one-off step-variance
-estimate (Analytic-DPM, cached per prior and grid) is made by a run before the timings and counts. Network
+estimate (Analytic-DPM, cached per prior) is made by a run before the timings and counts. Network
 calls: the denoiser's `nfe`
 (calls; a plate's call evaluates every measurement's samples at once); images per call: evaluated
 images / calls. NFE / sample: evaluated images per draw of one measurement (the same both ways: a plate

@@ -15,7 +15,10 @@ mean and the variance ``c^2 + k_t^2 E[tr Cov(x_0 | x_t)] / d``, the expectation 
 (their Eq. 7 writes ``E tr Cov(x_0 | x_t) / d = (sigma_t / alpha_t)^2 (1 - E||eps_hat(x_t)||^2 / d)``).
 For the optimal denoiser that expectation equals the denoising error ``E||x_0 - D(x_t, t)||^2 / d``
 (``x_0`` from the data, ``x_t = alpha_t x_0 + sigma_t z``), which :func:`denoising_error` estimates by
-Monte Carlo: one denoiser call per sample and grid time, once per grid. The error form is used
+Monte Carlo on a table of 128 noise levels log-uniform in ``rho = sigma / alpha`` (one denoiser call per
+sample and level, once per prior; any grid's times are interpolated in ``log rho`` as a fraction of
+``rho_t^2``, so grids that differ by inserted times, e.g. MCGDiff's matching times under PMMH, share it).
+The error form is used
 rather than the eps-norm form because its relative Monte Carlo error does not grow as
 ``sigma_t -> 0`` (the eps form subtracts two numbers near 1). Estimates are clipped to
 ``[0, (sigma_t / alpha_t)^2]``, the paper's Theorem 2 upper bound.
@@ -77,25 +80,28 @@ class AnalyticVariance:
 
     Args:
         samples: data draws ``M`` for the Monte Carlo estimate of the denoising error; its relative
-            standard error is about ``sqrt(2 / (M d))`` per grid time. ``"auto"``: ``4096 / d`` clamped to
+            standard error is about ``sqrt(2 / (M d))`` per noise level. ``"auto"``: ``4096 / d`` clamped to
             ``[16, 256]`` (256 at d = 8, 16 for 28x28 images), about 2-3 % of a correction that is itself
             a few % of the variance.
         data: ``(M, *event)`` draws of the data distribution to use instead (e.g. training images).
         seed: seed of the estimate's own generator, so that the variances do not depend on the run's.
 
-    The estimate costs ``M`` denoiser calls per grid time, once per denoiser, grid, dtype and device
-    (cached while the denoiser lives). ``reverse_variance="analytic"`` is one instance shared by every
+    The estimate costs ``M`` denoiser calls at each of 128 noise levels, once per denoiser, dtype and
+    device (cached while the denoiser lives). ``reverse_variance="analytic"`` is one instance shared by every
     solver of the process, so solvers built afresh per image or per problem on the same prior and grid
     pay for it once.
     """
+
+    #: noise levels of the error table (log-uniform in rho from 1e-4 to rho_max)
+    TABLE_POINTS = 128
 
     def __init__(self, samples: int | str = "auto", data: torch.Tensor | None = None, seed: int = 0):
         self.samples = samples if samples == "auto" else check_int("samples", samples, "AnalyticVariance")
         self.data = data
         self.seed = int(seed)
-        self._cache = weakref.WeakKeyDictionary()  # denoiser -> {(times, dtype, device): error}
-        self.nfe = 0  # network calls of every estimate so far
-        self.last_evals = 0  # single-sample evaluations of the last call of :meth:`error` (0: cached)
+        self._cache = weakref.WeakKeyDictionary()  # denoiser -> {(dtype, device): (log rho, ratio)}
+        self.nfe = 0  # network calls of every table so far
+        self.last_evals = 0  # single-sample evaluations of the last call of :meth:`table` (0: cached)
 
     def __repr__(self) -> str:
         src = "data" if self.data is not None else f"samples={self.samples!r}"
@@ -121,23 +127,42 @@ class AnalyticVariance:
         x0 = prior.sample((-(-M // per),), generator=generator, dtype=dtype, device=device)
         return x0.reshape((-1,) + tuple(event_shape))[:M]
 
-    def error(self, den, prior, times: torch.Tensor, event_shape, dtype, device, max_batch=None) -> torch.Tensor:
-        """The clipped denoising error ``E tr Cov(x_0 | x_t) / d`` per time of ``times`` (cached)."""
-        times = torch.as_tensor(times, dtype=torch.float64).cpu()
-        key = (times.numpy().round(9).tobytes(), str(dtype), str(device))  # grids equal up to round-off
+    def table(self, den, prior, event_shape, dtype, device, max_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log rho, ratio)``: the denoising error over ``rho_t^2`` (in [0, 1]) at :attr:`TABLE_POINTS`
+        noise levels log-uniform in ``rho`` from 1e-4 to the schedule's ``rho_max``, once per denoiser,
+        dtype and device (cached while the denoiser lives; the evaluations of a new table are in
+        :attr:`last_evals`)."""
+        key = (str(dtype), str(device))
         cache = self._cache.setdefault(den, {})
         self.last_evals = 0
         if key not in cache:
+            sched = den.schedule
+            rho = torch.logspace(-4.0, math.log10(sched.rho_max), self.TABLE_POINTS, dtype=torch.float64)
+            times = sched.t_of_rho(rho).to(torch.float64)
             evals = getattr(den, "sample_evals", 0)
             g = torch.Generator(device=device).manual_seed(self.seed)
             x0 = self._x0(den, prior, event_shape, dtype, device, g)
             start = getattr(den, "nfe", 0)
-            err = denoising_error(den, den.schedule, times, x0, g, max_batch)
+            err = denoising_error(den, sched, times, x0, g, max_batch)
             self.nfe += getattr(den, "nfe", 0) - start
             self.last_evals = getattr(den, "sample_evals", 0) - evals  # the data draws' included
-            rho2 = (den.schedule.sigma(times).double() / den.schedule.alpha(times).double()) ** 2
-            cache[key] = torch.minimum(err.clamp(min=0.0), rho2)
+            rho_t = sched.rho(times).to(torch.float64)  # the times' own rho (the inverse is approximate)
+            cache[key] = (torch.log(rho_t), (err / rho_t**2).clamp(0.0, 1.0))
         return cache[key]
+
+    def error(self, den, prior, times: torch.Tensor, event_shape, dtype, device, max_batch=None) -> torch.Tensor:
+        """The denoising error ``E tr Cov(x_0 | x_t) / d`` per time of ``times``, interpolated in
+        ``log rho`` from :meth:`table` as a fraction of ``rho_t^2`` (the paper's Theorem 2 bound), the end
+        fractions held beyond the table; 0 at ``t = 0``."""
+        log_rho, ratio = self.table(den, prior, event_shape, dtype, device, max_batch)
+        times = torch.as_tensor(times, dtype=torch.float64).cpu()
+        pos = times > 0
+        rho = den.schedule.rho(times.clamp(min=1e-12)).to(torch.float64)
+        lr = torch.log(rho).clamp(float(log_rho[0]), float(log_rho[-1]))
+        i = torch.searchsorted(log_rho, lr).clamp(1, log_rho.numel() - 1)
+        w = (lr - log_rho[i - 1]) / (log_rho[i] - log_rho[i - 1])
+        r = ratio[i - 1] + w * (ratio[i] - ratio[i - 1])
+        return torch.where(pos, r * rho**2, torch.zeros_like(rho))
 
     def noise_std(self, fk, times: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, int]:
         """Per step ``times[i] -> times[i + 1]`` the std ``sqrt(c^2 + k^2 E tr Cov(x_0 | x_t) / d)`` of the

@@ -428,7 +428,7 @@ class SMCSampler(Solver):
         single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
         run's ``log_evidence`` and final ``ess`` (``(runs,)``), the :class:`SMCResult` as ``result`` and
         ``variance_evals``, the evaluations of a one-off step-variance estimate made by this call
-        (Analytic-DPM, cached per prior and grid: 0 when an earlier solver made it; a setup cost like
+        (Analytic-DPM, cached per prior: 0 when an earlier solver made it; a setup cost like
         Score Prior's training, kept out of ``nfe_per_sample`` so that it does not depend on the order of
         the calls).
 

@@ -283,7 +283,7 @@ class MCGDiff(SMCSampler):
         eta: DDIM noise of the proposal (1.0).
         reverse_variance: variance of the prior steps: ``"analytic"`` (default; Analytic-DPM's, Bao et al.
             ICLR 2022 Theorem 1: the plug-in variance plus the prior's mean denoising error that the step
-            drops, estimated once per grid from data draws, :mod:`~ppl_diffusion.inference.analytic_variance`),
+            drops, estimated once per prior from data draws, :mod:`~ppl_diffusion.inference.analytic_variance`),
             ``"ddpm"`` (the plug-in step's, the official code's), or an
             :class:`~ppl_diffusion.inference.analytic_variance.AnalyticVariance` (own data or draws).
             Measured on 60 exact Gaussian-mixture posteriors (d = 8, d_y = 1 / 2 / 4, defaults): 90 %
