@@ -287,8 +287,8 @@ class MCGDiff(SMCSampler):
             ``"ddpm"`` (the plug-in step's, the official code's), or an
             :class:`~ppl_diffusion.inference.analytic_variance.AnalyticVariance` (own data or draws).
             Measured on 60 exact Gaussian-mixture posteriors (d = 8, d_y = 1 / 2 / 4, defaults): 90 %
-            coverage 0.891 / 0.894 / 0.894 against exact sets' 0.892 / 0.891 / 0.891, where ``"ddpm"``
-            read 0.887 / 0.886 / 0.883 (benchmarks/results/exactness_d8_mcgdiff_analytic.md).
+            coverage 0.889 / 0.892 / 0.895 against exact sets' 0.892 / 0.891 / 0.891, where ``"ddpm"``
+            read 0.887 / 0.886 / 0.883 (benchmarks/results/exactness_d8_mcgdiff_analytic_table.md).
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N`` (the official code:
             ``"multinomial"``, ``1.0``).
         max_batch: cap on the particles of one network call.

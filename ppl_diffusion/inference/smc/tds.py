@@ -166,8 +166,8 @@ class TDS(SMCSampler):
             last step) or ``"ddpm"`` (the plug-in step, a noiseless last step), or an
             :class:`~ppl_diffusion.inference.analytic_variance.AnalyticVariance`; see :class:`MCGDiff`.
             Measured at every other default on 60 exact Gaussian-mixture posteriors (d = 8, d_y = 1 / 2 / 4):
-            90 % coverage 0.897 / 0.889 / 0.891 against exact sets' 0.892 / 0.891 / 0.891, where ``"ddpm"``
-            read 0.886 / 0.880 / 0.882 (benchmarks/results/exactness_d8_tds_analytic.md).
+            90 % coverage 0.893 / 0.889 / 0.887 against exact sets' 0.892 / 0.891 / 0.891, where ``"ddpm"``
+            read 0.886 / 0.880 / 0.882 (benchmarks/results/exactness_d8_tds_analytic_table.md).
         resampling, ess_threshold: ``"systematic"`` when ``ESS < 0.5 N``.
         grid: time grid (``"auto"``: ``"alpha_log"`` on VP schedules, :func:`.tail.smc_grid`).
         max_batch, prior_site, progress: see :class:`~ppl_diffusion.inference.smc.engine.SMCSampler`.
