@@ -61,9 +61,9 @@ def demo_config(fast: bool = False) -> dict:
     Linear tasks: DDRM (guide), RED-Diff (variational), MCGDiff (SMC); phase retrieval (nonlinear):
     DPS (guide), RED-Diff, PnP-DM (MCMC with Langevin likelihood steps); the opt-in blind deblurring
     (``blind``): BlindDPS (guide) and Blind RED-Diff (variational, point estimates). The full demo (3 images x 5
-    tasks x 3 methods, 16 draws each) takes 88 s wall / 81 CPU-seconds on one torch thread (measured
-    2026-11-30 on a quiet 2-core machine; 18 minutes of wall time on the same machine shared with ~18
-    busy processes)."""
+    tasks x 3 methods, 16 draws each) takes 60 s wall / 57 CPU-seconds on one torch thread (measured
+    2026-12-01 on a quiet 2-core machine, MCGDiff with its Analytic-DPM step variance; 88 s on 2026-11-30;
+    18 minutes of wall time on the same machine shared with ~18 busy processes)."""
     if fast:
         lin = {"ddrm": {"steps": 4}, "red_diff": {"steps": 10, "lr": 0.1},
                "mcgdiff": {"steps": 4, "particles": 4}}
