@@ -135,6 +135,19 @@ class FeynmanKac:
         self.dtype, self.device = problem.dtype, problem.device
         self.max_batch = max_batch
 
+    c_noise: torch.Tensor | None = None  # per-step noise std replacing the plug-in one (None: plug-in)
+    variance_evals: int = 0  # evaluations of the estimate behind c_noise made for this model
+
+    def set_step_noise(self, reverse_variance, times: torch.Tensor, eta: float) -> None:
+        """The step noise of the prior transitions on ``times``: the plug-in DDPM / DDIM one
+        (``reverse_variance=None``), or Analytic-DPM's (:mod:`..analytic_variance`); after :meth:`bind`."""
+        if reverse_variance is not None:
+            self.c_noise, self.variance_evals = reverse_variance.noise_std(self, times, eta)
+
+    def step_noise(self, j: int, c_plugin: torch.Tensor) -> torch.Tensor:
+        """Noise std of the step from grid index ``j``: ``c_plugin`` unless :meth:`set_step_noise` set one."""
+        return c_plugin if self.c_noise is None else self.c_noise[j].to(self.dtype)
+
     def observation_rows(self, y: torch.Tensor, out_shape) -> tuple:
         """``(rows, y)``: a plate's per-run observation ``(R * B, *out)`` as ``(R * B, 1, *out)`` (it
         broadcasts over each run's particles) with ``rows = R * B``; a single observation ``(*out)``
@@ -406,7 +419,7 @@ class SMCSampler(Solver):
         res.nfe = den.nfe - start  # batched calls of R*N particles (chunks count once each)
         res.extra["particle_nfe"] = getattr(fk, "particle_nfe", fk.n_steps)
         # single-sample evaluations of a step-variance estimate made for this run (Analytic-DPM; 0 if cached)
-        res.extra["variance_evals"] = getattr(fk, "variance_evals", 0)
+        res.extra["variance_evals"] = fk.variance_evals
         res.method = self.name
         if problem.plates:
             res.extra["measurements"], res.extra["plate_shape"] = B, tuple(problem.plate_shape)

@@ -105,9 +105,7 @@ class _MCGDiffFK(FeynmanKac):
         times = refine_tail(self.sched, times, tail_steps)
         self.times = times
         self.n_steps = times.numel() - 1
-        # the noise std of every step: the plug-in DDPM / DDIM one, or Analytic-DPM's (analytic_variance.py)
-        self.c_noise, self.variance_evals = (None, 0) if reverse_variance is None else \
-            reverse_variance.noise_std(self, times, eta)
+        self.set_step_noise(reverse_variance, times, eta)
         ab = self.sched.alpha_bar(times).to(torch.float64)
         self.ab = ab.to(self.device)
         extra = torch.zeros(self.obs_idx.numel(), dtype=torch.float64)
@@ -157,9 +155,7 @@ class _MCGDiffFK(FeynmanKac):
         x0b = self.op.Vt(x0)
         eps = (xb - a_t * x0b) / s_t
         c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, self.eta)
-        if self.c_noise is not None:
-            c = self.c_noise[j].to(self.dtype)
-        return a_s * x0b + c_eps * eps, c
+        return a_s * x0b + c_eps * eps, self.step_noise(j, c)
 
     def weight_terms(self, j, state):
         """Log-weight depending on x at index j: predictive to j+1 over g_j (restricted to act(j+1))."""

@@ -43,9 +43,7 @@ class _TDSFK(FeynmanKac):
         kind = smc_grid(self.sched, grid, steps)
         self.times = refine_tail(self.sched, time_grid(self.sched, steps, kind), tail_steps)
         self.n_steps = self.times.numel() - 1
-        # the noise std of every step: the plug-in DDPM one, or Analytic-DPM's (analytic_variance.py)
-        self.c_noise, self.variance_evals = (None, 0) if reverse_variance is None else \
-            reverse_variance.noise_std(self, self.times, 1.0)
+        self.set_step_noise(reverse_variance, self.times, 1.0)
         self.particle_nfe = self.n_steps  # + one backprop per particle and step
         self.ne = len(self.event_shape)
 
@@ -96,8 +94,7 @@ class _TDSFK(FeynmanKac):
         a_t, s_t = self._ac(k)
         a_s, s_s = self._ac(k + 1)
         c_eps, c = ddim_coefficients(a_t, s_t, a_s, s_s, 1.0)
-        if self.c_noise is not None:
-            c = self.c_noise[k].to(self.dtype)
+        c = self.step_noise(k, c)
         mu = a_s * x0 + c_eps * (x - a_t * x0) / s_t
         x0tw = x0 + (s_t ** 2 / a_t) * g
         mutw = a_s * x0tw + c_eps * (x - a_t * x0tw) / s_t
