@@ -30,6 +30,7 @@ __all__ = [
     "rhat_ess",
     "summary",
     "calibration_coverage",
+    "kmeans_centres",
 ]
 
 
@@ -517,3 +518,30 @@ def calibration_coverage(samples, reference, levels: Sequence[float] = (0.5, 0.8
         lo, hi = quantile(x, [(1 - v) / 2, (1 + v) / 2], dim=0)
         out.append(((ref >= lo) & (ref <= hi)).to(x.dtype).mean())
     return torch.stack(out)
+
+
+def kmeans_centres(x: torch.Tensor, k: int = 4, iters: int = 25,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lloyd's k-means centres ``(<= k, D)`` of the rows of ``x`` ``(n, D)`` (float64), k-means++ start
+    (Arthur & Vassilvitskii, SODA 2007); fewer than ``k`` when the rows have fewer distinct points.
+    Used to cut draws into mode-like regions (MCMC and SMC mode diagnostics)."""
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    n = x.shape[0]
+    k = max(1, min(int(k), n))
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    first = int(torch.randint(n, (1,), generator=g))
+    centres = x[first:first + 1]
+    for _ in range(k - 1):
+        d2 = torch.cdist(x, centres).min(1).values ** 2
+        if float(d2.sum()) <= 0:
+            break
+        j = int(torch.multinomial(d2 / d2.sum(), 1, generator=g))
+        centres = torch.cat([centres, x[j:j + 1]])
+    for _ in range(iters):
+        lab = torch.cdist(x, centres).argmin(1)
+        new = torch.stack([x[lab == c].mean(0) if bool((lab == c).any()) else centres[c]
+                           for c in range(centres.shape[0])])
+        if torch.allclose(new, centres):
+            break
+        centres = new
+    return centres

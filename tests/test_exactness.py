@@ -7,7 +7,7 @@ import torch
 from ppl_diffusion.bench.exactness import (FAMILIES, Reference, component_weights, exact_spread, exactness_problem,
                                            score, verdict)
 from ppl_diffusion.inference.kernels.mode_check import chain_convergence, split_rhat_basic
-from ppl_diffusion.inference.smc.evidence import pooled_resample, reliability
+from ppl_diffusion.inference.smc.evidence import RELIABLE_BIAS, pooled_resample, region_bias, reliability
 from ppl_diffusion.inference.smc.result import SMCResult
 from ppl_diffusion.models.gmm import GaussianMixture
 
@@ -68,12 +68,71 @@ def test_pooled_draws_remove_the_independent_run_bias():
     rel = reliability(res)
     # Z in {1, 3} with prob 1/2: cv^2 = Var Z / (E Z)^2 = 1/4 -> bias bound 0.25 >= the true bias 0.25
     assert abs(float(rel["cv2"][0]) - 0.25) < 0.05
+    # the region estimate measures the bias itself: 0.25, jackknife se ~ sqrt(3/16 / 400) ~ 0.02
+    assert abs(float(rel["bias_estimate"][0]) - 0.25) < 0.06 and 0.005 < float(rel["bias_se"][0]) < 0.05
     assert bool(rel["unreliable_independent"][0]) and not bool(rel["unreliable_pooled"][0])
     assert abs(float(rel["log_evidence"][0]) - math.log(2.0)) < 0.1
     # a plate of B = 2 measurements: pooling stays within each measurement (runs i * B + b)
     res.extra["measurements"] = 2
     both = pooled_resample(res, 1000, g).reshape(1000, 2)
     assert both.shape == (1000, 2) and reliability(res)["runs"].tolist() == [200.0, 200.0]
+
+
+def _spread_toy(R, N, seed, shift):
+    """Runs of two kinds (all particles near 0 or near 4, each kind with prob 1/2), within-run weights
+    random, log Z_hat = N(0, 1) + shift * kind: with shift = 0 the evidence is unrelated to the mode
+    (no bias, but a large Z_hat spread); the bias of one draw per run is then
+    1/2 - E[Z 1(kind)] / E[Z] = 1/2 - e^shift / (1 + e^shift)."""
+    g = torch.Generator().manual_seed(seed)
+    kind = torch.randint(0, 2, (R,), generator=g)
+    x = kind[:, None, None].double() * 4 + 0.3 * torch.randn(R, N, 1, generator=g, dtype=torch.float64)
+    logw = 0.5 * torch.randn(R, N, generator=g, dtype=torch.float64)
+    log_z = torch.randn(R, generator=g, dtype=torch.float64) + shift * kind
+    return SMCResult(x, logw, log_z, torch.zeros(R, 1), torch.zeros(R, 1, dtype=torch.bool))
+
+
+def test_region_bias_separates_a_biased_run_set_from_a_noisy_clean_one():
+    """The Cauchy-Schwarz bound flags any spread of Z_hat; the region estimate only a real bias."""
+    for seed in range(5):
+        clean = reliability(_spread_toy(400, 16, seed, 0.0))
+        assert float(clean["bias_bound"][0]) > 0.3  # the old bound-based flag would fire here
+        assert not bool(clean["unreliable_independent"][0]), (seed, clean["bias_estimate"], clean["bias_se"])
+        biased = _spread_toy(400, 16, seed, 1.0)  # true bias 1/2 - e/(1+e) = -0.231
+        rb = region_bias(biased)
+        assert abs(float(rb["bias_estimate"][0]) - 0.231) < 3 * float(rb["bias_se"][0]) + 0.01
+        assert bool(reliability(biased)["unreliable_independent"][0])
+    # one run: undefined, not flagged
+    one = _spread_toy(1, 16, 0, 1.0)
+    assert math.isnan(float(region_bias(one)["bias_estimate"][0]))
+    assert not bool(reliability(one)["unreliable_independent"][0])
+
+
+def test_reliability_flags_a_planted_mode_loss_of_a_real_smc_sampler():
+    """MCGDiff forced to resample multinomially at every step (particle Gibbs's regime) with 16
+    particles loses the minor mode in most runs: one draw per run reads it at about a third of its
+    exact weight (benchmarks/results/smc_mode_bias.md). The region estimate flags it; the default
+    (systematic when ESS < N/2) at the same cost is not flagged."""
+    from ppl_diffusion.inference.smc import MCGDiff
+    from ppl_diffusion.schedules import VPSchedule
+
+    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
+    j = int(torch.sort(pb.posterior.weights, descending=True).indices[1])
+    exact = float(pb.posterior.weights[j])
+    model = pb.model(VPSchedule.gmm_benchmark())
+    forced = MCGDiff(model, particles=16, steps=50, resampling="multinomial", ess_threshold=1.0)
+    res = forced.run(y=pb.y, runs=2000, generator=torch.Generator().manual_seed(0))
+    # the law of one draw per run: mean over runs of sum_i W_i r_j(x_i) (r_j: posterior responsibility)
+    post = pb.posterior
+    logn, _ = post._component_terms(res.particles.reshape(-1, 8), 1.0, 0.0)
+    resp = torch.softmax(logn + torch.log(post.weights), -1)[:, j].reshape(2000, 16)
+    indep = float((res.weights * resp).sum(1).mean())
+    assert exact - indep > RELIABLE_BIAS  # the plant: the minor mode is under-weighted by > 0.03
+    rel = reliability(res)
+    assert bool(rel["unreliable_independent"][0]), (rel["bias_estimate"], rel["bias_z"])
+    assert float(rel["bias_estimate"][0]) > RELIABLE_BIAS
+    default = MCGDiff(model, particles=16, steps=50)
+    rel_default = reliability(default.run(y=pb.y, runs=2000, generator=torch.Generator().manual_seed(2)))
+    assert not bool(rel_default["unreliable_independent"][0]), (rel_default["bias_estimate"], rel_default["bias_z"])
 
 
 def _chains(weights, per_chain_component, S, seed):

@@ -187,11 +187,12 @@ def _parse_method(spec: str):
 
 
 def _draws(solver, opts, pb, sched, n, steps, g):
-    """``[(suffix, (n, d) draws)]``: an SMC sampler runs ``n`` independent runs once and gives both
-    the one-draw-per-run samples (suffix ``""``) and the evidence-weighted pool (``" pooled"``,
-    :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); ``particle_gibbs`` (options ``base``,
-    ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains; other solvers run as
-    :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
+    """``[(suffix, (n, d) draws, reliability or None)]``: an SMC sampler runs ``n`` independent runs once
+    and gives both the one-draw-per-run samples (suffix ``""``, with the runs'
+    :func:`~ppl_diffusion.inference.smc.evidence.reliability`) and the evidence-weighted pool
+    (``" pooled"``, :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); ``particle_gibbs``
+    (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
+    other solvers run as :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
     from .gmm import run_solver
 
@@ -205,10 +206,10 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         if base == "mcgdiff":  # ancestor sampling (PGAS) needs the plain final step
             opts.setdefault("final_correction", False)
         kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g)
-        return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1))]
+        return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1), None)]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
-        from ..inference.smc.evidence import pooled_resample
+        from ..inference.smc.evidence import pooled_resample, reliability
 
         opts = dict(opts)
         which = opts.pop("draws", "both")
@@ -216,11 +217,25 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         res = sv.run(y=pb.y, runs=n, generator=g)
         out = []
         if which in ("both", "independent"):
-            out.append(("", res.resample(n, g)))
+            out.append(("", res.resample(n, g), reliability(res)))
         if which in ("both", "pooled"):
-            out.append((" pooled", pooled_resample(res, n, g)))
+            out.append((" pooled", pooled_resample(res, n, g), None))
         return out
-    return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples)]
+    return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples, None)]
+
+
+SUMMARY_COLUMNS = ("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage", "inside all three",
+                   "mean 90 % coverage (exact sets' mean)", "flagged: outside TV / inside TV")
+
+
+def _flag_cell(vs) -> str:
+    """``"a/b / c/d"``: problems flagged ``unreliable_independent`` among those outside / inside the exact
+    spread on TV (``-`` when the method has no flag)."""
+    if not vs or vs[0].get("flag") is None:
+        return "-"
+    out = [v for v in vs if not v["tv"]]
+    ins = [v for v in vs if v["tv"]]
+    return f"{sum(v['flag'] for v in out)}/{len(out)} / {sum(v['flag'] for v in ins)}/{len(ins)}"
 
 
 def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
@@ -230,7 +245,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     joined with :func:`merge_tables`."""
     sched = VPSchedule.gmm_benchmark()
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
-                          "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov", "s")
+                          "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
+                          "region bias est. (se), flag", "s")
     tally = {}
     for d_y in dys:
         for i in range(first_problem, first_problem + n_problems):
@@ -248,30 +264,35 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                 key, solver, opts = _parse_method(spec)
                 g = torch.Generator().manual_seed(90_000 + i)
                 t0 = time.perf_counter()
-                for label_m, x in _draws(solver, opts, pb_solver, sched, n_samples, steps, g):
+                for label_m, x, rel in _draws(solver, opts, pb_solver, sched, n_samples, steps, g):
                     sec = time.perf_counter() - t0
                     s = score(x, ref)
                     v = verdict(s, spread)
-                    tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"],
+                    flag = None if rel is None else bool(rel["unreliable_independent"][0])
+                    tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                        "c_exact": float(spread.cov.mean())})
+                    rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
+                                                  f"({float(rel['bias_se'][0]):.3f}){', FLAG' if flag else ''}")
                     b = spread.bounds
                     table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                               f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
                               f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
-                              "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), f"{sec:.1f}")
-    summary = MarkdownTable("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage",
-                            "inside all three", "mean 90 % coverage (exact sets' mean)")
+                              "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), rb, f"{sec:.1f}")
+    summary = MarkdownTable(*SUMMARY_COLUMNS)
     for (key, d_y), vs in tally.items():
         n = len(vs)
         summary.add(key, d_y, n, *(f"{sum(v[k] for v in vs)}/{n}" for k in ("sw", "tv", "cov", "all")),
-                    f"{sum(v['c'] for v in vs) / n:.3f} ({sum(v['c_exact'] for v in vs) / n:.3f})")
+                    f"{sum(v['c'] for v in vs) / n:.3f} ({sum(v['c_exact'] for v in vs) / n:.3f})", _flag_cell(vs))
     notes = (f"d = {d}, {steps} steps, {n_samples} samples per problem (each SMC sample from its own independent run), "
              f"families cycled over seeds ({', '.join(families)}; ppl_diffusion/bench/exactness.py). Exact spread: "
              f"{sets} independent sets of {n_samples} exact posterior draws scored like the samplers; SW = sliced W-1 "
              "(200 fixed directions) to 10,000 exact draws, TV = component-weight total variation (posterior "
              "responsibilities), cov = fraction of the 10,000 reference draws inside the sample's marginal 90 % "
              "intervals. Inside: SW and TV <= the exact sets' 95 % point, coverage within their 2.5-97.5 % range; "
-             "an exact sampler is inside all three on roughly 0.95 x 0.95 x 0.95 ~ 0.86 of problems."
+             "an exact sampler is inside all three on roughly 0.95 x 0.95 x 0.95 ~ 0.86 of problems. Region bias: "
+             "the SMC runs' reliability (ppl_diffusion/inference/smc/evidence.py: region_bias), the largest gap "
+             "between one draw per run and the evidence-weighted pool over 4 k-means regions, with its jackknife "
+             "standard error; FLAG = unreliable_independent (> 0.03 and > 2.5 se)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
     body = str(summary) + "\n\n" + str(table)
     name = name or f"exactness_d{d}"
@@ -294,19 +315,22 @@ def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: st
             c = [v.strip() for v in line.strip("|").split("|")]
             key, n = (c[0], c[1]), int(c[2])
             cov, cov_exact = (float(v) for v in re.findall(r"[0-9.]+", c[7]))
-            acc = counts.setdefault(key, {"n": 0, "sw": 0, "tv": 0, "cov": 0, "all": 0, "c": 0.0, "ce": 0.0})
+            acc = counts.setdefault(key, {"n": 0, "sw": 0, "tv": 0, "cov": 0, "all": 0, "c": 0.0, "ce": 0.0,
+                                          "flag": None})
+            if len(c) > 8 and c[8] != "-":  # "a/b / c/d": flagged among outside / inside TV
+                f = [int(v) for v in re.findall(r"[0-9]+", c[8])]
+                acc["flag"] = [a + b for a, b in zip(acc["flag"] or [0, 0, 0, 0], f)]
             acc["n"] += n
             for k, v in zip(("sw", "tv", "cov", "all"), c[3:7]):
                 acc[k] += int(v.split("/")[0])
             acc["c"] += cov * n
             acc["ce"] += cov_exact * n
         header_notes = text.rstrip().split("\n\n")[-1]
-    summary = MarkdownTable("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage",
-                            "inside all three", "mean 90 % coverage (exact sets' mean)")
+    summary = MarkdownTable(*SUMMARY_COLUMNS)
     for (key, d_y), a in counts.items():
-        n = a["n"]
+        n, f = a["n"], a["flag"]
         summary.add(key, d_y, n, *(f"{a[k]}/{n}" for k in ("sw", "tv", "cov", "all")),
-                    f"{a['c'] / n:.3f} ({a['ce'] / n:.3f})")
+                    f"{a['c'] / n:.3f} ({a['ce'] / n:.3f})", "-" if f is None else f"{f[0]}/{f[1]} / {f[2]}/{f[3]}")
     body = str(summary) + "\n\n" + "\n".join(header + rows)
     notes = "Joined from " + ", ".join(os.path.basename(p) for p in paths) + ". " + header_notes
     write_result(out, name, "Exactness: samplers against the exact sampler's spread (joined parts)", cmd, body,

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ...diagnostics import rhat
+from ...diagnostics import kmeans_centres, rhat
 
 __all__ = ["chain_convergence", "region_labels", "split_rhat_basic", "RHAT_THRESHOLD", "MIN_SWAP"]
 
@@ -54,25 +54,7 @@ def region_labels(x: torch.Tensor, regions: int = 4, iters: int = 25,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means labels ``(n,)`` of the rows of ``x`` (n, D) with ``regions`` centres (k-means++ start)."""
     x = x.reshape(x.shape[0], -1).to(torch.float64)
-    n = x.shape[0]
-    k = max(1, min(int(regions), n))
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    first = int(torch.randint(n, (1,), generator=g))
-    centres = x[first:first + 1]
-    for _ in range(k - 1):
-        d2 = torch.cdist(x, centres).min(1).values ** 2
-        if float(d2.sum()) <= 0:
-            break
-        j = int(torch.multinomial(d2 / d2.sum(), 1, generator=g))
-        centres = torch.cat([centres, x[j:j + 1]])
-    for _ in range(iters):
-        lab = torch.cdist(x, centres).argmin(1)
-        new = torch.stack([x[lab == c].mean(0) if bool((lab == c).any()) else centres[c]
-                           for c in range(centres.shape[0])])
-        if torch.allclose(new, centres):
-            break
-        centres = new
-    return torch.cdist(x, centres).argmin(1)
+    return torch.cdist(x, kmeans_centres(x, regions, iters, generator)).argmin(1)
 
 
 def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None, regions: int = 4,
