@@ -2,12 +2,14 @@
 diagnostics. All checks run on closed forms or planted errors (no long sampler runs)."""
 import math
 
+import pytest
 import torch
 
 from ppl_diffusion.bench.exactness import (FAMILIES, Reference, component_weights, exact_spread, exactness_problem,
                                            score, verdict)
 from ppl_diffusion.inference.kernels.mode_check import chain_convergence, split_rhat_basic
-from ppl_diffusion.inference.smc.evidence import RELIABLE_BIAS, pooled_resample, region_bias, reliability
+from ppl_diffusion.inference.smc.evidence import (RELIABLE_BIAS, pooled_resample, region_bias, reliability,
+                                                  run_log_weights)
 from ppl_diffusion.inference.smc.result import SMCResult
 from ppl_diffusion.models.gmm import GaussianMixture
 
@@ -89,6 +91,28 @@ def _spread_toy(R, N, seed, shift):
     logw = 0.5 * torch.randn(R, N, generator=g, dtype=torch.float64)
     log_z = torch.randn(R, generator=g, dtype=torch.float64) + shift * kind
     return SMCResult(x, logw, log_z, torch.zeros(R, 1), torch.zeros(R, 1, dtype=torch.bool))
+
+
+def test_truncated_pool_caps_heavy_runs_and_stays_consistent():
+    # 99 runs with Z_hat = 1 and one with 1000: the pool gives that run 1000 / 1099 = 0.91 of the draws;
+    # capped at sqrt(R) x mean = 10 x 10.99 = 109.9, it gets 109.9 / (109.9 + 99) = 0.526
+    res = _spread_toy(100, 16, 0, 0.0)
+    res.log_evidence[:] = 0.0
+    res.log_evidence[7] = math.log(1000.0)
+    assert abs(float(torch.exp(run_log_weights(res)[7])) - 1000 / 1099) < 1e-12
+    lt = torch.exp(run_log_weights(res, truncate=True))
+    assert abs(float(lt.sum()) - 1.0) < 1e-12 and abs(float(lt[7]) - 109.9 / 208.9) < 1e-12
+    # a run with zero evidence gets no weight either way
+    res.log_evidence[3] = -math.inf
+    assert float(torch.exp(run_log_weights(res, truncate=True))[3]) == 0.0
+    # consistency as R grows: runs of two kinds, log Z_hat = N(0, 1) + kind; the target puts
+    # e / (1 + e) = 0.731 on kind 1 (one draw per run: 1/2). Truncation at 1 / sqrt(R) with R = 4000
+    # leaves a bias of E[Z 1(Z > sqrt(R) mean Z)] / E[Z] (lognormal tail above 63x the mean: < 1e-4)
+    big = _spread_toy(4000, 4, 1, 1.0)
+    x = pooled_resample(big, 20000, torch.Generator().manual_seed(0), truncate=True)
+    assert abs(float((x > 2).double().mean()) - math.e / (1 + math.e)) < 0.02
+    x = big.resample(4000, torch.Generator().manual_seed(0))
+    assert abs(float((x > 2).double().mean()) - 0.5) < 0.03
 
 
 def test_region_bias_separates_a_biased_run_set_from_a_noisy_clean_one():
@@ -181,6 +205,10 @@ def test_smc_draw_pooled_and_reliability_on_a_gmm():
     sv = MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=8, steps=10)
     d = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled=True)
     assert d.samples.shape == (1, 16, 8) and torch.isfinite(d.samples).all()
+    t = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled="truncated")
+    assert t.samples.shape == (1, 16, 8) and torch.isfinite(t.samples).all()
+    with pytest.raises(ValueError, match="pooled must be"):
+        sv.draw(4, y=pb.y, pooled="yes")
     rel = d.extra["reliability"]
     assert rel["runs"].tolist() == [16.0] and 1.0 <= float(rel["runs_ess"][0]) <= 16.0
     res = d.extra["result"]
@@ -261,15 +289,18 @@ def test_exactness_table_run_in_parts_merges_to_the_whole_run(tmp_path):
         return blocks[0], strip[1]
 
     whole, joined = tables("whole.md"), tables("joined.md")
-    assert joined[1] == whole[1] and len(whole[1]) == 2 + 4 * 2  # independent and pooled rows
+    assert joined[1] == whole[1] and len(whole[1]) == 2 + 4 * 3  # independent, pooled, truncated rows
     import re
 
-    def split(summary):  # counts exactly; the mean coverages are joined from 3-decimal parts: +-0.001
+    def split(summary):  # counts and flags exactly; the mean coverages are joined from 3-decimal parts: +-0.001
         lines = summary.splitlines()
-        return [ln.rsplit("|", 2)[0] for ln in lines], [float(v) for v in re.findall(r"0\.[0-9]{3}", summary)]
+        counts = [ln.rsplit("|", 3)[0] for ln in lines]
+        flags = [ln.rsplit("|", 2)[1] for ln in lines]
+        return counts + flags, [float(v) for v in re.findall(r"0\.[0-9]{3}", summary)]
 
     (jc, jv), (wc, wv) = split(joined[0]), split(whole[0])
-    assert jc == wc and len(jv) == len(wv) == 4
+    assert jc == wc and len(jv) == len(wv) == 6
+    assert re.search(r"\| [0-9]+/[0-9]+ / [0-9]+/[0-9]+ \|", whole[0])  # the flag cell of the SMC row
     assert all(abs(a - b) <= 0.0011 for a, b in zip(jv, wv)), (jv, wv)
     assert "(spectrum, 8, 1, 2)" in (tmp_path / "b.md").read_text()  # seed 2 cycles to the third family
 

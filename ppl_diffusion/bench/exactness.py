@@ -190,7 +190,8 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     """``[(suffix, (n, d) draws, reliability or None)]``: an SMC sampler runs ``n`` independent runs once
     and gives both the one-draw-per-run samples (suffix ``""``, with the runs'
     :func:`~ppl_diffusion.inference.smc.evidence.reliability`) and the evidence-weighted pool
-    (``" pooled"``, :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`); ``particle_gibbs``
+    (``" pooled"``, :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`; ``" truncated"``: its run
+    weights capped at ``1 / sqrt(runs)``); ``particle_gibbs``
     (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
     other solvers run as :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
@@ -220,6 +221,8 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             out.append(("", res.resample(n, g), reliability(res)))
         if which in ("both", "pooled"):
             out.append((" pooled", pooled_resample(res, n, g), None))
+        if which in ("both", "truncated"):
+            out.append((" truncated", pooled_resample(res, n, g, truncate=True), None))
         return out
     return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples, None)]
 

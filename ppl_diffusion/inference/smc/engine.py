@@ -428,13 +428,15 @@ class SMCSampler(Solver):
         return res
 
     def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, independent: bool = True,
-             pooled: bool = False, **kwargs) -> Draws:
+             pooled: bool | str = False, **kwargs) -> Draws:
         """``num_samples`` posterior draws as :class:`Draws` (one chain): one per independent run of
         ``particles`` particles (default), or all resampled from a single run (``independent=False``).
         ``pooled=True`` (with ``independent``): the draws are resampled from all runs' particles weighted
         by each run's evidence (:func:`.evidence.pooled_resample`), which removes the bias of one draw
         per run on multimodal posteriors (a run that lost a mode early cannot re-weight it; its
-        evidence does); ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
+        evidence does); ``pooled="truncated"``: the same with each run's weight capped at
+        ``1 / sqrt(runs)`` of the total (truncated importance sampling), so that a few heavy runs cannot
+        carry all the draws; ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
         of draws is unreliable.
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
@@ -450,12 +452,17 @@ class SMCSampler(Solver):
         *event)``; ``log_evidence`` / ``ess`` are per run, ``(runs * B,)`` with run ``i * B + b`` on
         measurement ``b``; ``nfe_per_sample`` per draw of one measurement."""
         n = check_int("num_samples", num_samples, self.name)
+        if pooled not in (False, True, "truncated"):
+            raise ValueError(f"{self.name}: pooled must be False, True or 'truncated', got {pooled!r}")
         problem = self.problem(*args, **kwargs)
         B = problem.num_measurements
         with measure(problem.denoiser) as meter:
             res = self._run(problem, n if independent else 1, generator)
             # sample j from run j mod (runs * B): j = i * B + b is measurement b
-            x = pooled_resample(res, n, generator) if pooled and independent else res.resample(n * B, generator)
+            if pooled and independent:
+                x = pooled_resample(res, n, generator, truncate=pooled == "truncated")
+            else:
+                x = res.resample(n * B, generator)
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
         nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
@@ -465,7 +472,7 @@ class SMCSampler(Solver):
                            nfe_per_sample=nfe)
 
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
-               independent: bool = True, pooled: bool = False, **kwargs) -> torch.Tensor:
+               independent: bool = True, pooled: bool | str = False, **kwargs) -> torch.Tensor:
         """``num_samples`` draws ``(num_samples, *event_shape)`` (see :meth:`draw`)."""
         return self.draw(num_samples, *args, generator=generator, independent=independent, pooled=pooled,
                          **kwargs).samples[0]

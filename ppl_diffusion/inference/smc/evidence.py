@@ -55,30 +55,41 @@ def _groups(result) -> int:
     return int(result.extra.get("measurements", 1))
 
 
-def run_log_weights(result) -> torch.Tensor:
+def run_log_weights(result, truncate: bool = False) -> torch.Tensor:
     """Normalised log-weights of the runs, ``(R,)`` float64: ``log Z_hat_r`` normalised over the runs
-    of the same measurement (a plate: run ``i * B + b`` with the other runs of measurement ``b``)."""
+    of the same measurement (a plate: run ``i * B + b`` with the other runs of measurement ``b``).
+
+    ``truncate=True``: truncated importance sampling (Ionides, "Truncated importance sampling", JCGS
+    2008): each run's weight is capped at ``sqrt(R)`` times the mean weight, i.e. at ``1 / sqrt(R)`` of
+    the total, then renormalised. No run can carry more than about ``1 / sqrt(R)`` of the draws, runs
+    with a negligible evidence still get none, and the cap's bias vanishes as ``R`` grows."""
     B = _groups(result)
     lz = result.log_evidence.to(torch.float64)
     lz = torch.where(torch.isnan(lz), torch.full_like(lz, -math.inf), lz)
     lz = lz.reshape(-1, B)
-    return (lz - torch.logsumexp(lz, 0, keepdim=True)).reshape(-1)
+    lw = lz - torch.logsumexp(lz, 0, keepdim=True)
+    if truncate:
+        lw = lw.clamp(max=-0.5 * math.log(lz.shape[0]))
+        lw = lw - torch.logsumexp(lw, 0, keepdim=True)
+    return lw.reshape(-1)
 
 
-def pooled_log_weights(result) -> torch.Tensor:
+def pooled_log_weights(result, truncate: bool = False) -> torch.Tensor:
     """``(R, N)`` log-weights of every particle in the evidence-weighted pool: ``log Z_hat_r +
-    log W_{r,i}`` normalised over all particles of the runs of the same measurement."""
+    log W_{r,i}`` normalised over all particles of the runs of the same measurement (``truncate``: the
+    run weights of :func:`run_log_weights` capped)."""
     lw = result.log_weights.to(torch.float64)
     lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
     lw = lw - torch.logsumexp(lw, -1, keepdim=True)
-    return run_log_weights(result)[:, None] + lw
+    return run_log_weights(result, truncate)[:, None] + lw
 
 
-def pooled_resample(result, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def pooled_resample(result, n: int, generator: torch.Generator | None = None, truncate: bool = False) -> torch.Tensor:
     """``n`` draws per measurement ``(n * B, *event)`` from the evidence-weighted pool of all runs'
     particles (systematic resampling over the pool; draw ``j * B + b`` is of measurement ``b``, the
     layout of :meth:`~ppl_diffusion.inference.smc.result.SMCResult.resample`). Consistent as the
-    number of runs grows at fixed particles (see the module docstring)."""
+    number of runs grows at fixed particles (see the module docstring); ``truncate``: run weights
+    capped at ``1 / sqrt(R)`` of the total (:func:`run_log_weights`)."""
     from .engine import systematic_resample
 
     n = int(n)
@@ -86,7 +97,8 @@ def pooled_resample(result, n: int, generator: torch.Generator | None = None) ->
         raise ValueError(f"n must be >= 1, got {n}")
     B = _groups(result)
     R, N = result.log_weights.shape
-    lw = pooled_log_weights(result).reshape(R // B, B, N).transpose(0, 1).reshape(B, (R // B) * N)  # (B, R/B * N)
+    lw = pooled_log_weights(result, truncate).reshape(R // B, B, N).transpose(0, 1)
+    lw = lw.reshape(B, (R // B) * N)  # (B, R/B * N)
     idx = systematic_resample(lw, n, generator)  # (B, n) indices into the pool of each measurement
     perm = torch.randperm(n, generator=generator, device="cpu" if generator is None else generator.device)
     idx = idx[:, perm.to(idx.device)]  # systematic picks come sorted by run: shuffle the order

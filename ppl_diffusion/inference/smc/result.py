@@ -75,15 +75,16 @@ class SMCResult:
         out = self.particles[runs.T.reshape(-1), idx.T.reshape(-1)]
         return out[:n]
 
-    def pooled_resample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def pooled_resample(self, n: int, generator: torch.Generator | None = None, truncate: bool = False) -> torch.Tensor:
         """``n`` draws (per measurement) from all runs' particles weighted by each run's evidence
-        (:func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`: no independent-run bias)."""
+        (:func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`: no independent-run bias;
+        ``truncate``: run weights capped at ``1 / sqrt(runs)``)."""
         from .evidence import pooled_resample
 
-        return pooled_resample(self, n, generator)
+        return pooled_resample(self, n, generator, truncate)
 
     def reliability(self) -> dict:
-        """Runs' evidence ESS, the bias bound of one draw per run, flags
+        """Runs' evidence ESS, the measured bias of one draw per run, flags
         (:func:`~ppl_diffusion.inference.smc.evidence.reliability`)."""
         from .evidence import reliability
 
