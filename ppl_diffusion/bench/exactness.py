@@ -249,7 +249,7 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     sched = VPSchedule.gmm_benchmark()
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
                           "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
-                          "region bias est. (se), flag", "s")
+                          "region bias est. (se), runs ESS, flag", "s")
     tally = {}
     for d_y in dys:
         for i in range(first_problem, first_problem + n_problems):
@@ -275,7 +275,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                     tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                        "c_exact": float(spread.cov.mean())})
                     rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
-                                                  f"({float(rel['bias_se'][0]):.3f}){', FLAG' if flag else ''}")
+                                                  f"({float(rel['bias_se'][0]):.3f}), runs ESS "
+                                                  f"{float(rel['runs_ess'][0]):.0f}{', FLAG' if flag else ''}")
                     b = spread.bounds
                     table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                               f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
@@ -341,6 +342,15 @@ def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: st
     return counts
 
 
+def per_run_component_weights(res, post: GaussianMixture) -> torch.Tensor:
+    """``(runs, K)``: each SMC run's weighted particle estimate ``sum_i W_i r(x_i)`` of the posterior
+    component weights (``r``: posterior responsibilities)."""
+    R, N = res.log_weights.shape
+    logn, _ = post._component_terms(res.particles.reshape(R * N, -1).to(post.dtype), 1.0, 0.0)
+    r = torch.softmax(logn + torch.log(post.weights), -1).reshape(R, N, post.K)
+    return (res.weights[..., None].to(r.dtype) * r).sum(1)
+
+
 MODE_BIAS_CONFIGS = (("mcgdiff", {"particles": 64}),
                      ("mcgdiff", {"particles": 64, "resampling": "multinomial", "ess_threshold": 1.0}),
                      ("mcgdiff", {"particles": 256}), ("mcgdiff", {"particles": 64, "steps": 400}),
@@ -367,10 +377,7 @@ def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: f
         res = sv.run(y=pb.y, runs=runs, generator=torch.Generator().manual_seed(1))
         x = res.resample(runs, torch.Generator().manual_seed(2)).double()
         w_draw = component_weights(x, post)[order][1]
-        P = res.particles.reshape(-1, pb.d).double()
-        logn, _ = post._component_terms(P, 1.0, 0.0)
-        r = torch.softmax(logn + torch.log(post.weights), -1).reshape(runs, -1, post.K)
-        per_run = (res.weights[..., None] * r).sum(1)  # (runs, K)
+        per_run = per_run_component_weights(res, post)
         w_runs = per_run.mean(0)[order][1]
         w_pool = (torch.exp(run_log_weights(res))[:, None] * per_run).sum(0)[order][1]
         table.add(name, ", ".join(f"{k}={v}" for k, v in opts.items()), f"{float(w_draw):.4f}",
@@ -383,6 +390,55 @@ def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: f
              "mean over runs of sum_i W_i r(x_i) (the law of one draw per run); 'evidence-weighted pool' = the same "
              "weighted by each run's Z_hat (smc/evidence.py).")
     write_result(out, "smc_mode_bias", "SMC: independent-run minor-mode weight against the exact posterior",
+                 cmd, str(table), notes)
+
+
+POOLING_PROBLEMS = "8,1,4;8,1,10;8,1,12;8,2,7;8,2,14;8,4,5;80,2,1;80,2,16;80,2,19"
+
+
+def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int = 2, steps: int = 200,
+                  solver: str = "mcgdiff", out=RESULTS_DIR, cmd: str = "", name: str = "smc_pooling_check"):
+    """The component weights that one draw per run, the evidence-weighted pool and the truncated pool
+    put on an exactness problem, read with little Monte Carlo noise: ``runs`` independent runs (the
+    sampler's defaults, N = 256 from d = 80), each run's weighted estimate of the posterior component
+    weights averaged (one draw per run) or weighted by ``Z_hat`` (plain / capped at ``1 / sqrt(runs)``),
+    TV to the exact weights; beside it the runs' ``reliability`` estimate and flag. ``problems``:
+    ``"d,d_y,seed;..."`` (families cycled by seed as in the table)."""
+    from ..inference.registry import build_solver
+    from ..inference.smc.evidence import reliability, run_log_weights
+
+    sched = VPSchedule.gmm_benchmark()
+    table = MarkdownTable("problem (family, d, d_y, seed)", "repeat", "one draw per run", "pool", "truncated pool",
+                          "region bias est. (se), flag", "runs ESS", "s")
+    for spec in problems.split(";"):
+        d, d_y, seed = (int(v) for v in spec.split(","))
+        fam = FAMILIES[seed % len(FAMILIES)]
+        pb = exactness_problem(fam, d, d_y, seed=seed)
+        post = pb.posterior
+        pbs = pb.to(torch.float32) if d > 8 else pb
+        model = pbs.model(sched)
+        opts = {"steps": steps, **({"particles": 256} if d > 8 else {})}
+        sv = build_solver(solver, model, **opts)
+        for rep in range(reps):
+            t0 = time.perf_counter()
+            res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(rep))
+            P = per_run_component_weights(res, post)
+            tv = [float(0.5 * (w - post.weights).abs().sum()) for w in (
+                P.mean(0), (torch.exp(run_log_weights(res))[:, None] * P).sum(0),
+                (torch.exp(run_log_weights(res, truncate=True))[:, None] * P).sum(0))]
+            rel = reliability(res)
+            flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
+            table.add(f"({fam}, {d}, {d_y}, {seed})", rep, *(f"{v:.3f}" for v in tv),
+                      f"{float(rel['bias_estimate'][0]):.3f} ({float(rel['bias_se'][0]):.3f}){flag}",
+                      f"{float(rel['runs_ess'][0]):.0f}", f"{time.perf_counter() - t0:.0f}")
+    notes = (f"{solver} at its defaults ({steps} steps; N = 256 particles from d = 80), {runs} independent runs per "
+             "repeat (seeds 0, 1, ...). Columns: TV between the exact posterior component weights and what each "
+             "way of drawing puts on the components in expectation, read from each run's weighted particle estimate "
+             "sum_i W_i r(x_i) (r: posterior responsibilities): their mean over runs (the law of one draw per run), "
+             "their Z_hat-weighted mean (the pool) and the same with Z_hat capped at sqrt(runs) x its mean "
+             "(truncated importance sampling, Ionides 2008). No sampling of draws, so the only noise is that of the "
+             "runs. Region bias / flag / runs ESS: SMCResult.reliability() of the same runs.")
+    write_result(out, name, "SMC: the independent-run bias and evidence pooling, read with many runs",
                  cmd, str(table), notes)
 
 
@@ -465,7 +521,7 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
-    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge"])
+    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -482,6 +538,9 @@ def main(argv=None):
                    help="kernels: ','-separated swap:num_grid of PnP-DM (swap joint or marginal; num_grid 'exact': "
                         "the Gaussian mixture's exact conditional as prior step)")
     p.add_argument("--burnins", default="200,1000", help="kernels: ','-separated burn-in lengths")
+    p.add_argument("--pooling-problems", default=POOLING_PROBLEMS, help="pooling: 'd,d_y,seed;...'")
+    p.add_argument("--pooling-runs", type=int, default=1000, help="pooling: independent runs per repeat")
+    p.add_argument("--pooling-reps", type=int, default=2, help="pooling: repeats per problem")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -490,6 +549,10 @@ def main(argv=None):
     cmd = "OMP_NUM_THREADS=1 python benchmarks/exactness.py " + shlex.join(argv)
     if a.what == "mode_bias":
         return mode_bias(out=a.out, cmd=cmd)
+    if a.what == "pooling":
+        return pooling_check(a.pooling_problems, a.pooling_runs, a.pooling_reps,
+                             a.steps if "--steps" in argv else 200, out=a.out, cmd=cmd,
+                             name=a.name or "smc_pooling_check")
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
