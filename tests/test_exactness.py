@@ -129,6 +129,11 @@ def test_region_bias_separates_a_biased_run_set_from_a_noisy_clean_one():
     one = _spread_toy(1, 16, 0, 1.0)
     assert math.isnan(float(region_bias(one)["bias_estimate"][0]))
     assert not bool(reliability(one)["unreliable_independent"][0])
+    # no run with a finite evidence: no bias estimate, and the pool is flagged
+    dead = _spread_toy(10, 4, 0, 0.0)
+    dead.log_evidence[:] = -math.inf
+    rel = reliability(dead)
+    assert math.isnan(float(rel["bias_estimate"][0])) and bool(rel["unreliable_pooled"][0])
 
 
 def test_reliability_flags_a_planted_mode_loss_of_a_real_smc_sampler():

@@ -154,6 +154,10 @@ def region_bias(result, regions: int = 4, points: int = 1000, seed: int = 0) -> 
     for b in range(B):  # measurements of a plate: a handful, each a vectorised pass over its runs
         x, Wb, wb = xs[:, b], W[:, b], w_run[:, b]
         ok = Wb.sum(1) > 0
+        if not bool((wb[ok] > 0).any()):  # no run with a finite evidence: nothing to compare
+            out["region_independent"].append(None)
+            out["region_pooled"].append(None)
+            continue
         m = min(points, Rb)
         runs = torch.randperm(Rb, generator=g)[:m]
         pick_one = torch.multinomial(Wb[runs].clamp(min=0) + (~ok[runs])[:, None].double(), 1, generator=g)[:, 0]
@@ -232,5 +236,6 @@ def reliability(result) -> dict:
         "bias_se": rb["bias_se"],
         "bias_z": rb["bias_z"],
         "unreliable_independent": biased if R > 1 else torch.zeros(B, dtype=torch.bool),
-        "unreliable_pooled": (runs_ess < RELIABLE_RUNS_ESS) if R > 1 else torch.zeros(B, dtype=torch.bool),
+        # NaN runs ESS (no run with a finite evidence): unreliable too
+        "unreliable_pooled": ~(runs_ess >= RELIABLE_RUNS_ESS) if R > 1 else torch.zeros(B, dtype=torch.bool),
     }
