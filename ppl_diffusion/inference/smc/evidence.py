@@ -30,9 +30,9 @@ the pooled estimate effectively rests on. :func:`reliability` reports both per m
 Measured (MCGDiff / TDS defaults, benchmarks/results/exactness_d8_{mcgdiff,tds}_flag.md,
 exactness_d80_dy2_N256_flag_20problems.md): inside the exact spread on SW, TV and coverage at d = 80
 (N = 256, 100 runs, 20 problems) one draw per run 13/20, the pool 16/20, the truncated pool 18/20
-(coverage 0.884 / 0.880 / 0.882 against the exact sets' 0.882); at d = 8 with 200 runs pooling does not
-help (MCGDiff 40 / 37 / 36 of 60, TDS 37 / 38 / 39 of 60, and the pooled draws' coverage falls 1.7 points
-at TDS d_y = 4), so one draw per run stays the default and ``draw(pooled="truncated")`` is the option
+(coverage 0.884 / 0.880 / 0.882 against the exact sets' 0.882); at d = 8 with 200 runs pooling is a
+wash (MCGDiff 40 / 37 / 36 of 60, TDS 37 / 38 / 39 of 60) and the pooled draws' coverage falls 1.7-2.7
+points at TDS d_y = 4, so one draw per run stays the default and ``draw(pooled="truncated")`` is the option
 for d >= 80 or when :func:`reliability` flags the independent draws.
 """
 from __future__ import annotations
@@ -59,6 +59,13 @@ def _groups(result) -> int:
     return int(result.extra.get("measurements", 1))
 
 
+def _within_run_log_weights(result) -> torch.Tensor:
+    """``(R, N)`` float64 log-weights normalised within each run (NaN read as -inf)."""
+    lw = result.log_weights.to(torch.float64)
+    lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
+    return lw - torch.logsumexp(lw, -1, keepdim=True)
+
+
 def run_log_weights(result, truncate: bool = False) -> torch.Tensor:
     """Normalised log-weights of the runs, ``(R,)`` float64: ``log Z_hat_r`` normalised over the runs
     of the same measurement (a plate: run ``i * B + b`` with the other runs of measurement ``b``).
@@ -82,10 +89,7 @@ def pooled_log_weights(result, truncate: bool = False) -> torch.Tensor:
     """``(R, N)`` log-weights of every particle in the evidence-weighted pool: ``log Z_hat_r +
     log W_{r,i}`` normalised over all particles of the runs of the same measurement (``truncate``: the
     run weights of :func:`run_log_weights` capped)."""
-    lw = result.log_weights.to(torch.float64)
-    lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
-    lw = lw - torch.logsumexp(lw, -1, keepdim=True)
-    return run_log_weights(result, truncate)[:, None] + lw
+    return run_log_weights(result, truncate)[:, None] + _within_run_log_weights(result)
 
 
 def pooled_resample(result, n: int, generator: torch.Generator | None = None, truncate: bool = False) -> torch.Tensor:
@@ -114,9 +118,7 @@ def pooled_resample(result, n: int, generator: torch.Generator | None = None, tr
 
 def _within_run_weights(result) -> torch.Tensor:
     """Normalised within-run weights ``(R, N)`` float64 (0 for a run whose weights are all -inf / NaN)."""
-    lw = result.log_weights.to(torch.float64)
-    lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
-    return torch.nan_to_num(torch.softmax(lw, -1), nan=0.0)
+    return torch.nan_to_num(torch.exp(_within_run_log_weights(result)), nan=0.0)
 
 
 def region_bias(result, regions: int = 4, points: int = 1000, seed: int = 0) -> dict:
@@ -167,13 +169,12 @@ def region_bias(result, regions: int = 4, points: int = 1000, seed: int = 0) -> 
         lab = torch.cdist(x.reshape(Rb * N, -1), centres.to(x.device, x.dtype)).argmin(1).reshape(Rb, N).cpu()
         k = centres.shape[0]
         Pr = torch.zeros(Rb, k, dtype=torch.float64).scatter_add_(1, lab, Wb)
-        okr = ok
-        n_ok = int(okr.sum())
-        indep = Pr[okr].mean(0)
+        n_ok = int(ok.sum())
+        indep = Pr[ok].mean(0)
         pooled = (wb[:, None] * Pr).sum(0)
         delta = indep - pooled
         # delete-one-run jackknife of delta
-        ind_loo = torch.where(okr[:, None], (n_ok * indep - Pr) / max(n_ok - 1, 1), indep.expand_as(Pr))
+        ind_loo = torch.where(ok[:, None], (n_ok * indep - Pr) / max(n_ok - 1, 1), indep.expand_as(Pr))
         rest = (1.0 - wb)[:, None]
         pool_loo = (pooled - wb[:, None] * Pr) / rest.clamp(min=1e-300)
         d_loo = ind_loo - pool_loo
