@@ -294,9 +294,10 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "responsibilities), cov = fraction of the 10,000 reference draws inside the sample's marginal 90 % "
              "intervals. Inside: SW and TV <= the exact sets' 95 % point, coverage within their 2.5-97.5 % range; "
              "an exact sampler is inside all three on roughly 0.95 x 0.95 x 0.95 ~ 0.86 of problems. Region bias: "
-             "the SMC runs' reliability (ppl_diffusion/inference/smc/evidence.py: region_bias), the largest gap "
-             "between one draw per run and the evidence-weighted pool over 4 k-means regions, with its jackknife "
-             "standard error; FLAG = unreliable_independent (> 0.03 and > 2.5 se)."
+             "the SMC runs' reliability (ppl_diffusion/inference/smc/evidence.py: region_bias), the total "
+             "variation between the weights that one draw per run and the evidence-weighted pool put on 4 k-means "
+             "regions of the draws, with its jackknife standard error; FLAG = unreliable_independent (> 0.03 and "
+             "> 2.5 se)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
     body = str(summary) + "\n\n" + str(table)
     name = name or f"exactness_d{d}"
