@@ -32,8 +32,10 @@ exactness_d80_dy2_N256_flag_20problems.md): inside the exact spread on SW, TV an
 (N = 256, 100 runs, 20 problems) one draw per run 13/20, the pool 16/20, the truncated pool 18/20
 (coverage 0.884 / 0.880 / 0.882 against the exact sets' 0.882); at d = 8 with 200 runs pooling is a
 wash (MCGDiff 40 / 37 / 36 of 60, TDS 37 / 38 / 39 of 60) and the pooled draws' coverage falls 1.7-2.7
-points at TDS d_y = 4, so one draw per run stays the default and ``draw(pooled="truncated")`` is the option
-for d >= 80 or when :func:`reliability` flags the independent draws.
+points at TDS d_y = 4, so one draw per run stays the default. At d = 80, d_y = 8 the pools are worse (5/20 and 2/20
+against 11/20, exactness_d80_dy8_N256_flag_20problems.md: runs ESS 2-34 of 100), so
+``draw(pooled="truncated")`` is the option when the runs ESS is large and :func:`reliability` flags the
+independent draws, not a default for high dimensions.
 """
 from __future__ import annotations
 
