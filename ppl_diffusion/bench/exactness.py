@@ -528,7 +528,7 @@ def main(argv=None):
     p.add_argument("--dys", default="1,2,4")
     p.add_argument("--problems", type=int, default=20, help="problems per d_y (families cycled)")
     p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 100, pooling: 200)")
     p.add_argument("--sets", type=int, default=20, help="exact sample sets per problem (>= 20)")
     p.add_argument("--methods", default="mcgdiff;tds:particles=64",
                    help="';'-separated solver[:opt=value,...] (e.g. mcgdiff:particles=256)")
@@ -552,14 +552,14 @@ def main(argv=None):
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "pooling":
         return pooling_check(a.pooling_problems, a.pooling_runs, a.pooling_reps,
-                             a.steps if "--steps" in argv else 200, out=a.out, cmd=cmd,
+                             a.steps or 200, out=a.out, cmd=cmd,
                              name=a.name or "smc_pooling_check")
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
     if a.what == "merge":
         return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
-    run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps,
+    run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps or 100,
                   a.sets, tuple(a.families.split(",")), a.out, a.name, cmd, a.first_problem)
 
 
