@@ -8,8 +8,8 @@ import torch
 from ppl_diffusion.bench.exactness import (FAMILIES, Reference, component_weights, exact_spread, exactness_problem,
                                            score, verdict)
 from ppl_diffusion.inference.kernels.mode_check import chain_convergence, split_rhat_basic
-from ppl_diffusion.inference.smc.evidence import (RELIABLE_BIAS, pooled_resample, region_bias, reliability,
-                                                  run_log_weights)
+from ppl_diffusion.inference.smc.evidence import (RELIABLE_BIAS, auto_pool, draw_from_runs, good_pareto_k, pareto_k,
+                                                  pooled_resample, region_bias, reliability, run_log_weights)
 from ppl_diffusion.inference.smc.result import SMCResult
 from ppl_diffusion.models.gmm import GaussianMixture
 
@@ -100,19 +100,72 @@ def test_truncated_pool_caps_heavy_runs_and_stays_consistent():
     res.log_evidence[:] = 0.0
     res.log_evidence[7] = math.log(1000.0)
     assert abs(float(torch.exp(run_log_weights(res)[7])) - 1000 / 1099) < 1e-12
-    lt = torch.exp(run_log_weights(res, truncate=True))
+    lt = torch.exp(run_log_weights(res, smoothing="truncated"))
     assert abs(float(lt.sum()) - 1.0) < 1e-12 and abs(float(lt[7]) - 109.9 / 208.9) < 1e-12
     # a run with zero evidence gets no weight either way
     res.log_evidence[3] = -math.inf
-    assert float(torch.exp(run_log_weights(res, truncate=True))[3]) == 0.0
+    assert float(torch.exp(run_log_weights(res, smoothing="truncated"))[3]) == 0.0
     # consistency as R grows: runs of two kinds, log Z_hat = N(0, 1) + kind; the target puts
     # e / (1 + e) = 0.731 on kind 1 (one draw per run: 1/2). Truncation at 1 / sqrt(R) with R = 4000
     # leaves a bias of E[Z 1(Z > sqrt(R) mean Z)] / E[Z] (lognormal tail above 63x the mean: < 1e-4)
     big = _spread_toy(4000, 4, 1, 1.0)
-    x = pooled_resample(big, 20000, torch.Generator().manual_seed(0), truncate=True)
+    x = pooled_resample(big, 20000, torch.Generator().manual_seed(0), smoothing="truncated")
     assert abs(float((x > 2).double().mean()) - math.e / (1 + math.e)) < 0.02
     x = big.resample(4000, torch.Generator().manual_seed(0))
     assert abs(float((x > 2).double().mean()) - 0.5) < 0.03
+
+
+def _gpd_log_weights(R, xi, seed):
+    """log of R draws of a generalised Pareto with shape ``xi`` (scale 1, location 1): its tail index is xi."""
+    u = torch.rand(R, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.log1p(((1 - u) ** (-xi) - 1) / xi)
+
+
+def test_pareto_k_reads_the_tail_shape_of_the_run_weights():
+    assert abs(good_pareto_k(100) - 0.5) < 1e-12 and good_pareto_k(10**6) == 0.7  # min(1 - 1/log10 R, 0.7)
+    for xi in (0.2, 0.5, 0.9):
+        res = _spread_toy(4000, 2, 0, 0.0)
+        res.log_evidence[:] = _gpd_log_weights(4000, xi, seed=int(10 * xi))
+        # tail fit on the largest 3 sqrt(4000) = 190 weights: k_hat's sd is about 0.1 there
+        assert abs(float(pareto_k(res)[0]) - xi) < 0.2, xi
+    # smoothing keeps a proper pool and changes only the tail (the largest 190 weights): the body's
+    # weights keep their ratios, the tail's do not
+    lw, ls = run_log_weights(res), run_log_weights(res, smoothing="psis")
+    assert abs(float(torch.exp(ls).sum()) - 1.0) < 1e-12
+    order = torch.argsort(lw)
+    shift = (ls - lw)[order]
+    assert float((shift[:3000] - shift[0]).abs().max()) < 1e-9 and float((shift[-150:] - shift[0]).abs().max()) > 1e-3
+    # too few runs for the tail fit (ArviZ needs more than 4 tail runs): inf, i.e. never "good"
+    assert math.isinf(float(pareto_k(_spread_toy(20, 2, 0, 0.0))[0]))
+    with pytest.raises(ValueError, match="smoothing"):
+        run_log_weights(res, smoothing="clip")
+
+
+def test_auto_pools_light_tailed_measurements_and_keeps_one_draw_per_run_on_heavy_ones():
+    """A plate of two measurements, runs of two kinds (particles at 0 or 1, half the runs each).
+    Measurement 0: Z_hat in {1, 3} by kind, bounded weights (k_hat <= good): the pool's law puts 3/4 on
+    1 (one draw per run: 1/2). Measurement 1: kind-1 runs have Pareto(1.2) evidences, kind-0 runs
+    1e-3: a heavy tail (k_hat ~ 1.2 > good) on which the pool rests on a handful of runs; "auto"
+    keeps one draw per run there (mean 1/2; the pool would give ~1)."""
+    R, B = 800, 2
+    res = _toy_result(R, 4)
+    res.extra["measurements"] = B
+    kind = res.particles[:, 0, 0]
+    heavy = _gpd_log_weights(R, 1.2, seed=3)
+    res.log_evidence[1::2] = torch.where(kind[1::2] == 1, heavy[1::2], math.log(1e-3))
+    k = pareto_k(res)
+    assert float(k[0]) <= good_pareto_k(R // B) < 0.65 < 0.8 < float(k[1])  # good_k(400) = 0.616
+    assert auto_pool(res).tolist() == [True, False]
+    g = torch.Generator().manual_seed(0)
+    x, used = draw_from_runs(res, 4000, g, "auto")
+    x = x.reshape(4000, B)
+    assert used.tolist() == [True, False]
+    assert abs(float(x[:, 0].mean()) - 0.75) < 0.04   # pooled: the target
+    assert abs(float(x[:, 1].mean()) - 0.5) < 0.08    # one draw per run (400 runs, half of each kind)
+    x_pool, _ = draw_from_runs(res, 4000, g, "psis")
+    assert float(x_pool.reshape(4000, B)[:, 1].mean()) > 0.9  # what auto avoided: all on kind 1
+    with pytest.raises(ValueError, match="pooled must be"):
+        draw_from_runs(res, 4, g, "sometimes")
 
 
 def test_region_bias_separates_a_biased_run_set_from_a_noisy_clean_one():
@@ -212,6 +265,11 @@ def test_smc_draw_pooled_and_reliability_on_a_gmm():
     assert d.samples.shape == (1, 16, 8) and torch.isfinite(d.samples).all()
     t = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled="truncated")
     assert t.samples.shape == (1, 16, 8) and torch.isfinite(t.samples).all()
+    # "auto" with 16 runs: too few for the Pareto tail fit, so one draw per run (the same draws as pooled=False)
+    a = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled="auto")
+    f = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0))
+    assert a.extra["pooled_measurements"].tolist() == [False] and torch.equal(a.samples, f.samples)
+    assert math.isinf(float(a.extra["reliability"]["pareto_k"][0]))
     with pytest.raises(ValueError, match="pooled must be"):
         sv.draw(4, y=pb.y, pooled="yes")
     rel = d.extra["reliability"]

@@ -191,7 +191,10 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     and gives both the one-draw-per-run samples (suffix ``""``, with the runs'
     :func:`~ppl_diffusion.inference.smc.evidence.reliability`) and the evidence-weighted pool
     (``" pooled"``, :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`; ``" truncated"``: its run
-    weights capped at ``1 / sqrt(runs)``); ``particle_gibbs``
+    weights capped at ``1 / sqrt(runs)``); option ``draws``: ``both`` (those three, the default),
+    ``independent``, ``pooled``, ``truncated``, ``psis`` (the Pareto-smoothed pool) or ``all`` (the four and
+    ``" auto"``: the Pareto-smoothed pool if the run weights' ``k_hat`` is good, else one draw per run, the
+    rule of ``draw(pooled="auto")``); ``particle_gibbs``
     (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
     other solvers run as :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
@@ -210,19 +213,25 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1), None)]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
-        from ..inference.smc.evidence import pooled_resample, reliability
+        from ..inference.smc.evidence import auto_pool, pooled_resample, reliability
 
         opts = dict(opts)
         which = opts.pop("draws", "both")
         sv = build_solver(solver, model, **{"steps": steps, **opts})
         res = sv.run(y=pb.y, runs=n, generator=g)
         out = []
-        if which in ("both", "independent"):
+        if which in ("both", "independent", "all"):
             out.append(("", res.resample(n, g), reliability(res)))
-        if which in ("both", "pooled"):
+        if which in ("both", "pooled", "all"):
             out.append((" pooled", pooled_resample(res, n, g), None))
-        if which in ("both", "truncated"):
-            out.append((" truncated", pooled_resample(res, n, g, truncate=True), None))
+        if which in ("both", "truncated", "all"):
+            out.append((" truncated", pooled_resample(res, n, g, smoothing="truncated"), None))
+        if which in ("psis", "all"):  # the Pareto-smoothed pool, and draw(pooled="auto")'s choice
+            x_psis = pooled_resample(res, n, g, smoothing="psis")
+            out.append((" psis", x_psis, None))
+            if which == "all":
+                pool = bool(auto_pool(res)[0])
+                out.append((" auto", x_psis if pool else out[0][1], None))
         return out
     return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples, None)]
 
@@ -249,7 +258,7 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     sched = VPSchedule.gmm_benchmark()
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
                           "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
-                          "region bias est. (se), runs ESS, flag", "s")
+                          "region bias est. (se), runs ESS, Pareto k, flag", "s")
     tally = {}
     for d_y in dys:
         for i in range(first_problem, first_problem + n_problems):
@@ -276,7 +285,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                                                        "c_exact": float(spread.cov.mean())})
                     rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
                                                   f"({float(rel['bias_se'][0]):.3f}), runs ESS "
-                                                  f"{float(rel['runs_ess'][0]):.0f}{', FLAG' if flag else ''}")
+                                                  f"{float(rel['runs_ess'][0]):.0f}, k {float(rel['pareto_k'][0]):.2f}"
+                                                  f"{', FLAG' if flag else ''}")
                     b = spread.bounds
                     table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                               f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
@@ -426,7 +436,7 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
             P = per_run_component_weights(res, post)
             tv = [float(0.5 * (w - post.weights).abs().sum()) for w in (
                 P.mean(0), (torch.exp(run_log_weights(res))[:, None] * P).sum(0),
-                (torch.exp(run_log_weights(res, truncate=True))[:, None] * P).sum(0))]
+                (torch.exp(run_log_weights(res, smoothing="truncated"))[:, None] * P).sum(0))]
             rel = reliability(res)
             flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
             table.add(f"({fam}, {d}, {d_y}, {seed})", rep, *(f"{v:.3f}" for v in tv),

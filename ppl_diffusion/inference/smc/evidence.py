@@ -43,8 +43,9 @@ import math
 
 import torch
 
-__all__ = ["run_log_weights", "pooled_log_weights", "pooled_resample", "region_bias", "reliability",
-           "RELIABLE_RUNS_ESS", "RELIABLE_BIAS", "BIAS_Z"]
+__all__ = ["run_log_weights", "pooled_log_weights", "pooled_resample", "region_bias", "reliability", "pareto_k",
+           "good_pareto_k", "auto_pool", "draw_from_runs", "POOLINGS", "SMOOTHINGS", "RELIABLE_RUNS_ESS",
+           "RELIABLE_BIAS", "BIAS_Z"]
 
 #: the pooled estimate is flagged when fewer runs than this effectively carry it
 RELIABLE_RUNS_ESS = 20.0
@@ -68,38 +69,93 @@ def _within_run_log_weights(result) -> torch.Tensor:
     return lw - torch.logsumexp(lw, -1, keepdim=True)
 
 
-def run_log_weights(result, truncate: bool = False) -> torch.Tensor:
+#: the run-weight smoothings of the pool (:func:`run_log_weights`)
+SMOOTHINGS = (None, "truncated", "psis")
+
+
+def good_pareto_k(runs: int) -> float:
+    """The largest Pareto shape ``k_hat`` at which an importance-sampling estimate from ``runs`` weights
+    is reliable: ``min(1 - 1 / log10(runs), 0.7)`` (Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto
+    smoothed importance sampling", JMLR 2024, Sec. 3; the threshold ArviZ's ``loo`` uses)."""
+    return min(1.0 - 1.0 / math.log10(runs), 0.7) if runs > 1 else -math.inf
+
+
+def _psis(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pareto-smoothed ``(R, B)`` normalised log-weights and their ``(B,)`` shapes ``k_hat`` (ArviZ's
+    ``psislw`` over the runs with a finite weight; inf when too few runs for the tail fit)."""
+    import arviz as az
+    import numpy as np
+
+    R, B = lw.shape
+    out, khat = torch.full_like(lw, -math.inf), torch.full((B,), math.inf, dtype=torch.float64)
+    for b in range(B):  # measurements of a plate: a handful
+        fin = torch.isfinite(lw[:, b])
+        if int(fin.sum()) < 2:
+            out[:, b] = lw[:, b]
+            continue
+        v = lw[fin, b].cpu().numpy()
+        with np.errstate(all="ignore"):
+            sm, k = az.psislw(v)
+        tail = math.ceil(min(v.size / 5.0, 3.0 * math.sqrt(v.size)))  # ArviZ's tail length
+        if not np.isfinite(k) and tail > 4 and np.sort(v)[-tail - 1] == v.max():
+            k = 0.0  # the largest weights tie: no tail to fit (bounded weights), nothing smoothed
+        out[fin.nonzero()[:, 0], b] = torch.as_tensor(sm, dtype=torch.float64).to(lw.device)
+        khat[b] = float(k)
+    return out, khat
+
+
+def _run_log_evidence(result) -> torch.Tensor:
+    """``(R / B, B)`` float64 run log-evidences, NaN read as -inf (run ``i * B + b`` at ``[i, b]``)."""
+    lz = result.log_evidence.to(torch.float64)
+    lz = torch.where(torch.isnan(lz), torch.full_like(lz, -math.inf), lz)
+    return lz.reshape(-1, _groups(result))
+
+
+def pareto_k(result) -> torch.Tensor:
+    """``(B,)`` Pareto shape ``k_hat`` of the runs' evidence weights ``Z_hat_r`` per measurement (Vehtari et al.
+    2024): how heavy their tail is. Above :func:`good_pareto_k` the pooled estimate rests on a few runs
+    and is unreliable, smoothed or not; inf with fewer than about 25 runs (too few for the tail fit)."""
+    return _psis(_run_log_evidence(result))[1]
+
+
+def run_log_weights(result, smoothing: str | None = None) -> torch.Tensor:
     """Normalised log-weights of the runs, ``(R,)`` float64: ``log Z_hat_r`` normalised over the runs
     of the same measurement (a plate: run ``i * B + b`` with the other runs of measurement ``b``).
 
-    ``truncate=True``: truncated importance sampling (Ionides, "Truncated importance sampling", JCGS
-    2008): each run's weight is capped at ``sqrt(R)`` times the mean weight, i.e. at ``1 / sqrt(R)`` of
-    the total, then renormalised. No run can carry more than about ``1 / sqrt(R)`` of the draws, runs
-    with a negligible evidence still get none, and the cap's bias vanishes as ``R`` grows."""
-    B = _groups(result)
-    lz = result.log_evidence.to(torch.float64)
-    lz = torch.where(torch.isnan(lz), torch.full_like(lz, -math.inf), lz)
-    lz = lz.reshape(-1, B)
+    ``smoothing="truncated"``: truncated importance sampling (Ionides, "Truncated importance sampling",
+    JCGS 2008): each run's weight is capped at ``sqrt(R)`` times the mean weight, i.e. at ``1 / sqrt(R)``
+    of the total, then renormalised. No run can carry more than about ``1 / sqrt(R)`` of the draws, runs
+    with a negligible evidence still get none, and the cap's bias vanishes as ``R`` grows.
+    ``smoothing="psis"``: Pareto-smoothed importance sampling (Vehtari et al., JMLR 2024): the largest
+    weights are replaced by quantiles of a generalised Pareto fitted to the tail (ArviZ's ``psislw``),
+    which keeps the pool's consistency and lowers its variance; :func:`pareto_k` says when it is reliable."""
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
+    lz = _run_log_evidence(result)
     lw = lz - torch.logsumexp(lz, 0, keepdim=True)
-    if truncate:
+    if smoothing == "truncated":
         lw = lw.clamp(max=-0.5 * math.log(lz.shape[0]))
+        lw = lw - torch.logsumexp(lw, 0, keepdim=True)
+    elif smoothing == "psis":
+        lw = _psis(lw)[0]
         lw = lw - torch.logsumexp(lw, 0, keepdim=True)
     return lw.reshape(-1)
 
 
-def pooled_log_weights(result, truncate: bool = False) -> torch.Tensor:
+def pooled_log_weights(result, smoothing: str | None = None) -> torch.Tensor:
     """``(R, N)`` log-weights of every particle in the evidence-weighted pool: ``log Z_hat_r +
-    log W_{r,i}`` normalised over all particles of the runs of the same measurement (``truncate``: the
-    run weights of :func:`run_log_weights` capped)."""
-    return run_log_weights(result, truncate)[:, None] + _within_run_log_weights(result)
+    log W_{r,i}`` normalised over all particles of the runs of the same measurement (``smoothing``: the
+    run weights of :func:`run_log_weights` truncated or Pareto-smoothed)."""
+    return run_log_weights(result, smoothing)[:, None] + _within_run_log_weights(result)
 
 
-def pooled_resample(result, n: int, generator: torch.Generator | None = None, truncate: bool = False) -> torch.Tensor:
+def pooled_resample(result, n: int, generator: torch.Generator | None = None,
+                    smoothing: str | None = None) -> torch.Tensor:
     """``n`` draws per measurement ``(n * B, *event)`` from the evidence-weighted pool of all runs'
     particles (systematic resampling over the pool; draw ``j * B + b`` is of measurement ``b``, the
     layout of :meth:`~ppl_diffusion.inference.smc.result.SMCResult.resample`). Consistent as the
-    number of runs grows at fixed particles (see the module docstring); ``truncate``: run weights
-    capped at ``1 / sqrt(R)`` of the total (:func:`run_log_weights`)."""
+    number of runs grows at fixed particles (see the module docstring); ``smoothing``: the run weights
+    truncated (``"truncated"``) or Pareto-smoothed (``"psis"``), :func:`run_log_weights`."""
     from .engine import systematic_resample
 
     n = int(n)
@@ -107,7 +163,7 @@ def pooled_resample(result, n: int, generator: torch.Generator | None = None, tr
         raise ValueError(f"n must be >= 1, got {n}")
     B = _groups(result)
     R, N = result.log_weights.shape
-    lw = pooled_log_weights(result, truncate).reshape(R // B, B, N).transpose(0, 1)
+    lw = pooled_log_weights(result, smoothing).reshape(R // B, B, N).transpose(0, 1)
     lw = lw.reshape(B, (R // B) * N)  # (B, R/B * N)
     idx = systematic_resample(lw, n, generator)  # (B, n) indices into the pool of each measurement
     perm = torch.randperm(n, generator=generator, device="cpu" if generator is None else generator.device)
@@ -116,6 +172,43 @@ def pooled_resample(result, n: int, generator: torch.Generator | None = None, tr
     run = run * B + torch.arange(B, device=idx.device)[:, None]  # back to the i * B + b layout
     out = result.particles[run.T.reshape(-1), part.T.reshape(-1)]
     return out
+
+
+#: the values of ``SMCSampler.draw(pooled=...)`` and the run-weight smoothing each pool uses
+POOLINGS = (False, True, "truncated", "psis", "auto")
+_SMOOTHING = {True: None, "truncated": "truncated", "psis": "psis", "auto": "psis"}
+
+
+def auto_pool(result) -> torch.Tensor:
+    """``(B,)`` bool: the measurements whose runs the ``"auto"`` rule pools, those whose run weights have
+    a Pareto shape at most :func:`good_pareto_k` (the Pareto-smoothed pool is then reliable; Vehtari et
+    al. 2024). Elsewhere the pool would rest on a few runs, and one draw per run is kept."""
+    R = result.log_weights.shape[0] // _groups(result)
+    return pareto_k(result).cpu() <= good_pareto_k(R)
+
+
+def draw_from_runs(result, n: int, generator: torch.Generator | None = None,
+                   pooled: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` draws per measurement ``(n * B, *event)`` from independent runs (draw ``j * B + b`` of
+    measurement ``b``) and the ``(B,)`` mask of the measurements drawn from the pool: ``pooled=False``
+    one draw per run (run ``j``; needs ``n`` runs per measurement), ``True`` the evidence-weighted pool,
+    ``"truncated"`` / ``"psis"`` the pool with truncated / Pareto-smoothed run weights
+    (:func:`run_log_weights`), ``"auto"`` the Pareto-smoothed pool on the measurements of
+    :func:`auto_pool`, one draw per run on the others."""
+    if pooled not in POOLINGS:
+        raise ValueError(f"pooled must be one of {POOLINGS}, got {pooled!r}")
+    B = _groups(result)
+    use_pool = torch.zeros(B, dtype=torch.bool)
+    if pooled:
+        use_pool = auto_pool(result) if pooled == "auto" else ~use_pool
+    if bool(use_pool.all()):
+        return pooled_resample(result, n, generator, _SMOOTHING[pooled]), use_pool
+    x = result.resample(n * B, generator)
+    if bool(use_pool.any()):  # "auto" on a plate: pool the measurements whose k_hat allows it
+        x_pool = pooled_resample(result, n, generator, "psis")
+        mask = use_pool.to(x.device).repeat(n).reshape((n * B,) + (1,) * (x.dim() - 1))
+        x = torch.where(mask, x_pool, x)
+    return x, use_pool
 
 
 def _within_run_weights(result) -> torch.Tensor:
@@ -203,14 +296,16 @@ def reliability(result) -> dict:
     * ``bias_bound``: ``sqrt(cv2) / 2``, the bound on the bias of any probability (a mode weight)
       estimated by one draw per independent run;
     * ``min_final_ess``: the smallest final particle ESS among the measurement's runs;
+    * ``pareto_k``: the Pareto shape of the run weights (:func:`pareto_k`) and ``good_k`` its
+      threshold for ``runs`` weights (:func:`good_pareto_k`);
     * ``log_evidence``: the pooled estimate ``log mean_r Z_hat_r`` of ``log p(y)``;
     * ``bias_estimate``, ``bias_se``, ``bias_z``: the bias of one draw per run measured on mode-like
       regions (:func:`region_bias`: one draw per run against the evidence-weighted pool, with a
       jackknife standard error; a total variation is >= 0, so noise alone gives a positive estimate);
     * ``unreliable_independent``: ``bias_estimate > RELIABLE_BIAS`` and ``bias_z > BIAS_Z`` (one
       draw per run misweights a region by more than that, beyond the estimate's noise: use
-      ``pooled=True`` or more particles); ``unreliable_pooled``: ``runs_ess < RELIABLE_RUNS_ESS``
-      (the pooled draws rest on too few runs: add runs or particles). The Cauchy-Schwarz
+      ``pooled=True`` or more particles); ``unreliable_pooled``: ``runs_ess < RELIABLE_RUNS_ESS`` or
+      ``pareto_k > good_k`` (the pooled draws rest on too few runs: add runs or particles). The Cauchy-Schwarz
       ``bias_bound`` holds for every set but is loose (0.3-0.9 on clean d = 80 problems), so it is
       reported, not flagged.
 
@@ -227,6 +322,7 @@ def reliability(result) -> dict:
     bound = 0.5 * torch.sqrt(cv2)
     ess = result.ess.to(torch.float64).reshape(R, B)
     rb = region_bias(result)
+    khat = pareto_k(result)
     biased = (rb["bias_estimate"] > RELIABLE_BIAS) & (rb["bias_z"] > BIAS_Z)
     return {
         "runs": torch.full((B,), float(R), dtype=torch.float64),
@@ -234,11 +330,14 @@ def reliability(result) -> dict:
         "cv2": cv2,
         "bias_bound": bound,
         "min_final_ess": ess.min(0).values,
+        "pareto_k": khat,
+        "good_k": torch.full((B,), good_pareto_k(R), dtype=torch.float64),
         "log_evidence": torch.logsumexp(lz, 0) - math.log(R),
         "bias_estimate": rb["bias_estimate"],
         "bias_se": rb["bias_se"],
         "bias_z": rb["bias_z"],
         "unreliable_independent": biased if R > 1 else torch.zeros(B, dtype=torch.bool),
         # NaN runs ESS (no run with a finite evidence): unreliable too
-        "unreliable_pooled": ~(runs_ess >= RELIABLE_RUNS_ESS) if R > 1 else torch.zeros(B, dtype=torch.bool),
+        "unreliable_pooled": (~(runs_ess >= RELIABLE_RUNS_ESS) | (khat > good_pareto_k(R))) if R > 1
+        else torch.zeros(B, dtype=torch.bool),
     }

@@ -75,13 +75,15 @@ class SMCResult:
         out = self.particles[runs.T.reshape(-1), idx.T.reshape(-1)]
         return out[:n]
 
-    def pooled_resample(self, n: int, generator: torch.Generator | None = None, truncate: bool = False) -> torch.Tensor:
+    def pooled_resample(self, n: int, generator: torch.Generator | None = None,
+                        smoothing: str | None = None) -> torch.Tensor:
         """``n`` draws (per measurement) from all runs' particles weighted by each run's evidence
         (:func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`: no independent-run bias;
-        ``truncate``: run weights capped at ``1 / sqrt(runs)``)."""
+        ``smoothing``: run weights truncated or Pareto-smoothed,
+        :func:`~ppl_diffusion.inference.smc.evidence.run_log_weights`)."""
         from .evidence import pooled_resample
 
-        return pooled_resample(self, n, generator, truncate)
+        return pooled_resample(self, n, generator, smoothing)
 
     def reliability(self) -> dict:
         """Runs' evidence ESS, the measured bias of one draw per run, flags
