@@ -419,3 +419,11 @@ def test_per_run_component_weights_and_the_pooling_check(tmp_path):
     pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path)
     text = (tmp_path / "smc_pooling_check.md").read_text()
     assert "| (uneven, 8, 2, 7) | 0 |" in text
+    # the rules on exact runs with equal evidences: every law is the mean of the runs' estimates
+    from ppl_diffusion.bench.exactness import POOL_RULES, _rule_weights, _run_subset
+
+    tv, used = _rule_weights(_run_subset(res, torch.arange(100)), P[:100], post)
+    assert len(tv) == len(POOL_RULES) and max(tv) - min(tv) < 1e-9 and used  # equal weights tie: k-hat 0, pooled
+    pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path, block=4, name="blocks")
+    text = (tmp_path / "blocks.md").read_text()
+    assert "auto pooled (blocks of 4)" in text and "| mean |" in text

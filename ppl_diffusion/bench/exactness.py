@@ -407,20 +407,52 @@ def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: f
 POOLING_PROBLEMS = "8,1,4;8,1,10;8,1,12;8,2,7;8,2,14;8,4,5;80,2,1;80,2,16;80,2,19"
 
 
+def _run_subset(res, idx):
+    """The runs ``idx`` of one SMC result (single measurement), as much of it as the run-weight rules read."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(log_evidence=res.log_evidence[idx], log_weights=res.log_weights[idx], extra={})
+
+
+#: the ways of drawing from independent runs that the pooling check compares
+POOL_RULES = ("one draw per run", "pool", "truncated pool", "psis pool", "auto")
+
+
+def _rule_weights(res, P, post):
+    """TV to the exact component weights of each of :data:`POOL_RULES` on the runs of ``res`` (``P``: their
+    ``(R, K)`` per-run component weights), and whether ``"auto"`` pooled."""
+    from ..inference.smc.evidence import auto_pool, run_log_weights
+
+    def tv(w):
+        return float(0.5 * (w - post.weights).abs().sum())
+
+    pooled = {s: (torch.exp(run_log_weights(res, smoothing=s))[:, None] * P).sum(0)
+              for s in (None, "truncated", "psis")}
+    use = bool(auto_pool(res)[0])
+    laws = [P.mean(0), pooled[None], pooled["truncated"], pooled["psis"], pooled["psis"] if use else P.mean(0)]
+    return [tv(w) for w in laws], use
+
+
 def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int = 2, steps: int = 200,
-                  solver: str = "mcgdiff", out=RESULTS_DIR, cmd: str = "", name: str = "smc_pooling_check"):
-    """The component weights that one draw per run, the evidence-weighted pool and the truncated pool
-    put on an exactness problem, read with little Monte Carlo noise: ``runs`` independent runs (the
-    sampler's defaults, N = 256 from d = 80), each run's weighted estimate of the posterior component
-    weights averaged (one draw per run) or weighted by ``Z_hat`` (plain / capped at ``1 / sqrt(runs)``),
-    TV to the exact weights; beside it the runs' ``reliability`` estimate and flag. ``problems``:
-    ``"d,d_y,seed;..."`` (families cycled by seed as in the table)."""
+                  solver: str = "mcgdiff", out=RESULTS_DIR, cmd: str = "", name: str = "smc_pooling_check",
+                  block: int = 0):
+    """The component weights that one draw per run and the evidence pools (plain, truncated,
+    Pareto-smoothed, and ``draw(pooled="auto")``'s choice) put on an exactness problem, read with little
+    Monte Carlo noise: ``runs`` independent runs (the sampler's defaults, N = 256 from d = 80), each
+    run's weighted estimate of the posterior component weights averaged (one draw per run) or weighted
+    by ``Z_hat``, TV to the exact weights; beside it the runs' ``reliability`` estimate and flag.
+    ``block > 0``: the runs are cut into blocks of ``block`` runs (what one ``draw(block)`` combines) and
+    each column is the mean TV over the blocks, the error a user meets at that number of runs (bias and
+    the pool's between-run variance together). ``problems``: ``"d,d_y,seed;..."`` (families cycled by
+    seed as in the table)."""
     from ..inference.registry import build_solver
     from ..inference.smc.evidence import reliability, run_log_weights
 
     sched = VPSchedule.gmm_benchmark()
-    table = MarkdownTable("problem (family, d, d_y, seed)", "repeat", "one draw per run", "pool", "truncated pool",
-                          "region bias est. (se), flag", "runs ESS", "s")
+    extra_cols = (f"auto pooled (blocks of {block})",) if block else ("region bias est. (se), flag",)
+    table = MarkdownTable("problem (family, d, d_y, seed)", "repeat", *POOL_RULES, *extra_cols, "runs ESS", "s")
+    totals = [0.0] * len(POOL_RULES)
+    rows = 0
     for spec in problems.split(";"):
         d, d_y, seed = (int(v) for v in spec.split(","))
         fam = FAMILIES[seed % len(FAMILIES)]
@@ -434,21 +466,35 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
             t0 = time.perf_counter()
             res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(rep))
             P = per_run_component_weights(res, post)
-            tv = [float(0.5 * (w - post.weights).abs().sum()) for w in (
-                P.mean(0), (torch.exp(run_log_weights(res))[:, None] * P).sum(0),
-                (torch.exp(run_log_weights(res, smoothing="truncated"))[:, None] * P).sum(0))]
-            rel = reliability(res)
-            flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
-            table.add(f"({fam}, {d}, {d_y}, {seed})", rep, *(f"{v:.3f}" for v in tv),
-                      f"{float(rel['bias_estimate'][0]):.3f} ({float(rel['bias_se'][0]):.3f}){flag}",
-                      f"{float(rel['runs_ess'][0]):.0f}", f"{time.perf_counter() - t0:.0f}")
+            if block:
+                parts = [torch.arange(i, i + block) for i in range(0, runs - block + 1, block)]
+                got = [_rule_weights(_run_subset(res, idx), P[idx], post) for idx in parts]
+                tv = [sum(g[0][j] for g in got) / len(got) for j in range(len(POOL_RULES))]
+                ess = sorted(float(1.0 / torch.exp(2 * run_log_weights(_run_subset(res, idx))).sum())
+                             for idx in parts)
+                extra = (f"{sum(g[1] for g in got)}/{len(got)}", f"{ess[len(ess) // 2]:.0f} (median)")
+            else:
+                tv, _ = _rule_weights(res, P, post)
+                rel = reliability(res)
+                flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
+                extra = (f"{float(rel['bias_estimate'][0]):.3f} ({float(rel['bias_se'][0]):.3f}){flag}",
+                         f"{float(rel['runs_ess'][0]):.0f}")
+            totals = [a + b for a, b in zip(totals, tv)]
+            rows += 1
+            table.add(f"({fam}, {d}, {d_y}, {seed})", rep, *(f"{v:.3f}" for v in tv), *extra,
+                      f"{time.perf_counter() - t0:.0f}")
+    table.add("mean", "", *(f"{v / max(rows, 1):.3f}" for v in totals), "", "", "")
+    per = (f"cut into blocks of {block} runs; each column is the mean over the blocks of the TV of that block's "
+           "law, " if block else "")
     notes = (f"{solver} at its defaults ({steps} steps; N = 256 particles from d = 80), {runs} independent runs per "
-             "repeat (seeds 0, 1, ...). Columns: TV between the exact posterior component weights and what each "
-             "way of drawing puts on the components in expectation, read from each run's weighted particle estimate "
+             f"repeat (seeds 0, 1, ...), {per}TV between the exact posterior component weights and what each way of "
+             "drawing puts on the components in expectation, read from each run's weighted particle estimate "
              "sum_i W_i r(x_i) (r: posterior responsibilities): their mean over runs (the law of one draw per run), "
-             "their Z_hat-weighted mean (the pool) and the same with Z_hat capped at sqrt(runs) x its mean "
-             "(truncated importance sampling, Ionides 2008). No sampling of draws, so the only noise is that of the "
-             "runs. Region bias / flag / runs ESS: SMCResult.reliability() of the same runs.")
+             "their Z_hat-weighted mean (the pool), the same with Z_hat capped at sqrt(runs) x its mean "
+             "(truncated importance sampling, Ionides 2008) or Pareto-smoothed (PSIS, Vehtari et al. 2024), and "
+             "auto = the PSIS pool when the run weights' Pareto k-hat <= min(1 - 1/log10 runs, 0.7), else one draw "
+             "per run (draw(pooled='auto')). No sampling of draws, so the only noise is that of the runs. Region "
+             "bias / flag / runs ESS: SMCResult.reliability() of the same runs.")
     write_result(out, name, "SMC: the independent-run bias and evidence pooling, read with many runs",
                  cmd, str(table), notes)
 
@@ -552,6 +598,9 @@ def main(argv=None):
     p.add_argument("--pooling-problems", default=POOLING_PROBLEMS, help="pooling: 'd,d_y,seed;...'")
     p.add_argument("--pooling-runs", type=int, default=1000, help="pooling: independent runs per repeat")
     p.add_argument("--pooling-reps", type=int, default=2, help="pooling: repeats per problem")
+    p.add_argument("--pooling-solver", default="mcgdiff", help="pooling: the SMC sampler (at its defaults)")
+    p.add_argument("--pooling-block", type=int, default=0,
+                   help="pooling: score blocks of this many runs (the runs of one draw) and average")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -562,8 +611,8 @@ def main(argv=None):
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "pooling":
         return pooling_check(a.pooling_problems, a.pooling_runs, a.pooling_reps,
-                             a.steps or 200, out=a.out, cmd=cmd,
-                             name=a.name or "smc_pooling_check")
+                             a.steps or 200, solver=a.pooling_solver, out=a.out, cmd=cmd,
+                             name=a.name or "smc_pooling_check", block=a.pooling_block)
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
