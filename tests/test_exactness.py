@@ -8,7 +8,7 @@ import torch
 from ppl_diffusion.bench.exactness import (FAMILIES, Reference, component_weights, exact_spread, exactness_problem,
                                            score, verdict)
 from ppl_diffusion.inference.kernels.mode_check import chain_convergence, split_rhat_basic
-from ppl_diffusion.inference.smc.evidence import (RELIABLE_BIAS, auto_pool, draw_from_runs, good_pareto_k, pareto_k,
+from ppl_diffusion.inference.smc.evidence import (RELIABLE_BIAS, draw_from_runs, good_pareto_k, pareto_k,
                                                   pooled_resample, region_bias, reliability, run_log_weights)
 from ppl_diffusion.inference.smc.result import SMCResult
 from ppl_diffusion.models.gmm import GaussianMixture
@@ -141,29 +141,29 @@ def test_pareto_k_reads_the_tail_shape_of_the_run_weights():
         run_log_weights(res, smoothing="clip")
 
 
-def test_auto_pools_light_tailed_measurements_and_keeps_one_draw_per_run_on_heavy_ones():
+def test_pareto_k_flags_the_pool_of_a_heavy_tailed_measurement_only():
     """A plate of two measurements, runs of two kinds (particles at 0 or 1, half the runs each).
     Measurement 0: Z_hat in {1, 3} by kind, bounded weights (k_hat <= good): the pool's law puts 3/4 on
-    1 (one draw per run: 1/2). Measurement 1: kind-1 runs have Pareto(1.2) evidences, kind-0 runs
-    1e-3: a heavy tail (k_hat ~ 1.2 > good) on which the pool rests on a handful of runs; "auto"
-    keeps one draw per run there (mean 1/2; the pool would give ~1)."""
+    1 (one draw per run: 1/2) and is trusted. Measurement 1: kind-1 runs have Pareto(1.2) evidences,
+    kind-0 runs 1e-3: a heavy tail (k_hat ~ 1.2 > good), the pool rests on a handful of runs, and
+    reliability() says so even though its runs ESS clears the old threshold of 20."""
     R, B = 800, 2
     res = _toy_result(R, 4)
     res.extra["measurements"] = B
     kind = res.particles[:, 0, 0]
-    heavy = _gpd_log_weights(R, 1.2, seed=3)
-    res.log_evidence[1::2] = torch.where(kind[1::2] == 1, heavy[1::2], math.log(1e-3))
+    res.log_evidence[1::2] = torch.where(kind[1::2] == 1, _gpd_log_weights(R, 1.2, seed=3)[1::2], math.log(1e-3))
     k = pareto_k(res)
     assert float(k[0]) <= good_pareto_k(R // B) < 0.65 < 0.8 < float(k[1])  # good_k(400) = 0.616
-    assert auto_pool(res).tolist() == [True, False]
+    rel = reliability(res)
+    assert rel["unreliable_pooled"].tolist() == [False, True]
+    assert float(rel["runs_ess"][1]) > 20.0  # 20.9: the runs-ESS rule alone would not flag it, k_hat does
+    assert torch.allclose(rel["pareto_k"], k) and abs(float(rel["good_k"][0]) - good_pareto_k(400)) < 1e-12
     g = torch.Generator().manual_seed(0)
-    x, used = draw_from_runs(res, 4000, g, "auto")
-    x = x.reshape(4000, B)
-    assert used.tolist() == [True, False]
-    assert abs(float(x[:, 0].mean()) - 0.75) < 0.04   # pooled: the target
-    assert abs(float(x[:, 1].mean()) - 0.5) < 0.08    # one draw per run (400 runs, half of each kind)
-    x_pool, _ = draw_from_runs(res, 4000, g, "psis")
-    assert float(x_pool.reshape(4000, B)[:, 1].mean()) > 0.9  # what auto avoided: all on kind 1
+    x = draw_from_runs(res, 4000, g, True).reshape(4000, B)
+    assert abs(float(x[:, 0].mean()) - 0.75) < 0.04   # measurement 0: the pool's target
+    assert float(x[:, 1].mean()) > 0.9                 # measurement 1: all on the few heavy kind-1 runs
+    one = draw_from_runs(res, 4000, g).reshape(4000, B)
+    assert abs(float(one[:, 1].mean()) - 0.5) < 0.08   # one draw per run: half the runs of each kind
     with pytest.raises(ValueError, match="pooled must be"):
         draw_from_runs(res, 4, g, "sometimes")
 
@@ -265,11 +265,9 @@ def test_smc_draw_pooled_and_reliability_on_a_gmm():
     assert d.samples.shape == (1, 16, 8) and torch.isfinite(d.samples).all()
     t = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled="truncated")
     assert t.samples.shape == (1, 16, 8) and torch.isfinite(t.samples).all()
-    # "auto" with 16 runs: too few for the Pareto tail fit, so one draw per run (the same draws as pooled=False)
-    a = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0), pooled="auto")
-    f = sv.draw(16, y=pb.y, generator=torch.Generator().manual_seed(0))
-    assert a.extra["pooled_measurements"].tolist() == [False] and torch.equal(a.samples, f.samples)
-    assert math.isinf(float(a.extra["reliability"]["pareto_k"][0]))
+    # 16 runs: too few for the Pareto tail fit (k_hat inf), so the pool is flagged
+    rel_t = t.extra["reliability"]
+    assert math.isinf(float(rel_t["pareto_k"][0])) and bool(rel_t["unreliable_pooled"][0])
     with pytest.raises(ValueError, match="pooled must be"):
         sv.draw(4, y=pb.y, pooled="yes")
     rel = d.extra["reliability"]

@@ -186,6 +186,15 @@ def _parse_method(spec: str):
     return spec, name, opts
 
 
+def _auto_pools(res) -> bool:
+    """The "auto" rule measured against one draw per run and the pools (not offered by ``draw``: it did
+    not beat one draw per run): the Pareto-smoothed pool when the run weights' Pareto k-hat is at most
+    ``min(1 - 1/log10 R, 0.7)`` (Vehtari et al., JMLR 2024), else one draw per run."""
+    from ..inference.smc.evidence import good_pareto_k, pareto_k
+
+    return bool(pareto_k(res)[0] <= good_pareto_k(res.log_weights.shape[0]))
+
+
 def _draws(solver, opts, pb, sched, n, steps, g):
     """``[(suffix, (n, d) draws, reliability or None)]``: an SMC sampler runs ``n`` independent runs once
     and gives both the one-draw-per-run samples (suffix ``""``, with the runs'
@@ -193,8 +202,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     (``" pooled"``, :func:`~ppl_diffusion.inference.smc.evidence.pooled_resample`; ``" truncated"``: its run
     weights capped at ``1 / sqrt(runs)``); option ``draws``: ``both`` (those three, the default),
     ``independent``, ``pooled``, ``truncated``, ``psis`` (the Pareto-smoothed pool) or ``all`` (the four and
-    ``" auto"``: the Pareto-smoothed pool if the run weights' ``k_hat`` is good, else one draw per run, the
-    rule of ``draw(pooled="auto")``); ``particle_gibbs``
+    ``" auto"``, :func:`_auto_pools`); ``particle_gibbs``
     (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
     other solvers run as :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
@@ -213,7 +221,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1), None)]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
-        from ..inference.smc.evidence import auto_pool, pooled_resample, reliability
+        from ..inference.smc.evidence import pooled_resample, reliability
 
         opts = dict(opts)
         which = opts.pop("draws", "both")
@@ -230,8 +238,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             x_psis = pooled_resample(res, n, g, smoothing="psis")
             out.append((" psis", x_psis, None))
             if which == "all":
-                pool = bool(auto_pool(res)[0])
-                out.append((" auto", x_psis if pool else out[0][1], None))
+                out.append((" auto", x_psis if _auto_pools(res) else out[0][1], None))
         return out
     return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples, None)]
 
@@ -421,14 +428,14 @@ POOL_RULES = ("one draw per run", "pool", "truncated pool", "psis pool", "auto")
 def _rule_weights(res, P, post):
     """TV to the exact component weights of each of :data:`POOL_RULES` on the runs of ``res`` (``P``: their
     ``(R, K)`` per-run component weights), and whether ``"auto"`` pooled."""
-    from ..inference.smc.evidence import auto_pool, run_log_weights
+    from ..inference.smc.evidence import run_log_weights
 
     def tv(w):
         return float(0.5 * (w - post.weights).abs().sum())
 
     pooled = {s: (torch.exp(run_log_weights(res, smoothing=s))[:, None] * P).sum(0)
               for s in (None, "truncated", "psis")}
-    use = bool(auto_pool(res)[0])
+    use = _auto_pools(res)
     laws = [P.mean(0), pooled[None], pooled["truncated"], pooled["psis"], pooled["psis"] if use else P.mean(0)]
     return [tv(w) for w in laws], use
 
@@ -493,7 +500,7 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
              "their Z_hat-weighted mean (the pool), the same with Z_hat capped at sqrt(runs) x its mean "
              "(truncated importance sampling, Ionides 2008) or Pareto-smoothed (PSIS, Vehtari et al. 2024), and "
              "auto = the PSIS pool when the run weights' Pareto k-hat <= min(1 - 1/log10 runs, 0.7), else one draw "
-             "per run (draw(pooled='auto')). No sampling of draws, so the only noise is that of the runs. Region "
+             "per run. No sampling of draws, so the only noise is that of the runs. Region "
              "bias / flag / runs ESS: SMCResult.reliability() of the same runs.")
     write_result(out, name, "SMC: the independent-run bias and evidence pooling, read with many runs",
                  cmd, str(table), notes)

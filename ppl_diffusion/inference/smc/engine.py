@@ -436,12 +436,8 @@ class SMCSampler(Solver):
         per run on multimodal posteriors (a run that lost a mode early cannot re-weight it; its
         evidence does); ``pooled="truncated"``: the same with each run's weight capped at
         ``1 / sqrt(runs)`` of the total (truncated importance sampling), so that a few heavy runs cannot
-        carry all the draws; ``pooled="psis"``: the run weights Pareto-smoothed; ``pooled="auto"``: per
-        measurement, the Pareto-smoothed pool where the run weights' Pareto ``k_hat`` says it is reliable
-        (:func:`.evidence.pareto_k` <= :func:`.evidence.good_pareto_k`, which needs about 25 runs or
-        more), one draw per run elsewhere. ``extra["reliability"]`` (:func:`.evidence.reliability`) says
-        when either set of draws is unreliable; ``extra["pooled_measurements"]``: which measurements
-        ``"auto"`` pooled.
+        carry all the draws; ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
+        of draws is unreliable.
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
@@ -463,13 +459,12 @@ class SMCSampler(Solver):
         with measure(problem.denoiser) as meter:
             res = self._run(problem, n if independent else 1, generator)
             # sample j from run j mod (runs * B): j = i * B + b is measurement b
-            x, use_pool = draw_from_runs(res, n, generator, pooled if independent else False)
+            x = draw_from_runs(res, n, generator, pooled if independent else False)
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
         nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
                                                              "result": res, "reliability": reliability(res),
-                                                             "pooled_measurements": use_pool,
                                                              "variance_evals": res.extra["variance_evals"]},
                            nfe_per_sample=nfe)
 

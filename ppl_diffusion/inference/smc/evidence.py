@@ -44,7 +44,7 @@ import math
 import torch
 
 __all__ = ["run_log_weights", "pooled_log_weights", "pooled_resample", "region_bias", "reliability", "pareto_k",
-           "good_pareto_k", "auto_pool", "draw_from_runs", "POOLINGS", "SMOOTHINGS", "RELIABLE_RUNS_ESS",
+           "good_pareto_k", "draw_from_runs", "POOLINGS", "SMOOTHINGS", "RELIABLE_RUNS_ESS",
            "RELIABLE_BIAS", "BIAS_Z"]
 
 #: the pooled estimate is flagged when fewer runs than this effectively carry it
@@ -175,40 +175,21 @@ def pooled_resample(result, n: int, generator: torch.Generator | None = None,
 
 
 #: the values of ``SMCSampler.draw(pooled=...)`` and the run-weight smoothing each pool uses
-POOLINGS = (False, True, "truncated", "psis", "auto")
-_SMOOTHING = {True: None, "truncated": "truncated", "psis": "psis", "auto": "psis"}
-
-
-def auto_pool(result) -> torch.Tensor:
-    """``(B,)`` bool: the measurements whose runs the ``"auto"`` rule pools, those whose run weights have
-    a Pareto shape at most :func:`good_pareto_k` (the Pareto-smoothed pool is then reliable; Vehtari et
-    al. 2024). Elsewhere the pool would rest on a few runs, and one draw per run is kept."""
-    R = result.log_weights.shape[0] // _groups(result)
-    return pareto_k(result).cpu() <= good_pareto_k(R)
+POOLINGS = (False, True, "truncated")
+_SMOOTHING = {True: None, "truncated": "truncated"}
 
 
 def draw_from_runs(result, n: int, generator: torch.Generator | None = None,
-                   pooled: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   pooled: bool | str = False) -> torch.Tensor:
     """``n`` draws per measurement ``(n * B, *event)`` from independent runs (draw ``j * B + b`` of
-    measurement ``b``) and the ``(B,)`` mask of the measurements drawn from the pool: ``pooled=False``
-    one draw per run (run ``j``; needs ``n`` runs per measurement), ``True`` the evidence-weighted pool,
-    ``"truncated"`` / ``"psis"`` the pool with truncated / Pareto-smoothed run weights
-    (:func:`run_log_weights`), ``"auto"`` the Pareto-smoothed pool on the measurements of
-    :func:`auto_pool`, one draw per run on the others."""
+    measurement ``b``): ``pooled=False`` one draw per run (run ``j``; needs ``n`` runs per measurement),
+    ``True`` the evidence-weighted pool, ``"truncated"`` the pool with truncated run weights
+    (:func:`run_log_weights`)."""
     if pooled not in POOLINGS:
         raise ValueError(f"pooled must be one of {POOLINGS}, got {pooled!r}")
-    B = _groups(result)
-    use_pool = torch.zeros(B, dtype=torch.bool)
     if pooled:
-        use_pool = auto_pool(result) if pooled == "auto" else ~use_pool
-    if bool(use_pool.all()):
-        return pooled_resample(result, n, generator, _SMOOTHING[pooled]), use_pool
-    x = result.resample(n * B, generator)
-    if bool(use_pool.any()):  # "auto" on a plate: pool the measurements whose k_hat allows it
-        x_pool = pooled_resample(result, n, generator, "psis")
-        mask = use_pool.to(x.device).repeat(n).reshape((n * B,) + (1,) * (x.dim() - 1))
-        x = torch.where(mask, x_pool, x)
-    return x, use_pool
+        return pooled_resample(result, n, generator, _SMOOTHING[pooled])
+    return result.resample(n * _groups(result), generator)
 
 
 def _within_run_weights(result) -> torch.Tensor:
