@@ -364,6 +364,13 @@ def test_exactness_table_run_in_parts_merges_to_the_whole_run(tmp_path):
     assert re.search(r"\| [0-9]+/[0-9]+ / [0-9]+/[0-9]+ \|", whole[0])  # the flag cell of the SMC row
     assert all(abs(a - b) <= 0.0011 for a, b in zip(jv, wv)), (jv, wv)
     assert "(spectrum, 8, 1, 2)" in (tmp_path / "b.md").read_text()  # seed 2 cycles to the third family
+    # a part run with draws=independent (the same runs, only the first row) adds up under the sampler's label
+    main(common + ["--problems", "2", "--first-problem", "2", "--out", str(tmp_path / "c.md"),
+                   "--methods", "tds:particles=8,draws=independent"])
+    main(["merge", str(tmp_path / "a.md"), str(tmp_path / "c.md"), "--out", str(tmp_path / "mixed.md")])
+    mixed = tables("mixed.md")[0]
+    assert "| tds:particles=8 | 1 | 4 |" in mixed and "| tds:particles=8 pooled | 1 | 2 |" in mixed
+    assert "draws=" not in mixed
 
 
 def test_exact_prior_step_draws_the_mixtures_conditional():

@@ -323,9 +323,18 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     return tally
 
 
+def _without_draws(label: str) -> str:
+    """A summary row's method label without its ``draws=`` option, which picks the rows computed from the
+    same runs, not the sampler: ``"mcgdiff:particles=1024,draws=independent pooled"`` ->
+    ``"mcgdiff:particles=1024 pooled"``."""
+    label = re.sub(r",draws=\w+|draws=\w+,?", "", label)
+    return label.replace(": ", " ").rstrip(":") if ":" in label else label
+
+
 def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: str = ""):
     """Join exactness tables run in parts (``--first-problem``): the problem rows in order, and the summary
-    recomputed from the parts' summaries (counts added, mean coverages weighted by their problem counts)."""
+    recomputed from the parts' summaries (counts added, mean coverages weighted by their problem counts;
+    parts run with different ``draws=`` options add up under the sampler's label)."""
     rows, counts, header_notes = [], {}, None
     for path in paths:
         text = open(path).read()
@@ -335,7 +344,7 @@ def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: st
         header = problems[:2]
         for line in summary:
             c = [v.strip() for v in line.strip("|").split("|")]
-            key, n = (c[0], c[1]), int(c[2])
+            key, n = (_without_draws(c[0]), c[1]), int(c[2])
             cov, cov_exact = (float(v) for v in re.findall(r"[0-9.]+", c[7]))
             acc = counts.setdefault(key, {"n": 0, "sw": 0, "tv": 0, "cov": 0, "all": 0, "c": 0.0, "ce": 0.0,
                                           "flag": None})
