@@ -234,7 +234,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             out.append((" pooled", pooled_resample(res, n, g), None))
         if which in ("both", "truncated", "all"):
             out.append((" truncated", pooled_resample(res, n, g, smoothing="truncated"), None))
-        if which in ("psis", "all"):  # the Pareto-smoothed pool, and draw(pooled="auto")'s choice
+        if which in ("psis", "all"):  # the Pareto-smoothed pool, and the auto rule's choice
             x_psis = pooled_resample(res, n, g, smoothing="psis")
             out.append((" psis", x_psis, None))
             if which == "all":
@@ -453,7 +453,7 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
                   solver: str = "mcgdiff", out=RESULTS_DIR, cmd: str = "", name: str = "smc_pooling_check",
                   block: int = 0):
     """The component weights that one draw per run and the evidence pools (plain, truncated,
-    Pareto-smoothed, and ``draw(pooled="auto")``'s choice) put on an exactness problem, read with little
+    Pareto-smoothed, and the choice of :func:`_auto_pools`) put on an exactness problem, read with little
     Monte Carlo noise: ``runs`` independent runs (the sampler's defaults, N = 256 from d = 80), each
     run's weighted estimate of the posterior component weights averaged (one draw per run) or weighted
     by ``Z_hat``, TV to the exact weights; beside it the runs' ``reliability`` estimate and flag.
