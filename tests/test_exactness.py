@@ -78,6 +78,8 @@ def test_pooled_draws_remove_the_independent_run_bias():
     res.extra["measurements"] = 2
     both = pooled_resample(res, 1000, g).reshape(1000, 2)
     assert both.shape == (1000, 2) and reliability(res)["runs"].tolist() == [200.0, 200.0]
+    with pytest.raises(ValueError, match="interleave"):  # a plate's runs cannot be sliced as one set
+        res.select_runs(torch.arange(10))
 
 
 def _spread_toy(R, N, seed, shift):
@@ -425,9 +427,11 @@ def test_per_run_component_weights_and_the_pooling_check(tmp_path):
     text = (tmp_path / "smc_pooling_check.md").read_text()
     assert "| (uneven, 8, 2, 7) | 0 |" in text
     # the rules on exact runs with equal evidences: every law is the mean of the runs' estimates
-    from ppl_diffusion.bench.exactness import POOL_RULES, _rule_weights, _run_subset
+    from ppl_diffusion.bench.exactness import POOL_RULES, _rule_weights
 
-    tv, used = _rule_weights(_run_subset(res, torch.arange(100)), P[:100], post)
+    sub = res.select_runs(torch.arange(100))
+    assert sub.num_runs == 100 and torch.equal(sub.particles, res.particles[:100])
+    tv, used = _rule_weights(sub, P[:100], post)
     assert len(tv) == len(POOL_RULES) and max(tv) - min(tv) < 1e-9 and used  # equal weights tie: k-hat 0, pooled
     pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path, block=4, name="blocks")
     text = (tmp_path / "blocks.md").read_text()

@@ -423,13 +423,6 @@ def mode_bias(family: str = "uneven", d_y: int = 2, seed: int = 1, mean_scale: f
 POOLING_PROBLEMS = "8,1,4;8,1,10;8,1,12;8,2,7;8,2,14;8,4,5;80,2,1;80,2,16;80,2,19"
 
 
-def _run_subset(res, idx):
-    """The runs ``idx`` of one SMC result (single measurement), as much of it as the run-weight rules read."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(log_evidence=res.log_evidence[idx], log_weights=res.log_weights[idx], extra={})
-
-
 #: the ways of drawing from independent runs that the pooling check compares
 POOL_RULES = ("one draw per run", "pool", "truncated pool", "psis pool", "auto")
 
@@ -462,7 +455,7 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
     the pool's between-run variance together). ``problems``: ``"d,d_y,seed;..."`` (families cycled by
     seed as in the table)."""
     from ..inference.registry import build_solver
-    from ..inference.smc.evidence import reliability, run_log_weights
+    from ..inference.smc.evidence import reliability, runs_ess
 
     sched = VPSchedule.gmm_benchmark()
     extra_cols = (f"auto pooled (blocks of {block})",) if block else ("region bias est. (se), flag",)
@@ -484,10 +477,10 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
             P = per_run_component_weights(res, post)
             if block:
                 parts = [torch.arange(i, i + block) for i in range(0, runs - block + 1, block)]
-                got = [_rule_weights(_run_subset(res, idx), P[idx], post) for idx in parts]
+                subsets = [res.select_runs(idx) for idx in parts]
+                got = [_rule_weights(sub, P[idx], post) for sub, idx in zip(subsets, parts)]
                 tv = [sum(g[0][j] for g in got) / len(got) for j in range(len(POOL_RULES))]
-                ess = sorted(float(1.0 / torch.exp(2 * run_log_weights(_run_subset(res, idx))).sum())
-                             for idx in parts)
+                ess = sorted(float(runs_ess(sub)[0]) for sub in subsets)
                 extra = (f"{sum(g[1] for g in got)}/{len(got)}", f"{ess[len(ess) // 2]:.0f} (median)")
             else:
                 tv, _ = _rule_weights(res, P, post)

@@ -452,8 +452,7 @@ class SMCSampler(Solver):
         *event)``; ``log_evidence`` / ``ess`` are per run, ``(runs * B,)`` with run ``i * B + b`` on
         measurement ``b``; ``nfe_per_sample`` per draw of one measurement."""
         n = check_int("num_samples", num_samples, self.name)
-        if pooled not in POOLINGS:
-            raise ValueError(f"{self.name}: pooled must be one of {POOLINGS}, got {pooled!r}")
+        check_choice("pooled", pooled, POOLINGS, self.name)  # before the runs, not after
         problem = self.problem(*args, **kwargs)
         B = problem.num_measurements
         with measure(problem.denoiser) as meter:

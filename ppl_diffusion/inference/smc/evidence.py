@@ -48,8 +48,8 @@ import math
 
 import torch
 
-__all__ = ["run_log_weights", "pooled_log_weights", "pooled_resample", "region_bias", "reliability", "pareto_k",
-           "good_pareto_k", "draw_from_runs", "POOLINGS", "SMOOTHINGS", "RELIABLE_RUNS_ESS",
+__all__ = ["run_log_weights", "pooled_log_weights", "pooled_resample", "region_bias", "reliability", "runs_ess",
+           "pareto_k", "good_pareto_k", "draw_from_runs", "POOLINGS", "SMOOTHINGS", "RELIABLE_RUNS_ESS",
            "RELIABLE_BIAS", "BIAS_Z"]
 
 #: the pooled estimate is flagged when fewer runs than this effectively carry it
@@ -114,6 +114,12 @@ def _run_log_evidence(result) -> torch.Tensor:
     lz = result.log_evidence.to(torch.float64)
     lz = torch.where(torch.isnan(lz), torch.full_like(lz, -math.inf), lz)
     return lz.reshape(-1, _groups(result))
+
+
+def runs_ess(result) -> torch.Tensor:
+    """``(B,)`` ESS of the run weights ``Z_hat_r`` per measurement, ``(sum Z_hat)^2 / sum Z_hat^2``: how
+    many runs the evidence-weighted pool rests on."""
+    return 1.0 / torch.exp(2 * run_log_weights(result).reshape(-1, _groups(result))).sum(0)
 
 
 def pareto_k(result) -> torch.Tensor:
@@ -190,8 +196,9 @@ def draw_from_runs(result, n: int, generator: torch.Generator | None = None,
     measurement ``b``): ``pooled=False`` one draw per run (run ``j``; needs ``n`` runs per measurement),
     ``True`` the evidence-weighted pool, ``"truncated"`` the pool with truncated run weights
     (:func:`run_log_weights`)."""
-    if pooled not in POOLINGS:
-        raise ValueError(f"pooled must be one of {POOLINGS}, got {pooled!r}")
+    from ..solver import check_choice
+
+    check_choice("pooled", pooled, POOLINGS, "draw_from_runs")
     if pooled:
         return pooled_resample(result, n, generator, _SMOOTHING[pooled])
     return result.resample(n * _groups(result), generator)
@@ -301,10 +308,9 @@ def reliability(result) -> dict:
     B = _groups(result)
     lz = result.log_evidence.to(torch.float64).reshape(-1, B)
     R = lz.shape[0]
-    lrw = run_log_weights(result).reshape(R, B)
-    runs_ess = 1.0 / torch.exp(2 * lrw).sum(0)
+    r_ess = runs_ess(result)
     nan = torch.full((B,), float("nan"), dtype=torch.float64)
-    cv2 = (R / runs_ess - 1.0).clamp(min=0.0) if R > 1 else nan
+    cv2 = (R / r_ess - 1.0).clamp(min=0.0) if R > 1 else nan
     bound = 0.5 * torch.sqrt(cv2)
     ess = result.ess.to(torch.float64).reshape(R, B)
     rb = region_bias(result)
@@ -312,7 +318,7 @@ def reliability(result) -> dict:
     biased = (rb["bias_estimate"] > RELIABLE_BIAS) & (rb["bias_z"] > BIAS_Z)
     return {
         "runs": torch.full((B,), float(R), dtype=torch.float64),
-        "runs_ess": runs_ess if R > 1 else nan,
+        "runs_ess": r_ess if R > 1 else nan,
         "cv2": cv2,
         "bias_bound": bound,
         "min_final_ess": ess.min(0).values,
@@ -324,6 +330,6 @@ def reliability(result) -> dict:
         "bias_z": rb["bias_z"],
         "unreliable_independent": biased if R > 1 else torch.zeros(B, dtype=torch.bool),
         # NaN runs ESS (no run with a finite evidence): unreliable too
-        "unreliable_pooled": (~(runs_ess >= RELIABLE_RUNS_ESS) | (khat > good_pareto_k(R))) if R > 1
+        "unreliable_pooled": (~(r_ess >= RELIABLE_RUNS_ESS) | (khat > good_pareto_k(R))) if R > 1
         else torch.zeros(B, dtype=torch.bool),
     }

@@ -75,6 +75,16 @@ class SMCResult:
         out = self.particles[runs.T.reshape(-1), idx.T.reshape(-1)]
         return out[:n]
 
+    def select_runs(self, idx) -> SMCResult:
+        """The runs ``idx`` (indices or a bool mask over ``R``) as a result of their own, e.g. to see what a
+        smaller number of runs would have given. Without a plate only: on a plate, run ``i * B + b``
+        belongs to measurement ``b`` and a selection would mix them."""
+        if int(self.extra.get("measurements", 1)) > 1:
+            raise ValueError("select_runs: a plate's runs interleave its measurements (run i * B + b); "
+                             "select per measurement from a run without a plate")
+        return SMCResult(self.particles[idx], self.log_weights[idx], self.log_evidence[idx],
+                         self.ess_history[idx], self.resampled[idx], method=self.method)
+
     def pooled_resample(self, n: int, generator: torch.Generator | None = None,
                         smoothing: str | None = None) -> torch.Tensor:
         """``n`` draws (per measurement) from all runs' particles weighted by each run's evidence
