@@ -89,3 +89,19 @@ def test_operator_twist_needs_an_svd_and_says_so():
     assert sv.fk_model(sv.problem(y=pb.y)).twist_cov == "operator"
     with pytest.raises(ValueError, match="twist_cov"):
         TDS(model, twist_cov="diagonal")
+
+
+def test_tds_draws_from_the_truncated_pool_by_default():
+    """``draw`` without ``pooled`` is ``pooled="truncated"`` for TDS (the same draws from the same seed) and
+    differs from one draw per run; MCGDiff keeps one draw per run."""
+    from ppl_diffusion.inference.smc import MCGDiff
+
+    pb, model = _spectrum_problem()
+    sv = TDS(model, steps=20)
+
+    def draws(**kw):
+        return sv.sample(30, y=pb.y, generator=torch.Generator().manual_seed(3), **kw)
+
+    torch.testing.assert_close(draws(), draws(pooled="truncated"), rtol=0, atol=0)
+    assert not torch.equal(draws(), draws(pooled=False))
+    assert TDS.default_pooled == "truncated" and MCGDiff.default_pooled is False

@@ -374,6 +374,9 @@ class SMCSampler(Solver):
     family = "smc"
     requires: tuple = ("linear",)
     supports_plates = True
+    #: what ``draw(pooled=None)`` does: one draw per run (``False``) unless a sampler's measurements say
+    #: otherwise (TDS: ``"truncated"``)
+    default_pooled: bool | str = False
 
     def __init__(self, model, *, particles: int = 64, steps: int = 100, eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
@@ -428,7 +431,7 @@ class SMCSampler(Solver):
         return res
 
     def draw(self, num_samples: int, *args, generator: torch.Generator | None = None, independent: bool = True,
-             pooled: bool | str = False, **kwargs) -> Draws:
+             pooled: bool | str | None = None, **kwargs) -> Draws:
         """``num_samples`` posterior draws as :class:`Draws` (one chain): one per independent run of
         ``particles`` particles (default), or all resampled from a single run (``independent=False``).
         ``pooled=True`` (with ``independent``): the draws are resampled from all runs' particles weighted
@@ -437,7 +440,8 @@ class SMCSampler(Solver):
         evidence does); ``pooled="truncated"``: the same with each run's weight capped at
         ``1 / sqrt(runs)`` of the total (truncated importance sampling), so that a few heavy runs cannot
         carry all the draws; ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
-        of draws is unreliable.
+        of draws is unreliable. ``pooled=None`` (default): the sampler's ``default_pooled`` (one draw per run,
+        ``"truncated"`` for TDS).
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
@@ -452,6 +456,7 @@ class SMCSampler(Solver):
         *event)``; ``log_evidence`` / ``ess`` are per run, ``(runs * B,)`` with run ``i * B + b`` on
         measurement ``b``; ``nfe_per_sample`` per draw of one measurement."""
         n = check_int("num_samples", num_samples, self.name)
+        pooled = self.default_pooled if pooled is None else pooled
         check_choice("pooled", pooled, POOLINGS, self.name)  # before the runs, not after
         problem = self.problem(*args, **kwargs)
         B = problem.num_measurements
@@ -468,7 +473,7 @@ class SMCSampler(Solver):
                            nfe_per_sample=nfe)
 
     def sample(self, num_samples: int, *args, generator: torch.Generator | None = None,
-               independent: bool = True, pooled: bool | str = False, **kwargs) -> torch.Tensor:
+               independent: bool = True, pooled: bool | str | None = None, **kwargs) -> torch.Tensor:
         """``num_samples`` draws ``(num_samples, *event_shape)`` (see :meth:`draw`)."""
         return self.draw(num_samples, *args, generator=generator, independent=independent, pooled=pooled,
                          **kwargs).samples[0]
