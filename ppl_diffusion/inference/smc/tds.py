@@ -29,7 +29,7 @@ import torch
 from ...schedules import time_grid
 from ..analytic_variance import resolve_reverse_variance
 from ..sampler import ddim_coefficients
-from ._common import LOG2PI, normal_logpdf
+from ._common import normal_logpdf
 from ..solver import check_choice, check_int, check_number
 from .engine import FeynmanKac, SMCSampler
 from .tail import refine_tail, smc_grid
@@ -78,6 +78,7 @@ class _TDSFK(FeynmanKac):
         R, N = x.shape[:2]
         a_t, _ = self._ac(k)
         var = self.noise ** 2 + self._r2(k)
+        var_u = self.noise ** 2 + self._r2(k) * self._s2 if self.twist_cov == "operator" else None
         t = self.times[k].to(self.dtype)
         flat = x.reshape((R * N,) + self.event_shape)
         y = self.y
@@ -92,14 +93,10 @@ class _TDSFK(FeynmanKac):
                 yy = y if self.obs_rows is None else y[s0:s0 + mb]
                 res = yy - self.op(x0)
                 if self.twist_cov == "operator":  # N(y; A x0_hat, sigma_y^2 I + r_t^2 A A^T) in the U basis
-                    u = self.op.Ut(res)  # (mb, out_dim)
-                    v = (self.noise ** 2 + self._r2(k) * self._s2).to(u.dtype)
-                    lp = -0.5 * (u * u / v).sum(-1) - 0.5 * (torch.log(v) + LOG2PI).sum()
+                    u, v = self.op.Ut(res), var_u  # (mb, out_dim), (out_dim,)
                 else:
-                    r = res.reshape(xx.shape[0], -1)
-                    m = r.shape[1]
-                    log_var = torch.log(torch.as_tensor(var, dtype=torch.float64))
-                    lp = -0.5 * (r ** 2).sum(-1) / var - 0.5 * m * (log_var + LOG2PI)
+                    u, v = res.reshape(xx.shape[0], -1), var
+                lp = normal_logpdf(u, 0.0, v).sum(-1)
                 (gr,) = torch.autograd.grad(lp.sum(), xx)
             lps.append(lp.detach())
             grads.append(gr)
