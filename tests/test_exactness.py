@@ -436,3 +436,25 @@ def test_per_run_component_weights_and_the_pooling_check(tmp_path):
     pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path, block=4, name="blocks")
     text = (tmp_path / "blocks.md").read_text()
     assert "auto pooled (blocks of 4)" in text and "| mean |" in text
+
+
+def test_exact_control_row_scores_like_a_further_exact_set(tmp_path):
+    """``--methods exact``: a further set of exact draws run through the table, drawn apart from the
+    reference and from the spread's sets (its scores equal none of theirs), inside all three statistics on
+    most problems (an exact sampler's rate against 20 sets: ~0.8; 10 problems, fixed seeds: >= 6), and
+    refusing options (it is not a sampler to tune)."""
+    from ppl_diffusion.bench.exactness import _draws, run_exactness
+
+    tally = run_exactness(8, [2], 10, ["exact"], n_samples=100, out=tmp_path, name="ctrl")
+    rows = tally[("exact", 2)]
+    assert len(rows) == 10 and sum(r["all"] for r in rows) >= 6
+    assert "| exact | 2 | 10 |" in (tmp_path / "ctrl.md").read_text()
+    pb = exactness_problem("fullcov", 8, 2, seed=0)
+    ref = Reference.build(pb, seed=0)
+    spread = exact_spread(ref, 100, seed=0)
+    ((_, x, rel),) = _draws("exact", {}, pb, None, 100, 0, torch.Generator().manual_seed(90_000))
+    s = score(x, ref)
+    assert rel is None and x.shape == (100, 8) and x.dtype == torch.float64
+    assert bool((spread.sw - s["sw"]).abs().min() > 0) and not bool((ref.ref[:100] == x).all())
+    with pytest.raises(ValueError, match="no options"):
+        _draws("exact", {"particles": 4}, pb, None, 100, 0, torch.Generator())
