@@ -423,9 +423,13 @@ def test_per_run_component_weights_and_the_pooling_check(tmp_path):
     assert P.shape == (R, post.K) and torch.allclose(P.sum(1), torch.ones(R, dtype=torch.float64))
     # 6,400 draws: sd of a weight estimate <= 0.5 / 80 = 0.006
     assert float((P.mean(0) - post.weights).abs().max()) < 0.025
-    pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path)
+    pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path, configs=("", "particles=4"))
     text = (tmp_path / "smc_pooling_check.md").read_text()
-    assert "| (uneven, 8, 2, 7) | 0 |" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| (uneven, 8, 2, 7) |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["defaults", "particles=4"]
+    # the option reaches the sampler: 4 particles instead of 64 give other runs from the same seed
+    assert rows[0].split("|")[4:9] != rows[1].split("|")[4:9]
+    assert "| mean | defaults |" in text and "| mean | particles=4 |" in text
     # the rules on exact runs with equal evidences: every law is the mean of the runs' estimates
     from ppl_diffusion.bench.exactness import POOL_RULES, _rule_weights
 

@@ -453,9 +453,33 @@ def _rule_weights(res, P, post):
     return [tv(w) for w in laws], use
 
 
+def _pooling_repeat(sv, pbs, post, runs, rep, block):
+    """One repeat of :func:`pooling_check`: ``runs`` runs of ``sv`` (seed ``rep``), the TV of each of
+    :data:`POOL_RULES`, the extra cells and the seconds."""
+    from ..inference.smc.evidence import reliability, runs_ess
+
+    t0 = time.perf_counter()
+    res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(rep))
+    P = per_run_component_weights(res, post)
+    if block:
+        parts = [torch.arange(i, i + block) for i in range(0, runs - block + 1, block)]
+        subsets = [res.select_runs(idx) for idx in parts]
+        got = [_rule_weights(sub, P[idx], post) for sub, idx in zip(subsets, parts)]
+        tv = [sum(g[0][j] for g in got) / len(got) for j in range(len(POOL_RULES))]
+        ess = sorted(float(runs_ess(sub)[0]) for sub in subsets)
+        extra = (f"{sum(g[1] for g in got)}/{len(got)}", f"{ess[len(ess) // 2]:.0f} (median)")
+    else:
+        tv, _ = _rule_weights(res, P, post)
+        rel = reliability(res)
+        flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
+        extra = (f"{float(rel['bias_estimate'][0]):.3f} ({float(rel['bias_se'][0]):.3f}){flag}",
+                 f"{float(rel['runs_ess'][0]):.0f}")
+    return tv, extra, time.perf_counter() - t0
+
+
 def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int = 2, steps: int = 200,
                   solver: str = "mcgdiff", out=RESULTS_DIR, cmd: str = "", name: str = "smc_pooling_check",
-                  block: int = 0):
+                  block: int = 0, configs=("",)):
     """The component weights that one draw per run and the evidence pools (plain, truncated,
     Pareto-smoothed, and the choice of :func:`_auto_pools`) put on an exactness problem, read with little
     Monte Carlo noise: ``runs`` independent runs (the sampler's defaults, N = 256 from d = 80), each
@@ -464,15 +488,16 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
     ``block > 0``: the runs are cut into blocks of ``block`` runs (what one ``draw(block)`` combines) and
     each column is the mean TV over the blocks, the error a user meets at that number of runs (bias and
     the pool's between-run variance together). ``problems``: ``"d,d_y,seed;..."`` (families cycled by
-    seed as in the table)."""
+    seed as in the table). ``configs``: option strings of the sampler (``"particles=1024"``,
+    ``"ess_threshold=0.2"``; ``""``: its defaults), each run on every problem with the same seeds."""
     from ..inference.registry import build_solver
-    from ..inference.smc.evidence import reliability, runs_ess
 
     sched = VPSchedule.gmm_benchmark()
     extra_cols = (f"auto pooled (blocks of {block})",) if block else ("region bias est. (se), flag",)
-    table = MarkdownTable("problem (family, d, d_y, seed)", "repeat", *POOL_RULES, *extra_cols, "runs ESS", "s")
-    totals = [0.0] * len(POOL_RULES)
-    rows = 0
+    table = MarkdownTable("problem (family, d, d_y, seed)", "options", "repeat", *POOL_RULES, *extra_cols, "runs ESS",
+                          "s")
+    totals = {c: [0.0] * len(POOL_RULES) for c in configs}
+    rows = dict.fromkeys(configs, 0)
     for spec in problems.split(";"):
         d, d_y, seed = (int(v) for v in spec.split(","))
         fam = FAMILIES[seed % len(FAMILIES)]
@@ -480,33 +505,21 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
         post = pb.posterior
         pbs = pb.to(torch.float32) if d > 8 else pb
         model = pbs.model(sched)
-        opts = {"steps": steps, **({"particles": 256} if d > 8 else {})}
-        sv = build_solver(solver, model, **opts)
-        for rep in range(reps):
-            t0 = time.perf_counter()
-            res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(rep))
-            P = per_run_component_weights(res, post)
-            if block:
-                parts = [torch.arange(i, i + block) for i in range(0, runs - block + 1, block)]
-                subsets = [res.select_runs(idx) for idx in parts]
-                got = [_rule_weights(sub, P[idx], post) for sub, idx in zip(subsets, parts)]
-                tv = [sum(g[0][j] for g in got) / len(got) for j in range(len(POOL_RULES))]
-                ess = sorted(float(runs_ess(sub)[0]) for sub in subsets)
-                extra = (f"{sum(g[1] for g in got)}/{len(got)}", f"{ess[len(ess) // 2]:.0f} (median)")
-            else:
-                tv, _ = _rule_weights(res, P, post)
-                rel = reliability(res)
-                flag = ", FLAG" if bool(rel["unreliable_independent"][0]) else ""
-                extra = (f"{float(rel['bias_estimate'][0]):.3f} ({float(rel['bias_se'][0]):.3f}){flag}",
-                         f"{float(rel['runs_ess'][0]):.0f}")
-            totals = [a + b for a, b in zip(totals, tv)]
-            rows += 1
-            table.add(f"({fam}, {d}, {d_y}, {seed})", rep, *(f"{v:.3f}" for v in tv), *extra,
-                      f"{time.perf_counter() - t0:.0f}")
-    table.add("mean", "", *(f"{v / max(rows, 1):.3f}" for v in totals), "", "", "")
+        for config in configs:
+            opts = {"steps": steps, **({"particles": 256} if d > 8 else {}), **_parse_method("x:" + config)[2]}
+            sv = build_solver(solver, model, **opts)
+            for rep in range(reps):
+                tv, extra, sec = _pooling_repeat(sv, pbs, post, runs, rep, block)
+                totals[config] = [a + b for a, b in zip(totals[config], tv)]
+                rows[config] += 1
+                table.add(f"({fam}, {d}, {d_y}, {seed})", config or "defaults", rep, *(f"{v:.3f}" for v in tv), *extra,
+                          f"{sec:.0f}")
+    for c in configs:  # the mean over problems and repeats, per configuration
+        table.add("mean", c or "defaults", "", *(f"{v / max(rows[c], 1):.3f}" for v in totals[c]), "", "", "")
     per = (f"cut into blocks of {block} runs; each column is the mean over the blocks of the TV of that block's "
            "law, " if block else "")
-    notes = (f"{solver} at its defaults ({steps} steps; N = 256 particles from d = 80), {runs} independent runs per "
+    notes = (f"{solver} at its defaults ({steps} steps; N = 256 particles from d = 80) unless the options column says "
+             f"otherwise, {runs} independent runs per "
              f"repeat (seeds 0, 1, ...), {per}TV between the exact posterior component weights and what each way of "
              "drawing puts on the components in expectation, read from each run's weighted particle estimate "
              "sum_i W_i r(x_i) (r: posterior responsibilities): their mean over runs (the law of one draw per run), "
@@ -619,6 +632,9 @@ def main(argv=None):
     p.add_argument("--pooling-runs", type=int, default=1000, help="pooling: independent runs per repeat")
     p.add_argument("--pooling-reps", type=int, default=2, help="pooling: repeats per problem")
     p.add_argument("--pooling-solver", default="mcgdiff", help="pooling: the SMC sampler (at its defaults)")
+    p.add_argument("--pooling-configs", default="",
+                   help="pooling: ';'-separated sampler options, each a configuration run on every problem "
+                        "(e.g. 'ess_threshold=0.5;ess_threshold=0.2'; empty: the defaults)")
     p.add_argument("--pooling-block", type=int, default=0,
                    help="pooling: score blocks of this many runs (the runs of one draw) and average")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
@@ -632,7 +648,8 @@ def main(argv=None):
     if a.what == "pooling":
         return pooling_check(a.pooling_problems, a.pooling_runs, a.pooling_reps,
                              a.steps or 200, solver=a.pooling_solver, out=a.out, cmd=cmd,
-                             name=a.name or "smc_pooling_check", block=a.pooling_block)
+                             name=a.name or "smc_pooling_check", block=a.pooling_block,
+                             configs=tuple(a.pooling_configs.split(";")))
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
