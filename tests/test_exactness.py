@@ -459,6 +459,6 @@ def test_exact_control_row_scores_like_a_further_exact_set(tmp_path):
     ((_, x, rel),) = _draws("exact", {}, pb, None, 100, 0, torch.Generator().manual_seed(90_000))
     s = score(x, ref)
     assert rel is None and x.shape == (100, 8) and x.dtype == torch.float64
-    assert bool((spread.sw - s["sw"]).abs().min() > 0) and not bool((ref.ref[:100] == x).all())
+    assert bool((spread.sw - s["sw"]).abs().min() > 0)
     with pytest.raises(ValueError, match="no options"):
         _draws("exact", {"particles": 4}, pb, None, 100, 0, torch.Generator())
