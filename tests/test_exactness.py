@@ -462,3 +462,24 @@ def test_exact_control_row_scores_like_a_further_exact_set(tmp_path):
     assert bool((spread.sw - s["sw"]).abs().min() > 0)
     with pytest.raises(ValueError, match="no options"):
         _draws("exact", {"particles": 4}, pb, None, 100, 0, torch.Generator())
+
+
+def test_evidence_steps_table_covers_every_filtering_step(tmp_path):
+    """The evidence-steps bench: the minor mode's lift is posterior / prior weight of the problem, and the
+    three rho windows partition the filtering steps (their step counts add up to the last matching
+    index J of the sampler's grid)."""
+    import re
+
+    from ppl_diffusion.bench.exactness import evidence_steps
+    from ppl_diffusion.inference.registry import build_solver
+    from ppl_diffusion.schedules import VPSchedule
+
+    evidence_steps("8,2,7", runs=12, particles=8, steps=20, out=tmp_path, name="ev")
+    row = next(ln for ln in (tmp_path / "ev.md").read_text().splitlines() if ln.startswith("| (uneven, 8, 2, 7)"))
+    pb = exactness_problem("uneven", 8, 2, seed=7)
+    minor = int(torch.argsort(pb.posterior.weights, descending=True)[1])
+    lift = float(pb.posterior.weights[minor] / pb.prior.weights[minor])
+    assert f"{lift:.1f}x" in row
+    sv = build_solver("mcgdiff", pb.model(VPSchedule.gmm_benchmark()), particles=8, steps=20)
+    sv.run(y=pb.y, runs=2, generator=torch.Generator().manual_seed(0))
+    assert sum(int(n) for n in re.findall(r"\((\d+) steps\)", row)) == sv.last_fk.J

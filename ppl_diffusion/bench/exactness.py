@@ -532,6 +532,71 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
                  cmd, str(table), notes)
 
 
+EVIDENCE_PROBLEMS = "80,2,1;80,2,16;80,2,19;80,2,4;80,2,7"
+
+
+def evidence_steps(problems: str = EVIDENCE_PROBLEMS, runs: int = 300, particles: int = 256, steps: int = 200,
+                   out=RESULTS_DIR, cmd: str = "", name: str = "smc_evidence_steps"):
+    """Where MCGDiff's run-to-run evidence variance, and the independent-run bias with it, comes from.
+    Per problem: the posterior's second component (the minor mode), its prior weight and the likelihood's
+    lift (posterior / prior weight); ``runs`` runs at ``particles`` particles; the mean of the runs'
+    weighted minor-mode estimates (the law of one draw per run) against the exact weight; sd(log Z) and its
+    correlation with a run's minor weight; then the same for the increments of each run's running
+    log-evidence (``extra["log_evidence_history"]``) summed over three windows of the filtering steps in
+    ``rho = sigma / alpha`` relative to the last matching time's ``rho*``: ``rho > 8 rho*``,
+    ``8 rho* >= rho > 2 rho*`` and ``2 rho* >= rho`` (to the last matching time); and the top run's log Z
+    above the mean with its minor weight. ``problems``: ``"d,d_y,seed;..."`` (families cycled by seed)."""
+    from ..inference.registry import build_solver
+
+    sched = VPSchedule.gmm_benchmark()
+    table = MarkdownTable("problem (family, d, d_y, seed)", "minor: exact weight (prior weight, lift)",
+                          "one draw per run", "sd log Z", "corr(log Z, minor)", "rho*",
+                          "rho > 8 rho*: sd, corr", "8-2 rho*: sd, corr", "2-1 rho*: sd, corr",
+                          "top run: log Z - mean, minor", "s")
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+    for spec in problems.split(";"):
+        d, d_y, seed = (int(v) for v in spec.split(","))
+        fam = FAMILIES[seed % len(FAMILIES)]
+        pb = exactness_problem(fam, d, d_y, seed=seed)
+        post = pb.posterior
+        pbs = pb.to(torch.float32) if d > 8 else pb
+        sv = build_solver("mcgdiff", pbs.model(sched), particles=particles, steps=steps)
+        t0 = time.perf_counter()
+        res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(0))
+        sec = time.perf_counter() - t0
+        fk = sv.last_fk
+        minor = int(torch.argsort(post.weights, descending=True)[1])
+        w_prior, w_post = float(pb.prior.weights[minor]), float(post.weights[minor])
+        wm = per_run_component_weights(res, post)[:, minor]
+        hist = res.extra["log_evidence_history"].to(torch.float64)  # (R, K): running log Z after each step
+        inc = torch.diff(torch.cat([torch.zeros(runs, 1, dtype=hist.dtype), hist], 1), dim=1)
+        rho = sched.rho(fk.times[1:].cpu()).to(torch.float64)  # rho after each step
+        rho_star = float(rho[fk.J - 1])
+        cells = []
+        for lo, hi in ((8 * rho_star, math.inf), (2 * rho_star, 8 * rho_star), (0.999 * rho_star, 2 * rho_star)):
+            sel = (rho > lo) & (rho <= hi)
+            sel[fk.J:] = False
+            part = inc[:, sel].sum(1)
+            cells.append(f"{float(part.std()):.2f}, {corr(part, wm):+.2f} ({int(sel.sum())} steps)")
+        logz = res.log_evidence.to(torch.float64)
+        top = int(torch.argmax(logz))
+        table.add(f"({fam}, {d}, {d_y}, {seed})", f"{w_post:.3f} ({w_prior:.4f}, {w_post / w_prior:.1f}x)",
+                  f"{float(wm.mean()):.3f}", f"{float(logz.std()):.2f}", f"{corr(logz, wm):+.2f}", f"{rho_star:.3f}",
+                  *cells, f"{float(logz[top] - logz.mean()):.2f}, {float(wm[top]):.3f}", f"{sec:.0f}")
+    notes = (f"MCGDiff at its defaults ({steps} steps) with N = {particles} particles, {runs} independent runs per "
+             "problem (seed 0). Minor = the posterior's second-heaviest component; lift = its posterior over its prior "
+             "weight. 'one draw per run' = the mean over runs of each run's weighted estimate sum_i W_i r(x_i) of "
+             "the minor weight (r: posterior responsibilities). The windows cut the filtering steps (to the last "
+             "matching time, rho* = sigma_y / s_max there) by rho = sigma / alpha after the step; each cell is the "
+             "sd over runs of the summed log-evidence increments in the window and their correlation with the run's "
+             "minor weight.")
+    write_result(out, name, "MCGDiff: where the runs' evidence variance and the independent-run bias come from",
+                 cmd, str(table), notes)
+
+
 def exact_prior_step(kernel, mixture: GaussianMixture):
     """``kernel`` (a PnP-DM) with its prior step replaced by an exact draw from the mixture's conditional
     ``p(x | z)``, ``z = x + rho eps`` (per sample: a component by its responsibility, then its Gaussian
@@ -611,7 +676,8 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
-    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling"])
+    p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling",
+                                                                 "evidence_steps"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -637,6 +703,9 @@ def main(argv=None):
                         "(e.g. 'ess_threshold=0.5;ess_threshold=0.2'; empty: the defaults)")
     p.add_argument("--pooling-block", type=int, default=0,
                    help="pooling: score blocks of this many runs (the runs of one draw) and average")
+    p.add_argument("--evidence-problems", default=EVIDENCE_PROBLEMS, help="evidence_steps: 'd,d_y,seed;...'")
+    p.add_argument("--evidence-runs", type=int, default=300, help="evidence_steps: independent runs per problem")
+    p.add_argument("--evidence-particles", type=int, default=256, help="evidence_steps: MCGDiff's particles")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -650,6 +719,9 @@ def main(argv=None):
                              a.steps or 200, solver=a.pooling_solver, out=a.out, cmd=cmd,
                              name=a.name or "smc_pooling_check", block=a.pooling_block,
                              configs=tuple(a.pooling_configs.split(";")))
+    if a.what == "evidence_steps":
+        return evidence_steps(a.evidence_problems, a.evidence_runs, a.evidence_particles, a.steps or 200, out=a.out,
+                              cmd=cmd, name=a.name or "smc_evidence_steps")
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
