@@ -453,6 +453,16 @@ def _rule_weights(res, P, post):
     return [tv(w) for w in laws], use
 
 
+def _spec_problems(problems: str):
+    """``"d,d_y,seed;..."`` -> ``(family, d, d_y, seed, problem, problem for the solver)`` per entry
+    (families cycled by seed as in the table; the solver's copy in float32 from d = 80)."""
+    for spec in problems.split(";"):
+        d, d_y, seed = (int(v) for v in spec.split(","))
+        fam = FAMILIES[seed % len(FAMILIES)]
+        pb = exactness_problem(fam, d, d_y, seed=seed)
+        yield fam, d, d_y, seed, pb, (pb.to(torch.float32) if d > 8 else pb)
+
+
 def _pooling_repeat(sv, pbs, post, runs, rep, block):
     """One repeat of :func:`pooling_check`: ``runs`` runs of ``sv`` (seed ``rep``), the TV of each of
     :data:`POOL_RULES`, the extra cells and the seconds."""
@@ -498,12 +508,8 @@ def pooling_check(problems: str = POOLING_PROBLEMS, runs: int = 1000, reps: int 
                           "s")
     totals = {c: [0.0] * len(POOL_RULES) for c in configs}
     rows = dict.fromkeys(configs, 0)
-    for spec in problems.split(";"):
-        d, d_y, seed = (int(v) for v in spec.split(","))
-        fam = FAMILIES[seed % len(FAMILIES)]
-        pb = exactness_problem(fam, d, d_y, seed=seed)
+    for fam, d, d_y, seed, pb, pbs in _spec_problems(problems):
         post = pb.posterior
-        pbs = pb.to(torch.float32) if d > 8 else pb
         model = pbs.model(sched)
         for config in configs:
             opts = {"steps": steps, **({"particles": 256} if d > 8 else {}), **_parse_method("x:" + config)[2]}
@@ -557,12 +563,8 @@ def evidence_steps(problems: str = EVIDENCE_PROBLEMS, runs: int = 300, particles
     def corr(a, b):
         return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
 
-    for spec in problems.split(";"):
-        d, d_y, seed = (int(v) for v in spec.split(","))
-        fam = FAMILIES[seed % len(FAMILIES)]
-        pb = exactness_problem(fam, d, d_y, seed=seed)
+    for fam, d, d_y, seed, pb, pbs in _spec_problems(problems):
         post = pb.posterior
-        pbs = pb.to(torch.float32) if d > 8 else pb
         sv = build_solver("mcgdiff", pbs.model(sched), particles=particles, steps=steps)
         t0 = time.perf_counter()
         res = sv.run(y=pbs.y, runs=runs, generator=torch.Generator().manual_seed(0))
