@@ -113,9 +113,10 @@ def random_directions(
     return (z / z.norm(dim=0, keepdim=True)).to(device if device is not None else draw_device)
 
 
-def _wasserstein_1d_pp(xp: torch.Tensor, yp: torch.Tensor, p: float) -> torch.Tensor:
+def _wasserstein_1d_pp(xp: torch.Tensor, yp: torch.Tensor, p: float, y_sorted: bool = False) -> torch.Tensor:
     """``W_p^p`` between the uniform empirical measures on the columns of ``xp`` (n, L) and
-    ``yp`` (m, L), for every column at once.
+    ``yp`` (m, L), for every column at once (``y_sorted``: ``yp``'s columns are already sorted, as for a
+    fixed reference scored many times).
 
     Exact for ``n != m``: both quantile functions are step functions with jumps at ``k/n`` and
     ``l/m``; on the merged grid of jump points (integers over the common denominator ``n m``, so
@@ -123,7 +124,7 @@ def _wasserstein_1d_pp(xp: torch.Tensor, yp: torch.Tensor, p: float) -> torch.Te
     """
     n, m = xp.shape[0], yp.shape[0]
     xs = torch.sort(xp, dim=0).values
-    ys = torch.sort(yp, dim=0).values
+    ys = yp if y_sorted else torch.sort(yp, dim=0).values
     if n == m:
         diff = (xs - ys).abs()
         return (diff if p == 1 else diff.pow(p)).mean(dim=0)

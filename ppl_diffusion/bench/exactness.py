@@ -128,7 +128,7 @@ def score(x: torch.Tensor, ref: Reference) -> dict:
     from ..metrics import _wasserstein_1d_pp
 
     x = x.reshape(x.shape[0], -1).to(torch.float64)
-    sw = float(_wasserstein_1d_pp(x @ ref.theta, ref.ref_proj_sorted, 1).mean())
+    sw = float(_wasserstein_1d_pp(x @ ref.theta, ref.ref_proj_sorted, 1, y_sorted=True).mean())
     w_hat = component_weights(x, ref.problem.posterior)
     tv = 0.5 * float((w_hat - ref.problem.posterior.weights).abs().sum())
     lo, hi = quantile(x, [0.05, 0.95], dim=0)
@@ -679,7 +679,7 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
     p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling",
-                                                                 "evidence_steps"])
+                                                                 "evidence_steps", "control"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -708,6 +708,9 @@ def main(argv=None):
     p.add_argument("--evidence-problems", default=EVIDENCE_PROBLEMS, help="evidence_steps: 'd,d_y,seed;...'")
     p.add_argument("--evidence-runs", type=int, default=300, help="evidence_steps: independent runs per problem")
     p.add_argument("--evidence-particles", type=int, default=256, help="evidence_steps: MCGDiff's particles")
+    p.add_argument("--control-reps", type=int, default=200,
+                   help="control: further exact sets per problem (ppl_diffusion/bench/exact_control.py)")
+    p.add_argument("--against", default="", help="control: ','-separated exactness tables to read against it")
     p.add_argument("--name", default=None, help="result file name (default exactness_d<d>)")
     add_out_argument(p, "exactness_d<d>")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -727,6 +730,12 @@ def main(argv=None):
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
+    if a.what == "control":
+        from .exact_control import run_control
+
+        return run_control(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.samples, a.control_reps, a.sets,
+                           tuple(a.families.split(",")), a.first_problem, tuple(filter(None, a.against.split(","))),
+                           a.out, a.name, cmd)
     if a.what == "merge":
         return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
     run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps or 100,
