@@ -91,6 +91,38 @@ def test_pnpdm_replica_exchange_keeps_the_cold_target(swap):
     assert r.nfe_per_iteration == k.nfe_per_iteration(0)
 
 
+@pytest.mark.parametrize("replicas", [1, 4])
+def test_pnpdm_correction_targets_the_posterior_not_the_relaxed_one(replicas):
+    """correction=True: the coldest chain's x-marginal is the posterior itself (rho = 0), not the rho = 0.5
+    relaxed one that the plain kernel keeps (test above; they differ by > 0.08), alone or under replica
+    exchange up to rho = 3 (its swaps read the cold chain at rho = 0). Same Monte Carlo budget and tolerance
+    as the relaxed test (0.04, 4-5 s.e.); the Metropolis step accepts most moves here (rho s ~ sigma_y)."""
+    model, mu, C, A, y, sy = gaussian_setup()
+    k = PnPDM(model, rho0=0.5, rho_min=0.5, replicas=replicas, rho_max=3.0 if replicas > 1 else None,
+              correction=True)
+    r = k.run_chains(y=y, num_chains=200, num_samples=150, warmup_steps=20, generator=torch.Generator().manual_seed(0))
+    x = r.flat()
+    me, Se = gaussian_posterior(mu, C, A, y, sy**2 * torch.eye(A.shape[0], dtype=F64))
+    err_m, err_c = (x.mean(0) - me).abs().max(), (torch.cov(x.T) - Se).abs().max()
+    assert err_m < 0.04 and err_c < 0.04, (err_m, err_c)
+    assert 0.3 < k.correction_acceptance < 1.0, k.correction_acceptance
+    assert "correction_rate" in r.stats
+
+
+def test_pnpdm_correction_refuses_what_it_cannot_correct():
+    """correction needs the closed-form L / L_rho: refused for the joint swap ratio, the Langevin likelihood
+    step and a noiseless measurement, each by a message naming the way out."""
+    model, *_, y, sy = gaussian_setup()
+    with pytest.raises(ValueError, match="swap='marginal'"):
+        PnPDM(model, replicas=3, rho_max=3.0, swap="joint", correction=True)
+    with pytest.raises(ValueError, match="correction=False"):
+        PnPDM(model, likelihood_step="langevin", correction=True).problem(y=y)
+    with pytest.raises(ValueError, match="noise_std > 0"):
+        PnPDM(gaussian_setup(sy=0.0)[0], correction=True).problem(y=y)
+    with pytest.raises(Exception, match="True or False"):
+        PnPDM(model, correction="yes")
+
+
 def test_pnpdm_marginal_swap_ratio_is_the_ratio_of_relaxed_posteriors():
     """The marginal swap ratio from the kernel's spectral likelihoods equals the ratio of the relaxed
     posterior densities N(x; m_j, S_j) (rho_j^2 A A^T added to the noise covariance; their

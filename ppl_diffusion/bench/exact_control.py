@@ -80,12 +80,13 @@ def _lower_point(p, level: float = 0.05) -> int:
 
 
 def read_verdicts(path: str):
-    """From an exactness table (or a merged one): its samples per problem, and
-    ``{method: {problem label: {"sw", "tv", "cov", "all"}}}`` from its per-problem rows."""
+    """From an exactness table (or a merged one, or rows copied from a run's log under its command line): its
+    samples per problem, and ``{method: {problem label: {"sw", "tv", "cov", "all"}}}`` from its per-problem
+    rows."""
     text = open(path).read()
-    m = re.search(r"(\d+) samples per problem", text)
+    m = re.search(r"(\d+) samples per problem", text) or re.search(r"--samples (\d+)", text)
     if m is None:
-        raise ValueError(f"{path}: no 'N samples per problem' in its notes (not an exactness table?)")
+        raise ValueError(f"{path}: neither 'N samples per problem' nor '--samples N' in it (not an exactness table?)")
     rows = {}
     for line in text.splitlines():
         c = [v.strip() for v in line.strip().strip("|").split("|")]
@@ -105,6 +106,10 @@ def run_control(d: int, dys, n_problems: int, n_samples: int, reps: int = 200, s
     """The control's table (see the module docstring): per problem its inside rates, per ``d_y`` the control
     count's mean, sd and 5 % point, and each method row of the tables ``against`` read against the control
     on the problems they share (tables of another sample size are refused)."""
+    tables = {path: read_verdicts(path) for path in against}  # read first: a bad table fails before the runs
+    for path, (n, _) in tables.items():
+        if n != n_samples:
+            raise ValueError(f"{path}: {n} samples per problem, the control was run with {n_samples}")
     t0 = time.perf_counter()
     by_dy = {d_y: control_rates(d, d_y, range(first_problem, first_problem + n_problems), n_samples, reps, sets,
                                 families) for d_y in dys}
@@ -125,10 +130,7 @@ def run_control(d: int, dys, n_problems: int, n_samples: int, reps: int = 200, s
     if against:
         tab = MarkdownTable("table", "method", "problems", "inside all three", "control: expected (5 % point)",
                             "P(control <= count)", "per statistic: count, P(control <= count)", "reading")
-        for path in against:
-            n, methods = read_verdicts(path)
-            if n != n_samples:
-                raise ValueError(f"{path}: {n} samples per problem, the control was run with {n_samples}")
+        for path, (_, methods) in tables.items():
             for method, vs in methods.items():
                 shared = [lab for lab in vs if lab in rates]
                 if not shared:

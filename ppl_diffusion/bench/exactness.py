@@ -208,7 +208,9 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     ``" auto"``, :func:`_auto_pools`); ``particle_gibbs``
     (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
     ``exact`` is the control: ``n`` further exact posterior draws (seeded apart from the reference and the
-    spread's sets), the row an exact sampler would score; other solvers run as
+    spread's sets), the row an exact sampler would score; ``pnpdm`` with ``num_grid=exact`` takes its prior
+    step as an exact draw from the mixture's ``p(x | z)`` (:func:`exact_prior_step`; bench only, to separate
+    the reverse SDE's discretisation from the chains' mixing); other solvers run as
     :func:`~ppl_diffusion.bench.gmm.run_solver` runs them."""
     from ..inference.registry import SOLVERS, build_solver
     from .gmm import run_solver
@@ -218,6 +220,15 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             raise ValueError(f"exact: the control takes no options, got {sorted(opts)}")
         return [("", pb.posterior.sample(n, generator=g), None)]
     model = pb.model(sched)
+    if solver == "pnpdm" and opts.get("num_grid") == "exact":  # bench only: the mixture's exact p(x | z)
+        from ..inference.kernels import PnPDM
+
+        opts = dict(opts)
+        opts.pop("num_grid")
+        chains, thin = int(opts.pop("chains", 100)), int(opts.pop("thin", 5))
+        kern = exact_prior_step(PnPDM(model, **opts), pb.prior)
+        d = kern.draw(n, y=pb.y, chains=chains, warmup=steps, thin=thin, generator=g)
+        return [("", d.flat()[:n].reshape(n, -1), None)]
     if solver == "particle_gibbs":  # ParticleGibbs(base): vectorised chains, ceil(n / chains) draws each
         from ..inference.kernels import ParticleGibbs
 

@@ -94,6 +94,13 @@ class PnPDM(DiffusionKernel):
         swap: the replicas' swap ratio: ``"marginal"`` (x-marginals, closed form; needs the SVD
             likelihood step), ``"joint"`` (the ``(x, z)`` targets; any likelihood), ``"auto"``
             (marginal where it applies).
+        correction: make the coldest chain target the posterior itself, not the relaxed one (needs the
+            SVD likelihood step and noise_std > 0): its sweep at rho_k becomes a Metropolis-Hastings
+            proposal, accepted with ``min(1, w(x') / w(x))``, ``w = L / L_rho`` (the sweep is reversible
+            for the relaxed target ``p(x) L_rho(x)``, so this ratio is the whole MH ratio), and the swaps
+            read the coldest chain at rho = 0. ``correction_acceptance`` gives its rate: the relaxation's
+            residuals must be comparable to the noise (``rho_min s_max`` not far above ``sigma_y``) or the cold
+            chain rarely moves.
         prior_site, init, init_scale, progress: see :class:`~ppl_diffusion.inference.kernels.base.DiffusionKernel`.
     """
 
@@ -103,8 +110,8 @@ class PnPDM(DiffusionKernel):
                  prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
                  langevin_step: float = 1e-4, replicas: int = 1, rho_max: float | None = None,
-                 swap: str = "auto", prior_site: str | None = None, init="randn", init_scale: float = 1.0,
-                 progress: bool = False):
+                 swap: str = "auto", correction: bool = False, prior_site: str | None = None, init="randn",
+                 init_scale: float = 1.0, progress: bool = False):
         n = self.name
         self.rho0 = check_number("rho0", rho0, n, low=0.0, low_open=True)
         self.rho_min = check_number("rho_min", rho_min, n, low=0.0, low_open=True)
@@ -129,6 +136,13 @@ class PnPDM(DiffusionKernel):
         if self.replicas > 1 and self.rho_max <= self.rho_min:
             raise OptionError(f"{n}: rho_max ({self.rho_max}) must exceed rho_min ({self.rho_min}) for replicas > 1")
         self.swap = check_choice("swap", swap, ("auto", "marginal", "joint"), n)
+        if not isinstance(correction, bool):
+            raise OptionError(f"{n}: correction must be True or False, got {correction!r}")
+        self.correction = correction
+        if correction and self.swap == "joint":
+            raise OptionError(f"{n}: correction=True reads the coldest chain at rho = 0, which only the marginal swap "
+                              "ratio can; use swap='marginal' or 'auto'")
+        self._mh = torch.zeros(2, dtype=torch.float64)  # correction: (tried, accepted) moves of the cold chain
         self.exchange = ReplicaExchange(geometric_ladder(self.rho_min, self.rho_max, self.replicas))
         self._hot = None  # hot replicas (C, replicas - 1, *event), created by the first step
         super().__init__(model, prior_site=prior_site, init=init, init_scale=init_scale, progress=progress)
@@ -198,6 +212,8 @@ class PnPDM(DiffusionKernel):
         info = {"rho": self.rho(k)}
         if self.replicas > 1:
             info["swap_rate"] = float(self.swap_acceptance.mean())
+        if self.correction:
+            info["correction_rate"] = self.correction_acceptance
         return info
 
     def _mode(self, problem: Problem) -> str:
@@ -226,6 +242,10 @@ class PnPDM(DiffusionKernel):
             raise ValueError(f"{self.name}: a noiseless measurement needs an operator with an SVD, not only prox")
         if mode == "langevin":
             require_differentiable(problem, self.name)
+        if self.correction and (mode != "svd" or problem._gaussian.noise_std == 0):
+            raise ValueError(f"{self.name}: correction=True needs the closed-form likelihood ratio L / L_rho of a "
+                             f"linear Gaussian measurement with an SVD and noise_std > 0 (this model's likelihood step "
+                             f"is {mode!r}); use correction=False, whose target is the relaxed posterior")
         if self.swap == "marginal" and mode != "svd":
             raise ValueError(f"{self.name}: swap='marginal' needs the closed-form relaxed likelihood of the SVD "
                              f"likelihood step (this model's likelihood step is {mode!r}); use swap='joint' or 'auto'")
@@ -240,6 +260,7 @@ class PnPDM(DiffusionKernel):
         self._chains_total = len(next(iter(problem.observed.values()))["value"]) if self.plate_problem else None
         self._hot = None
         self.exchange.reset()
+        self._mh = torch.zeros(2, dtype=torch.float64)
         self._ne = len(problem.event_shape)
         if self.mode in ("svd", "prox"):
             lg = problem.linear_gaussian(self.name)
@@ -383,11 +404,32 @@ class PnPDM(DiffusionKernel):
             z = self._likelihood_langevin(x, r, generator)
         return self._prior(z, rho, level, generator), z
 
+    def _metropolis(self, x, new, rho, generator):
+        """The correction's accept step for the coldest chain: ``x -> new`` (both ``(C, *event)``, ``new``
+        from one sweep at ``rho`` (a 0-dim tensor), reversible for ``p L_rho``) with probability
+        ``min(1, w(new) / w(x))``, ``w = L / L_rho``. Non-finite proposals pass through (the caller counts
+        the divergence)."""
+        lev = torch.stack([rho.new_zeros(()), rho])
+        log_w = [ll[:, 0] - ll[:, 1] for ll in (self._relaxed_loglik(v, lev) for v in (x, new))]  # log L - log L_rho
+        log_r = log_w[1] - log_w[0]
+        u = torch.rand(log_r.shape, generator=generator, dtype=torch.float64, device=log_r.device)
+        finite = torch.isfinite(new.reshape(new.shape[0], -1)).all(-1)
+        acc = (u.log() < log_r) | ~finite
+        self._mh += torch.tensor([float(finite.sum()), float((acc & finite).sum())], dtype=torch.float64)
+        return torch.where(acc.reshape((-1,) + (1,) * (x.dim() - 1)), new, x)
+
+    @property
+    def correction_acceptance(self) -> float:
+        """Acceptance rate of the correction's Metropolis step on the coldest chain (``nan`` before a
+        run or without ``correction``)."""
+        return float(self._mh[1] / self._mh[0]) if self._mh[0] > 0 else float("nan")
+
     def step(self, x, k, generator=None):
         rho = torch.tensor(self.levels(k), dtype=torch.float64, device=x.device)
         K, C = self.replicas, x.shape[0]
         if K == 1:
-            return self._sweep(x, rho, torch.zeros(C, dtype=torch.long, device=x.device), generator)[0]
+            new = self._sweep(x, rho, torch.zeros(C, dtype=torch.long, device=x.device), generator)[0]
+            return self._metropolis(x, new, rho[0], generator) if self.correction else new
         if self._hot is None or self._hot.shape[0] != C:
             self._hot = x[:, None].expand((C, K - 1) + tuple(x.shape[1:])).clone()
         X = torch.cat([x[:, None], self._hot], 1)                     # (C, K, *event), coldest first
@@ -397,9 +439,12 @@ class PnPDM(DiffusionKernel):
         keep = ok.clone()
         keep[:, 0] = True  # a non-finite cold draw goes back to the caller, which counts a divergence
         new = torch.where(keep.reshape((C, K) + (1,) * (x.dim() - 1)), new.reshape(X.shape), X)  # hot: old state
+        if self.correction:  # the coldest chain targets the posterior: accept its sweep by w = L / L_rho
+            new[:, 0] = self._metropolis(x, new[:, 0], rho[0], generator)
         j = self.exchange.pairs(k, x.device)
         if self.swap_ratio == "marginal":
-            ll = self._relaxed_loglik(new.reshape((C * K,) + tuple(x.shape[1:])), rho).reshape(C, K, K)
+            lev = torch.cat([rho.new_zeros(1), rho[1:]]) if self.correction else rho  # cold chain at rho = 0
+            ll = self._relaxed_loglik(new.reshape((C * K,) + tuple(x.shape[1:])), lev).reshape(C, K, K)
             log_r = marginal_swap_log_ratio(torch.where(ok[..., None], ll, torch.nan), j)
         else:
             delta = (new.reshape(C, K, -1) - z.reshape(C, K, -1)).to(torch.float64).pow(2).sum(-1)
