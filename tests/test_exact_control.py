@@ -66,3 +66,4 @@ def test_control_reads_an_exact_table_as_indistinguishable_and_a_planted_one_as_
     assert planted_row.endswith("| below exact (5 %) |")
     with pytest.raises(ValueError, match="200"):
         run_control(8, [2], 2, 200, reps=2, against=(str(tmp_path / "ctrl.md"),), out=tmp_path, name="x")
+
