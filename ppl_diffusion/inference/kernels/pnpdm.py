@@ -42,6 +42,11 @@ A plate of ``B`` measurements (see :mod:`.base`): the chains run on the
 chain; the closed-form likelihood steps use each chain's own row (``U^T y`` per chain in the SVD step,
 ``y`` per chain in the proximal step) and replicas share their chain's row.
 
+Correction (``correction=True``; our addition, benchmarks/results/pnpdm_relaxation.md): the relaxed target
+inflates the noise variance along the measured directions by ``1 + rho^2 s_i^2 / sigma_y^2``; with an SVD
+likelihood step the coldest chain can target the posterior itself, taking its sweep as a
+Metropolis-Hastings proposal accepted with ``min(1, w(x') / w(x))``, ``w = L / L_rho`` (closed form).
+
 Needs: any likelihood (closed forms for GaussianMeasurement with a linear operator). Cost per
 iteration: the grid points below rho_k network calls (about 30 at rho = 0.3), no backprop through
 the network; with replicas, the sum over the couplings (batched: one call per grid point).
@@ -97,8 +102,9 @@ class PnPDM(DiffusionKernel):
         correction: make the coldest chain target the posterior itself, not the relaxed one (needs the
             SVD likelihood step and noise_std > 0): its sweep at rho_k becomes a Metropolis-Hastings
             proposal, accepted with ``min(1, w(x') / w(x))``, ``w = L / L_rho`` (the sweep is reversible
-            for the relaxed target ``p(x) L_rho(x)``, so this ratio is the whole MH ratio), and the swaps
-            read the coldest chain at rho = 0. ``correction_acceptance`` gives its rate: the relaxation's
+            for the relaxed target ``p(x) L_rho(x)`` when the prior step is exact, so this ratio is the whole
+            MH ratio; the reverse SDE's discretisation is not corrected), and the swaps read the coldest
+            chain at rho = 0. ``correction_acceptance`` gives its rate: the relaxation's
             residuals must be comparable to the noise (``rho_min s_max`` not far above ``sigma_y``) or the cold
             chain rarely moves.
         prior_site, init, init_scale, progress: see :class:`~ppl_diffusion.inference.kernels.base.DiffusionKernel`.
