@@ -223,11 +223,11 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     if solver == "pnpdm" and opts.get("num_grid") == "exact":  # bench only: the mixture's exact p(x | z)
         from ..inference.kernels import PnPDM
 
-        opts = dict(opts)
-        opts.pop("num_grid")
-        chains, thin = int(opts.pop("chains", 100)), int(opts.pop("thin", 5))
-        kern = exact_prior_step(PnPDM(model, **opts), pb.prior)
-        d = kern.draw(n, y=pb.y, chains=chains, warmup=steps, thin=thin, generator=g)
+        from .gmm import _kernel_call
+
+        ctor, run, _ = _kernel_call()(steps, None, {k: v for k, v in opts.items() if k != "num_grid"})
+        kern = exact_prior_step(PnPDM(model, **ctor), pb.prior)
+        d = kern.draw(n, y=pb.y, generator=g, **run)
         return [("", d.flat()[:n].reshape(n, -1), None)]
     if solver == "particle_gibbs":  # ParticleGibbs(base): vectorised chains, ceil(n / chains) draws each
         from ..inference.kernels import ParticleGibbs
@@ -610,6 +610,10 @@ def evidence_steps(problems: str = EVIDENCE_PROBLEMS, runs: int = 300, particles
                  cmd, str(table), notes)
 
 
+#: PnP-DM's replica setting in these benches: 12 replicas on a geometric ladder rho 0.1-20, annealed from 20
+PNPDM_REPLICAS = dict(rho0=20.0, rho_min=0.1, replicas=12, rho_max=20.0)
+
+
 def exact_prior_step(kernel, mixture: GaussianMixture):
     """``kernel`` (a PnP-DM) with its prior step replaced by an exact draw from the mixture's conditional
     ``p(x | z)``, ``z = x + rho eps`` (per sample: a component by its responsibility, then its Gaussian
@@ -643,7 +647,7 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
     from ..inference.kernels.mode_check import chain_convergence
 
     sched = VPSchedule.gmm_benchmark()
-    opts = dict(rho0=20.0, rho_min=0.1, replicas=12, rho_max=20.0)
+    opts = PNPDM_REPLICAS
     table = MarkdownTable("problem (family, d, d_y, seed)", "swap", "num_grid", "burn-in", "TV / exact q95",
                           "90 % cov [exact range]", "inside TV", "R-hat log-lik", "max region R-hat", "swap min-max",
                           "flagged", "s")

@@ -27,13 +27,13 @@ import time
 import torch
 
 from ..schedules import VPSchedule
-from .exactness import FAMILIES, _parse_method, exact_prior_step, exactness_problem
+from .exactness import PNPDM_REPLICAS, FAMILIES, _parse_method, exact_prior_step, exactness_problem
 from .report import RESULTS_DIR, MarkdownTable, add_out_argument, write_result
 
 __all__ = ["relaxed_posterior", "direction_variance_ratios", "run", "main"]
 
 DEFAULT_CONFIGS = "plain=;corrected=correction=True"
-BASE = dict(replicas=12, rho0=20.0, rho_min=0.1, rho_max=20.0)
+BASE = PNPDM_REPLICAS
 
 
 def relaxed_posterior(pb, rho: float):
