@@ -228,7 +228,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         ctor, run, _ = _kernel_call()(steps, None, {k: v for k, v in opts.items() if k != "num_grid"})
         kern = exact_prior_step(PnPDM(model, **ctor), pb.prior)
         d = kern.draw(n, y=pb.y, generator=g, **run)
-        return [("", d.flat()[:n].reshape(n, -1), None)]
+        return [("", d.flat()[:n].reshape(n, -1), {"warmup": d.extra["warmup"]})]
     if solver == "particle_gibbs":  # ParticleGibbs(base): vectorised chains, ceil(n / chains) draws each
         from ..inference.kernels import ParticleGibbs
 
@@ -260,7 +260,8 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             if which == "all":
                 out.append((" auto", x_psis if _auto_pools(res) else out[0][1], None))
         return out
-    return [("", run_solver(solver, pb, model, n, steps, None, g, **opts).samples, None)]
+    out = run_solver(solver, pb, model, n, steps, None, g, **opts)
+    return [("", out.samples, {"warmup": out.extra["warmup"]} if "warmup" in out.extra else None)]
 
 
 SUMMARY_COLUMNS = ("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage", "inside all three",
@@ -308,6 +309,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                     sec = time.perf_counter() - t0
                     s = score(x, ref)
                     v = verdict(s, spread)
+                    warm = None if rel is None else rel.get("warmup")  # a kernel's warm-up (chosen with warmup=auto)
+                    rel = None if warm is not None else rel
                     flag = None if rel is None else bool(rel["unreliable_independent"][0])
                     tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                        "c_exact": float(spread.cov.mean())})
@@ -315,6 +318,7 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                                   f"({float(rel['bias_se'][0]):.3f}), runs ESS "
                                                   f"{float(rel['runs_ess'][0]):.0f}, k {float(rel['pareto_k'][0]):.2f}"
                                                   f"{', FLAG' if flag else ''}")
+                    rb = f"warm-up {warm}" if warm is not None else rb
                     b = spread.bounds
                     table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                               f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
@@ -336,7 +340,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "the SMC runs' reliability (ppl_diffusion/inference/smc/evidence.py: region_bias), the total "
              "variation between the weights that one draw per run and the evidence-weighted pool put on 4 k-means "
              "regions of the draws, with its jackknife standard error; FLAG = unreliable_independent (> 0.03 and "
-             "> 2.5 se)."
+             "> 2.5 se); for the kernels that column gives the warm-up iterations they ran (chosen by the chains "
+             "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
     body = str(summary) + "\n\n" + str(table)
     name = name or f"exactness_d{d}"

@@ -67,12 +67,13 @@ def _smc_call(steps, eta, options):
 
 
 def _kernel_call(**fixed):
-    """Kernels: 100 vectorised chains, ``steps`` burn-in iterations (annealing included) dropped, then
-    ``ceil(n / chains)`` draws per chain every 5 iterations; the first ``n`` draws kept."""
+    """Kernels: 100 vectorised chains, ``steps`` burn-in iterations (annealing included; option
+    ``warmup=auto`` lets the chains choose it) dropped, then ``ceil(n / chains)`` draws per chain every 5
+    iterations; the first ``n`` draws kept."""
 
     def call(steps, eta, options):
         chains, thin = options.pop("chains", 100), options.pop("thin", 5)
-        run = {"chains": chains, "thin": thin, "warmup": steps}
+        run = {"chains": chains, "thin": thin, "warmup": options.pop("warmup", steps)}
         return {**fixed, **options}, run, run
 
     return call
@@ -103,13 +104,13 @@ def _flow_call(**defaults):
 
 def _kernel_nfe(d, n, local):
     """Network calls of all chains (burn-in and thinning included) / the ``n`` samples kept."""
-    iters = local["warmup"] + d.num_draws * local["thin"]
+    iters = d.extra["warmup"] + d.num_draws * local["thin"]
     return d.extra["result"].nfe_per_iteration * iters * local["chains"] / n
 
 
 def _kernel_extra(d, solver, y, local):
-    iterations = local["warmup"] + d.num_draws * local["thin"]
-    return {"chains": local["chains"], "thin": local["thin"], "iterations": iterations}
+    iterations = d.extra["warmup"] + d.num_draws * local["thin"]
+    return {"chains": local["chains"], "thin": local["thin"], "iterations": iterations, "warmup": d.extra["warmup"]}
 
 
 def _smc_extra(d, solver, y, local):

@@ -8,6 +8,7 @@ and through the solver contract (``kernel.draw(n, y=y)`` -> :class:`~ppl_diffusi
 * :class:`Gibbs` — ``x | theta, y`` by one of the above, ``theta | x, y`` by a Pyro kernel (NUTS / HMC)
 * :class:`PMMH` — particle marginal Metropolis-Hastings: theta and x moved jointly by SMC evidence
 """
+from .auto_warmup import AutoWarmup, WarmupWarning
 from .base import ChainResult, DiffusionKernel
 from .gibbs import Gibbs
 from .pmmh import PMMH
@@ -16,4 +17,5 @@ from .pmc import PMC
 from .pnpdm import PnPDM
 from .replica_exchange import ReplicaExchange
 
-__all__ = ["DiffusionKernel", "ChainResult", "PnPDM", "PMC", "ParticleGibbs", "ReplicaExchange", "Gibbs", "PMMH"]
+__all__ = ["DiffusionKernel", "ChainResult", "AutoWarmup", "WarmupWarning", "PnPDM",
+           "PMC", "ParticleGibbs", "ReplicaExchange", "Gibbs", "PMMH"]

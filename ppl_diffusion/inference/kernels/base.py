@@ -44,6 +44,7 @@ from ...memory import check_fits
 from ..health import Guard, RunInterrupted, chain_health, running
 from ..problem import Problem, _StubPrior
 from ..solver import ChainDraws, Draws, OptionError, Solver, check_int, check_number, measure
+from .auto_warmup import AutoWarmup, WindowRecorder, resolve_warmup, warn_unsettled
 
 __all__ = ["DiffusionKernel", "ChainResult", "stub_model", "require_differentiable"]
 
@@ -64,6 +65,16 @@ def require_differentiable(problem: Problem, method: str) -> None:
         raise ValueError(f"{method} needs a likelihood differentiable in x (autograd failed: {exc})") from exc
     if g is None or not torch.isfinite(g).all() or not torch.isfinite(ll).all():
         raise ValueError(f"{method}: the log-likelihood or its gradient is not finite at x = 0")
+
+
+def _log_likelihood(problem: Problem, x: torch.Tensor) -> torch.Tensor | None:
+    """``log p(y | x)`` of the chains' states, or ``None`` where the likelihood has no closed value
+    (the automatic warm-up then tests the regions only)."""
+    try:
+        ll = problem.log_likelihood(x)
+    except (ValueError, RuntimeError, NotImplementedError, TypeError):
+        return None
+    return ll.detach().reshape(-1) if ll.numel() == x.shape[0] else None
 
 
 def stub_model(model):
@@ -94,6 +105,10 @@ class ChainResult(ChainDraws):
     interrupted: bool = False
     #: per-chain ``acceptance`` / ``divergence`` rates and ``frozen`` flags (:func:`..health.chain_health`)
     health: dict = field(default_factory=dict)
+    #: the warm-up iterations run before the first kept draw (chosen by the chains with ``warmup="auto"``)
+    warmup: int = 0
+    #: ``warmup="auto"``: each checkpoint comparison (:func:`.auto_warmup.ensemble_drift` plus ``from`` / ``to``)
+    warmup_checks: list = field(default_factory=list)
 
     def stats_per_draw(self) -> dict:
         """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""
@@ -194,6 +209,12 @@ class DiffusionKernel(MCMCKernel, Solver):
     def schedule_info(self, k: int) -> dict:
         """JSON-able numbers describing iteration ``k`` (e.g. the current rho)."""
         return {}
+
+    @property
+    def min_warmup(self) -> int:
+        """The fewest warm-up iterations the kernel's schedule needs (the first checkpoint of
+        ``warmup="auto"`` is at least this; PnP-DM: its annealing)."""
+        return 0
 
     # -- shared pieces ----------------------------------------------------------------------
     def problem(self, *args, **kwargs) -> Problem:
@@ -332,7 +353,7 @@ class DiffusionKernel(MCMCKernel, Solver):
         C = check_int("num_chains", num_chains, self.name)
         S = check_int("num_samples", num_samples, self.name)
         thin = check_int("thin", thin, self.name)
-        warmup_steps = check_int("warmup_steps", warmup_steps, self.name, minimum=0)
+        warmup_steps = resolve_warmup(warmup_steps, self.name, self.min_warmup, C)
         problem = self.problem(*args, **kwargs)
         return self._chains(problem, C, S, warmup_steps, thin, generator, init,
                             self.progress if progress is None else progress)
@@ -367,17 +388,23 @@ class DiffusionKernel(MCMCKernel, Solver):
         evals0 = den.sample_evals
         keep, div, moved, diverged = [], [], [], []
         info = {}
+        auto = warmup_steps if isinstance(warmup_steps, AutoWarmup) else None
+        rec = None
+        if auto is not None:  # provisional: nothing is kept until a checkpoint settles
+            warmup_steps = auto.max_warmup
+            rec = WindowRecorder(auto, x[0].numel(), x.device)
+        checks = []
         total = warmup_steps + S * thin
-        it = range(total)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, desc=self.name)
+            bar = tqdm(total=total, desc=self.name)
         t0 = time.perf_counter()
         k = 0
         try:
             with torch.no_grad(), running(self):
-                for k in it:
+                while k < total:
                     new, bad = self._safe_step(x, k, generator)
                     if k >= warmup_steps:  # health: did each chain move, did its proposal diverge
                         moved.append((new != x).reshape(new.shape[0], -1).any(-1))
@@ -388,14 +415,36 @@ class DiffusionKernel(MCMCKernel, Solver):
                         div.append(bad)
                         for key, v in self.schedule_info(k).items():
                             info.setdefault(key, []).append(float(v))
+                    k += 1
+                    if rec is not None and rec.wants(k):  # an automatic warm-up's record and checkpoints
+                        rec.add(k, x, _log_likelihood(run, x))
+                    if rec is not None and k == rec.checkpoints[0]:
+                        rec.checkpoints.pop(0)
+                        check = rec.check(k, B)
+                        if check is not None:
+                            checks.append(check)
+                            if check["p"] >= auto.alpha or not rec.checkpoints:
+                                if check["p"] < auto.alpha:
+                                    warn_unsettled(self.name, k, check)
+                                warmup_steps, rec = k, None
+                                total = warmup_steps + S * thin
+                                if bar is not None:
+                                    bar.total = total
+                                    bar.refresh()
+                    if bar is not None:
+                        bar.update(1)
         except KeyboardInterrupt:
             part = self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0,
                                 evals0, k, interrupted=True, check=False) if keep else None
             raise RunInterrupted(f"{self.name}: interrupted at iteration {k + 1}/{total} with {len(keep)} draws "
                                  "per chain kept; .partial holds them (a ChainResult, interrupted=True)",
                                  partial=part, step=k) from None
-        return self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0, evals0,
-                            total)
+        finally:
+            if bar is not None:
+                bar.close()
+        res = self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0, evals0, total)
+        res.warmup, res.warmup_checks = warmup_steps, checks
+        return res
 
     def _result(self, problem: Problem, C: int, keep, div, info, moved, diverged, secs, evals0, total,
                 interrupted: bool = False, check: bool = True) -> ChainResult:
@@ -433,10 +482,12 @@ class DiffusionKernel(MCMCKernel, Solver):
         return res
 
     # -- the solver contract ----------------------------------------------------------------
-    def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int = 20, thin: int = 1,
+    def draw(self, num_samples: int, *args, chains: int | None = None, warmup: int | str = 20, thin: int = 1,
              generator: torch.Generator | None = None, init=None, **kwargs) -> Draws:
         """Posterior draws from ``chains`` vectorised chains (default ``max(1, num_samples // 2)``):
-        ``warmup`` discarded iterations (annealing included), then ``ceil(num_samples / chains)`` draws
+        ``warmup`` discarded iterations (annealing included; ``"auto"`` or an
+        :class:`~.auto_warmup.AutoWarmup`: doubled from 100 until the chains stop drifting between
+        mode-like regions and in log-likelihood, see :mod:`.auto_warmup`), then ``ceil(num_samples / chains)`` draws
         per chain every ``thin`` iterations, so ``chains x ceil(num_samples / chains) >= num_samples``
         draws with ``(chain, draw, *event)`` dims. A plate of ``B`` measurements: that many chains
         and draws PER measurement, all ``chains * B`` chains in one batch, samples ``(chain, draw,
@@ -445,16 +496,18 @@ class DiffusionKernel(MCMCKernel, Solver):
         ``nfe_per_sample`` = network evaluations per chain and iteration x iterations / draws per
         chain (every iteration's cost, burn-in and thinning included, charged to the kept draws);
         ``stats``: ``diverging`` and the kernel's schedule numbers, each ``(chain, draw)``;
-        ``extra["result"]``: the :class:`ChainResult`."""
+        ``extra["result"]``: the :class:`ChainResult`, ``extra["warmup"]`` the warm-up run and
+        ``extra["warmup_checks"]`` the automatic warm-up's comparisons."""
         check_int("num_samples", num_samples, self.name)
         n = int(num_samples)
         chains = max(1, n // 2) if chains is None else check_int("chains", chains, self.name)
-        warmup = check_int("warmup", warmup, self.name, minimum=0)
+        warmup = resolve_warmup(warmup, self.name, self.min_warmup, chains)
         thin = check_int("thin", thin, self.name)
         per_chain = -(-n // chains)
         problem = self.problem(*args, **kwargs)
         with measure(problem.denoiser) as meter:
             res = self._chains(problem, chains, per_chain, warmup, thin, generator, init, self.progress)
-        iters = warmup + per_chain * thin
+        iters = res.warmup + per_chain * thin
         nfe = res.nfe_per_iteration * iters / per_chain
-        return self._draws(res.samples, meter, problem, n, res.stats_per_draw(), {"result": res}, nfe_per_sample=nfe)
+        extra = {"result": res, "warmup": res.warmup, "warmup_checks": res.warmup_checks}
+        return self._draws(res.samples, meter, problem, n, res.stats_per_draw(), extra, nfe_per_sample=nfe)
