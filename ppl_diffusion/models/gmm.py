@@ -127,15 +127,16 @@ class GaussianMixture:
         self._check(x_t)
         alpha = torch.as_tensor(alpha, dtype=self.dtype, device=x_t.device)
         sigma = torch.as_tensor(sigma, dtype=self.dtype, device=x_t.device)
-        if self.isotropic and alpha.dim() == 0 and sigma.dim() == 0:
-            # fast path (scalar time, isotropic components): matmuls instead of (*b, K, d) tensors
+        if self.isotropic and all(v.dim() == 0 or v.shape[-1] == 1 for v in (alpha, sigma)):
+            # fast path (isotropic components; one time for all, or one per sample as (*b, 1)): matmuls
+            # instead of (*b, K, d) tensors
             x = x_t.to(self.dtype)
-            var = alpha**2 * self.variances + sigma**2  # (K,)
+            var = alpha**2 * self.variances + sigma**2  # (K,) or (*b, K)
             sq = (x * x).sum(-1, keepdim=True) - 2 * alpha * (x @ self.means.T) + alpha**2 * (self.means**2).sum(-1)
             logn = -0.5 * sq / var - 0.5 * self.d * torch.log(var)
             r = torch.softmax(logn + torch.log(self.weights), -1)
-            gain = alpha * self.variances / var  # (K,)
-            return r @ (self.means * (1 - alpha * gain)[:, None]) + x * (r @ gain)[..., None]
+            gain = alpha * self.variances / var  # E[x0 | x_t, k] = mu_k (1 - alpha gain_k) + gain_k x_t
+            return (r * (1 - alpha * gain)) @ self.means + x * (r * gain).sum(-1, keepdim=True)
         logn, mean0 = self._component_terms(x_t, alpha, sigma)
         r = torch.softmax(logn + torch.log(self.weights), -1)
         return (r[..., None] * mean0).sum(-2)
