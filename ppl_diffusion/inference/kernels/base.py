@@ -339,10 +339,11 @@ class DiffusionKernel(MCMCKernel, Solver):
         pass
 
     # -- vectorised chains ------------------------------------------------------------------
-    def run_chains(self, *args, num_chains: int = 4, num_samples: int = 100, warmup_steps: int = 0,
+    def run_chains(self, *args, num_chains: int = 4, num_samples: int = 100, warmup_steps: int | str = 0,
                    thin: int = 1, generator: torch.Generator | None = None, init=None,
                    progress: bool | None = None, **kwargs) -> ChainResult:
-        """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations, then
+        """Run ``num_chains`` chains as ONE batch: ``warmup_steps`` discarded iterations (``"auto"``: chosen
+        by the chains, :mod:`.auto_warmup`; the result's ``warmup`` says how many), then
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns samples
         ``(chain, draw, *event)``; the model's arguments (e.g. ``y=y``) go in ``*args, **kwargs``;
         ``progress=None`` follows the constructor's ``progress``.
