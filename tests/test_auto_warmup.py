@@ -142,6 +142,9 @@ def test_auto_warmup_refuses_too_few_chains_and_bad_settings():
         resolve_warmup("long", "PnP-DM")
     with pytest.raises(OptionError, match="at least twice first"):
         AutoWarmup(first=100, max_warmup=150)
+    pb = _symmetric_problem()
+    with pytest.raises(OptionError, match="pyro.infer.MCMC needs an int warmup_steps"):
+        PnPDM(pb.model(VPSchedule.gmm_benchmark())).setup("auto", y=pb.y)
     w = resolve_warmup("auto", "PnP-DM", minimum=250)  # PnP-DM's annealing comes first
     assert (w.first, w.checkpoints()[:2]) == (250, [250, 500])
 

@@ -107,7 +107,7 @@ class ChainResult(ChainDraws):
     health: dict = field(default_factory=dict)
     #: the warm-up iterations run before the first kept draw (chosen by the chains with ``warmup="auto"``)
     warmup: int = 0
-    #: ``warmup="auto"``: each checkpoint comparison (:func:`.auto_warmup.ensemble_drift` plus ``from`` / ``to``)
+    #: ``warmup="auto"``: each checkpoint comparison (:func:`.auto_warmup.window_drift` plus ``from`` / ``to``)
     warmup_checks: list = field(default_factory=list)
 
     def stats_per_draw(self) -> dict:
@@ -267,6 +267,9 @@ class DiffusionKernel(MCMCKernel, Solver):
 
     # -- Pyro MCMCKernel contract -----------------------------------------------------------
     def setup(self, warmup_steps, *args, **kwargs):
+        if isinstance(warmup_steps, (str, AutoWarmup)):
+            raise OptionError(f"{self.name}: pyro.infer.MCMC needs an int warmup_steps, got {warmup_steps!r}; the "
+                              "automatic warm-up (warmup='auto') runs through draw() / run_chains()")
         problem = self._problem(*args, **kwargs)
         self._warmup_steps = int(warmup_steps)
         self._t = 0
@@ -437,6 +440,8 @@ class DiffusionKernel(MCMCKernel, Solver):
         except KeyboardInterrupt:
             part = self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0,
                                 evals0, k, interrupted=True, check=False) if keep else None
+            if part is not None:
+                part.warmup, part.warmup_checks = warmup_steps, checks
             raise RunInterrupted(f"{self.name}: interrupted at iteration {k + 1}/{total} with {len(keep)} draws "
                                  "per chain kept; .partial holds them (a ChainResult, interrupted=True)",
                                  partial=part, step=k) from None
