@@ -129,9 +129,10 @@ def test_auto_warmup_warns_at_its_cap_with_the_region_and_the_options():
     pb = _symmetric_problem()
     left = torch.tensor([-3.0, 0.15], dtype=F64).expand(100, 2).clone()
     kern = _TwoModeKernel(pb.model(VPSchedule.gmm_benchmark()), 0.004)
-    with pytest.warns(WarmupWarning, match=r"max_warmup=200 .* raise max_warmup"):
+    with pytest.warns(WarmupWarning, match=r"max_warmup=200 .* raise max_warmup") as rec:
         d = kern.draw(200, y=pb.y, chains=100, warmup=AutoWarmup(first=50, max_warmup=200), init=left,
                       generator=torch.Generator().manual_seed(0))
+    assert rec[0].filename == __file__  # reported at the user's call, not inside the library
     assert d.extra["warmup"] == 200 and len(d.extra["warmup_checks"]) == 2
 
 

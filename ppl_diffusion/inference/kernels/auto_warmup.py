@@ -198,8 +198,22 @@ def window_drift(f1: torch.Tensor, f2: torch.Tensor, groups: int = 1, ll1: torch
     return best
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package (the user's call), for a warning
+    raised from :func:`warn_unsettled` (the kernels' call depth differs)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    frame, level = sys._getframe(2), 2  # level 1 is warn_unsettled itself
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_unsettled(name: str, cap: int, check: dict) -> None:
-    """The :class:`WarmupWarning` of a run whose warm-up reached ``cap`` while still drifting."""
+    """The :class:`WarmupWarning` of a run whose warm-up reached ``cap`` while still drifting (reported
+    at the user's call)."""
     warnings.warn(
         f"{name}: warmup='auto' reached max_warmup={cap} with the chains still drifting between iterations "
         f"{check['from'] // 2}-{check['from']} and {check['from']}-{check['to']}: the time they spend in a region "
@@ -207,4 +221,4 @@ def warn_unsettled(name: str, cap: int, check: dict) -> None:
         f"their mean log-likelihood by {check['loglik_shift']:+.3g} (p = {check['p_loglik']:.3g}). The draws may "
         "still misplace mode weight: raise max_warmup (warmup=AutoWarmup(max_warmup=...)), add replicas, or "
         "start the chains dispersed.",
-        WarmupWarning, stacklevel=4)
+        WarmupWarning, stacklevel=_caller_level())
