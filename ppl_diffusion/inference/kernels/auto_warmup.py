@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -90,8 +90,7 @@ def resolve_warmup(warmup, name: str, minimum: int = 0, chains: int | None = Non
         warmup = AutoWarmup()
     if isinstance(warmup, AutoWarmup):
         if warmup.first < minimum:
-            warmup = AutoWarmup(first=int(minimum), max_warmup=max(warmup.max_warmup, 2 * int(minimum)),
-                                alpha=warmup.alpha, regions=warmup.regions, min_chains=warmup.min_chains)
+            warmup = replace(warmup, first=int(minimum), max_warmup=max(warmup.max_warmup, 2 * int(minimum)))
         if chains is not None and chains < warmup.min_chains:
             raise OptionError(f"{name}: warmup='auto' compares the chains' ensemble between checkpoints and needs "
                               f">= {warmup.min_chains} chains per measurement, got {chains}; pass chains="
@@ -119,7 +118,7 @@ class WindowRecorder:
     chains' states and their ``(C * B,)`` log-likelihoods (or ``None``), pruned to the two windows a
     checkpoint compares."""
 
-    def __init__(self, settings: AutoWarmup, dim: int, device=None, dtype=torch.float64):
+    def __init__(self, settings: AutoWarmup, dim: int, device=None):
         self.settings = settings
         self.every = max(1, settings.first // 16)
         q = min(int(dim), 32)
@@ -168,7 +167,7 @@ def window_drift(f1: torch.Tensor, f2: torch.Tensor, groups: int = 1, ll1: torch
     region's mean change of the chains' time fraction, ``W_2 - W_1``), ``region_weight`` (its share in
     ``W_2``), ``p_loglik`` (the smallest over measurements of the mean log-likelihood's test; 1.0
     without log-likelihoods), ``loglik_shift`` (its mean change) and ``p`` (the smaller p-value)."""
-    from ...diagnostics import kmeans_centres
+    from .mode_check import region_labels
 
     B = int(groups)
     T1, n, q = f1.shape
@@ -179,12 +178,9 @@ def window_drift(f1: torch.Tensor, f2: torch.Tensor, groups: int = 1, ll1: torch
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     best = {"p_region": 1.0, "shift": 0.0, "region_weight": float("nan"), "p_loglik": 1.0, "loglik_shift": 0.0}
     for m in range(B):
-        pts = torch.cat([a[:, :, m].reshape(-1, q), b_[:, :, m].reshape(-1, q)])
-        sub = pts[torch.randperm(pts.shape[0], generator=g)[:2000]]
-        centres = kmeans_centres(sub, regions, generator=g)
-        lab1 = torch.cdist(a[:, :, m].reshape(-1, q), centres).argmin(1).reshape(T1, C)
-        lab2 = torch.cdist(b_[:, :, m].reshape(-1, q), centres).argmin(1).reshape(T2, C)
-        for j in range(centres.shape[0]):
+        lab = region_labels(torch.cat([a[:, :, m].reshape(-1, q), b_[:, :, m].reshape(-1, q)]), regions, generator=g)
+        lab1, lab2 = lab[:T1 * C].reshape(T1, C), lab[T1 * C:].reshape(T2, C)
+        for j in range(int(lab.max()) + 1):
             occ1, occ2 = (lab1 == j).double().mean(0), (lab2 == j).double().mean(0)  # (C,) time fractions
             p = _t_test_p(occ2 - occ1)
             if p < best["p_region"]:

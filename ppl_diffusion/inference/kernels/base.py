@@ -392,11 +392,10 @@ class DiffusionKernel(MCMCKernel, Solver):
         evals0 = den.sample_evals
         keep, div, moved, diverged = [], [], [], []
         info = {}
-        auto = warmup_steps if isinstance(warmup_steps, AutoWarmup) else None
         rec = None
-        if auto is not None:  # provisional: nothing is kept until a checkpoint settles
-            warmup_steps = auto.max_warmup
-            rec = WindowRecorder(auto, x[0].numel(), x.device)
+        if isinstance(warmup_steps, AutoWarmup):  # provisional: nothing is kept until a checkpoint settles
+            rec = WindowRecorder(warmup_steps, x[0].numel(), x.device)
+            warmup_steps = rec.settings.max_warmup
         checks = []
         total = warmup_steps + S * thin
         bar = None
@@ -427,8 +426,9 @@ class DiffusionKernel(MCMCKernel, Solver):
                         check = rec.check(k, B)
                         if check is not None:
                             checks.append(check)
-                            if check["p"] >= auto.alpha or not rec.checkpoints:
-                                if check["p"] < auto.alpha:
+                            settled = check["p"] >= rec.settings.alpha
+                            if settled or not rec.checkpoints:
+                                if not settled:
                                     warn_unsettled(self.name, k, check)
                                 warmup_steps, rec = k, None
                                 total = warmup_steps + S * thin
