@@ -143,6 +143,19 @@ def test_pareto_k_reads_the_tail_shape_of_the_run_weights():
         run_log_weights(res, smoothing="clip")
 
 
+def test_ess_half_rule_pools_where_the_runs_ess_is_at_least_half_the_runs():
+    from ppl_diffusion.bench.exactness import _ess_half_pools
+
+    # the rule's edge: four runs with Z_hat = (1, 1, 1, a) have ESS (3 + a)^2 / (3 + a^2) >= 2 iff a <= 3 + sqrt(12)
+    res = _toy_result(4, 2)
+    edge = 3 + math.sqrt(12.0)
+    for a, pools in ((edge - 0.05, True), (edge + 0.05, False)):
+        res.log_evidence[:] = 0.0
+        res.log_evidence[3] = math.log(a)
+        assert _ess_half_pools(res) is pools, a
+    assert _ess_half_pools(_toy_result(1, 4)) is False  # one run: no between-run statistic
+
+
 def test_pareto_k_flags_the_pool_of_a_heavy_tailed_measurement_only():
     """A plate of two measurements, runs of two kinds (particles at 0 or 1, half the runs each).
     Measurement 0: Z_hat in {1, 3} by kind, bounded weights (k_hat <= good): the pool's law puts 3/4 on
@@ -439,7 +452,7 @@ def test_per_run_component_weights_and_the_pooling_check(tmp_path):
     assert len(tv) == len(POOL_RULES) and max(tv) - min(tv) < 1e-9 and used  # equal weights tie: k-hat 0, pooled
     pooling_check("8,2,7", runs=8, reps=1, steps=10, out=tmp_path, block=4, name="blocks")
     text = (tmp_path / "blocks.md").read_text()
-    assert "auto pooled (blocks of 4)" in text and "| mean |" in text
+    assert "ess-half pooled (blocks of 4)" in text and "| mean |" in text
 
 
 def test_exact_control_row_scores_like_a_further_exact_set(tmp_path):
