@@ -44,7 +44,7 @@ from ..schedules import Schedule
 from .sampler import ddim_coefficients
 from .solver import OptionError, check_int
 
-__all__ = ["AnalyticVariance", "analytic_noise_std", "denoising_error", "resolve_reverse_variance"]
+__all__ = ["AnalyticVariance", "analytic_noise_std", "denoising_error", "error_at", "resolve_reverse_variance"]
 
 
 def denoising_error(denoiser, schedule: Schedule, times: torch.Tensor, x0: torch.Tensor,
@@ -154,15 +154,10 @@ class AnalyticVariance:
         """The denoising error ``E tr Cov(x_0 | x_t) / d`` per time of ``times``, interpolated in
         ``log rho`` from :meth:`table` as a fraction of ``rho_t^2`` (the paper's Theorem 2 bound), the end
         fractions held beyond the table; 0 at ``t = 0``."""
-        log_rho, ratio = self.table(den, prior, event_shape, dtype, device, max_batch)
+        table = self.table(den, prior, event_shape, dtype, device, max_batch)
         times = torch.as_tensor(times, dtype=torch.float64).cpu()
-        pos = times > 0
         rho = den.schedule.rho(times.clamp(min=1e-12)).to(torch.float64)
-        lr = torch.log(rho).clamp(float(log_rho[0]), float(log_rho[-1]))
-        i = torch.searchsorted(log_rho, lr).clamp(1, log_rho.numel() - 1)
-        w = (lr - log_rho[i - 1]) / (log_rho[i] - log_rho[i - 1])
-        r = ratio[i - 1] + w * (ratio[i] - ratio[i - 1])
-        return torch.where(pos, r * rho**2, torch.zeros_like(rho))
+        return torch.where(times > 0, error_at(table, rho), torch.zeros_like(rho))
 
     def noise_std(self, fk, times: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, int]:
         """Per step ``times[i] -> times[i + 1]`` the std ``sqrt(c^2 + k^2 E tr Cov(x_0 | x_t) / d)`` of the
@@ -171,6 +166,18 @@ class AnalyticVariance:
         network evaluations this call spent on the estimate (0 when cached)."""
         err = self.error(fk.den, fk.prior, times, fk.event_shape, fk.dtype, fk.device, fk.max_batch)
         return analytic_noise_std(fk.sched, times, eta, err), self.last_evals
+
+
+def error_at(table: tuple[torch.Tensor, torch.Tensor], rho: torch.Tensor) -> torch.Tensor:
+    """The denoising error at noise levels ``rho = sigma / alpha`` (any shape, > 0; the VE sigma) from a
+    :meth:`AnalyticVariance.table` ``(log rho, ratio)``: the ratio interpolated in ``log rho`` (its end
+    values held beyond the table) times ``rho^2``; float64 on ``rho``'s device."""
+    log_rho, ratio = (t.to(rho.device) for t in table)
+    rho = rho.to(torch.float64)
+    lr = torch.log(rho).clamp(float(log_rho[0]), float(log_rho[-1]))
+    i = torch.searchsorted(log_rho, lr.contiguous()).clamp(1, log_rho.numel() - 1)
+    w = (lr - log_rho[i - 1]) / (log_rho[i] - log_rho[i - 1])
+    return (ratio[i - 1] + w * (ratio[i] - ratio[i - 1])) * rho**2
 
 
 def analytic_noise_std(schedule, times: torch.Tensor, eta: float, err: torch.Tensor) -> torch.Tensor:
