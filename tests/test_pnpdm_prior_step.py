@@ -11,6 +11,7 @@ import pyro
 import pytest
 import torch
 
+from ppl_diffusion.bench.variance_loss import pnpdm_prior_step
 from ppl_diffusion.inference.kernels import PnPDM
 from ppl_diffusion.models import GaussianMeasurement, GaussianMixture
 from ppl_diffusion.models.operators import Matrix
@@ -55,6 +56,8 @@ def test_prior_step_matches_the_gaussian_conditional_only_with_the_analytic_vari
     # 20,000 x 16 draws: se of the variance ratio 0.25 %, of a mean in conditional sds 0.7 %
     assert err < 0.05, err
     assert (abs(ratio - 1) < 0.02) is exact, ratio
+    # the closed form of the variance bench (one Gaussian coordinate through the same steps) predicts it
+    assert abs(ratio - pnpdm_prior_step(k.grid.tolist(), rho, V, solver)[0]) < 0.015, ratio
 
 
 def test_analytic_prior_step_is_exact_at_each_replica_level():

@@ -32,7 +32,7 @@ from ..inference.smc.tail import refine_tail
 from ..schedules import VPSchedule, time_grid
 from .report import MarkdownTable, add_out_argument, write_result
 
-__all__ = ["plugin_variance", "implied_coverage", "main"]
+__all__ = ["plugin_variance", "implied_coverage", "pnpdm_prior_step", "main"]
 
 Z90 = 1.6448536269514722
 
@@ -61,6 +61,52 @@ def plugin_variance(schedule, times: torch.Tensor, c: float, eta: float = 1.0,
     return float(v)
 
 
+def pnpdm_prior_step(sigmas, rho: float, c: float, solver: str = "sde",
+                     analytic_over: tuple | None = None) -> tuple[float, float]:
+    """PnP-DM's prior step ``x ~ p(x | z)``, ``z = x + rho eps``, for one coordinate ``x ~ N(0, c)`` with
+    its exact denoiser ``D(x, s) = c x / (c + s^2)``, in closed form: the steps of ``solver`` (``"sde"``
+    Euler-Maruyama, ``"ddpm"`` the bridge, ``"analytic"`` the bridge with Analytic-DPM's variance for data
+    whose coordinates have the variances ``analytic_over``, default ``(c,)``) from ``rho`` down the grid
+    points of ``sigmas`` below it, then the denoiser output, map ``z`` to ``m z + N(0, q)``. Returns ``(q /
+    exact conditional variance, stationary variance of the prior-only Gibbs chain / c)``; the chain
+    ``x -> z = x + rho eps -> x'`` has stationary variance ``(m^2 rho^2 + q) / (1 - m^2)`` (``c`` when exact)."""
+    levels = [rho] + [float(v) for v in sigmas if v < rho]
+    over = (c,) if analytic_over is None else tuple(analytic_over)
+    m, q = 1.0, 0.0
+    for s, sn in zip(levels[:-1], levels[1:]):
+        k = c / (c + s * s)  # D = k x
+        if solver == "sde":
+            a = 1 + (sn - s) * 2 * (1 - k) / s
+            m, q = a * m, a * a * q + 2 * s * (s - sn)
+        else:
+            r = (sn / s) ** 2
+            a = k + r * (1 - k)
+            extra = (1 - r) ** 2 * sum(v * s * s / (v + s * s) for v in over) / len(over) if solver == "analytic" \
+                else 0.0
+            m, q = a * m, a * a * q + sn * sn * (1 - r) + extra
+    k = c / (c + levels[-1] ** 2)
+    m, q = k * m, k * k * q
+    return q / (c * rho**2 / (c + rho**2)), (m * m * rho * rho + q) / (1 - m * m) / c
+
+
+def pnpdm_table(num_grids=(100, 400), rhos=(0.1, 0.3), variances=(0.05, 0.2, 1.0, 2.0)) -> MarkdownTable:
+    """One row per ``(num_grid, rho, prior_solver)``: the stationary variance of the prior-only PnP-DM chain
+    over ``c`` for each coordinate variance (``analytic``: the error averaged over those variances)."""
+    from ..schedules import edm_sigmas
+
+    t = MarkdownTable("num_grid", "rho", "prior_solver", "steps", *[f"c = {c:g}: ratio (coverage)" for c in variances])
+    for n in num_grids:
+        g = edm_sigmas(n).tolist()
+        for rho in rhos:
+            for solver in ("sde", "ddpm", "analytic"):
+                cells = []
+                for c in variances:
+                    r = pnpdm_prior_step(g, rho, c, solver, tuple(variances))[1]
+                    cells.append(f"{r:.3f} ({implied_coverage(r):.3f})")
+                t.add(n, rho, solver, sum(v < rho for v in g), *cells)
+    return t
+
+
 def implied_coverage(ratio: float) -> float:
     """Fraction of ``N(0, c)`` inside the central 90 % interval of ``N(0, ratio c)``."""
     return math.erf(Z90 * math.sqrt(ratio) / math.sqrt(2.0))
@@ -86,8 +132,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variances", default="0.01,0.05,0.2,1,2")
     add_out_argument(p, "smc_variance_loss")
+    p.add_argument("--pnpdm", action="store_true", help="PnP-DM's prior step instead (pnpdm_prior_step_variance)")
     a = p.parse_args(argv)
     variances = [float(v) for v in a.variances.split(",")]
+    if a.pnpdm:
+        return _pnpdm_main(a, argv)
     sched = VPSchedule.gmm_benchmark("mcgdiff")
     configs = [(g, n, tail, "ddpm") for g, n, tail in (
         ("alpha", 100, 0), ("alpha", 100, 10), ("alpha", 200, 0), ("alpha", 200, 10), ("alpha", 400, 0),
@@ -117,6 +166,23 @@ def main(argv=None) -> None:
     print(write_result(a.out, "smc_variance_loss", "The variance the plug-in DDPM step drops (one Gaussian "
                        "coordinate, closed form)", shlex.join(["python", "benchmarks/variance_loss.py"] + argv),
                        body, notes))
+
+
+def _pnpdm_main(a, argv) -> None:
+    body = ("PnP-DM's prior step on its EDM grid (sigma_max 80, sigma_min 0.002, exponent 7), started at the coupling "
+            "rho, for one Gaussian coordinate of variance c with its exact denoiser; `analytic` takes the denoising "
+            "error averaged over the four variances (data with that spectrum). Each cell: the stationary variance "
+            "of the prior-only Gibbs chain over c (1 = exact) and the 90 % coverage it implies.\n\n"
+            + str(pnpdm_table()))
+    notes = ("Reading: the official Euler-Maruyama steps (`sde`) keep 96.5-97.4 % of every variance at rho = 0.1 on "
+             "the 100-point grid (implied coverage 0.892-0.894 where exact is 0.900), the plain bridge (`ddpm`) "
+             "87 %; Analytic-DPM's variance (`prior_solver='analytic'`) keeps 99.6-100.9 % at the same network "
+             "calls, as the 400-point grid does for `sde` at 4x the calls. The hot replicas' steps from rho = 0.3 "
+             "are coarser (98.3-103.9 %). For isotropic data (one variance) `analytic` is exact at any grid, "
+             "and each row's conditional variance matches the kernel's draws (tests/test_pnpdm_prior_step.py).")
+    title = "PnP-DM's prior step: the variance each reverse process keeps (one Gaussian coordinate, closed form)"
+    cmd = shlex.join(["python", "benchmarks/variance_loss.py"] + argv)
+    print(write_result(a.out, "pnpdm_prior_step_variance", title, cmd, body, notes))
 
 
 if __name__ == "__main__":

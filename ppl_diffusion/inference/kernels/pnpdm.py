@@ -30,9 +30,9 @@ integrates over ``x_0`` and so drops ``(1 - r)^2 Var(x_0 | x_s)`` of variance pe
 al., ICLR 2022, Theorem 1; :mod:`~ppl_diffusion.inference.analytic_variance`) adds back the mean of that
 variance over the data, ``(1 - r)^2 E||x_0 - D(x_s)||^2 / d``, estimated once per prior. For a Gaussian
 coordinate of variance v the Gibbs chain's stationary variance is then exact for isotropic data at any grid;
-on the 100-point grid at rho = 0.1 (21 steps) it keeps 99.7-100.9 % of every variance in [0.05, 2] for a
-spectrum spread over that range, where the Euler-Maruyama steps keep 96.5-97.4 % and the plain bridge 87 %
-(closed-form recursion, tests/test_pnpdm_prior_step.py), at the same network calls per sweep.
+on the 100-point grid at rho = 0.1 (21 steps) it keeps 99.6-100.9 % of every variance of a spectrum
+spread over [0.05, 2], where the Euler-Maruyama steps keep 96.5-97.4 % and the plain bridge 87 %, at the same
+network calls per sweep (closed form for one Gaussian coordinate, benchmarks/results/pnpdm_prior_step_variance.md).
 
 Replica exchange (``replicas=K``, ``rho_max``; our addition, not in the paper; :mod:`.replica_exchange`):
 K chains at the couplings ``rho_min = r_0 < ... < r_{K-1} = rho_max`` (geometric), each a PnP-DM chain of
