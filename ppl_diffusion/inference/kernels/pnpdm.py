@@ -23,7 +23,7 @@ split-Gibbs sampler):
    Unlike the official code, the process starts exactly at rho (not at the next grid point below),
    which is what the Gibbs conditional asks for.
 
-The prior step's variance (``prior_solver="analytic"``; our addition): the bridge step from ``s`` to
+The prior step's variance (``prior_solver="analytic"``, the default; our addition): the bridge step from ``s`` to
 ``s' < s``, ``x' = D + r (x - D) + s' sqrt(1 - r) n``, ``r = s'^2 / s^2``, is the exponential integrator of the
 reverse SDE with the denoiser frozen over the step; it puts ``D = E[x_0 | x_s]`` where the exact kernel
 integrates over ``x_0`` and so drops ``(1 - r)^2 Var(x_0 | x_s)`` of variance per step. Analytic-DPM (Bao et
@@ -105,8 +105,8 @@ class PnPDM(DiffusionKernel):
         rho0: initial coupling (official linear default 10).
         decay: annealing ``rho_k = max(rho0 decay^k, rho_min)``, in (0, 1] (official 0.9).
         rho_min: final coupling (official 0.3; ``rho0 = rho_min`` gives a fixed-rho Gibbs chain).
-        prior_solver: ``"sde"`` (official), ``"ddpm"``, ``"analytic"`` (the DDPM bridge with
-            Analytic-DPM's step variance) or ``"ode"``.
+        prior_solver: ``"analytic"`` (default: the DDPM bridge with Analytic-DPM's step variance,
+            measured closest to exact draws), ``"sde"`` (official), ``"ddpm"`` or ``"ode"``.
         num_grid: points of the EDM grid of the prior step (>= 2).
         sigma_max, sigma_min: ends of the EDM grid (80, 0.002).
         likelihood_step: ``"auto"`` (SVD > prox > Langevin), ``"svd"``, ``"prox"``, ``"langevin"``.
@@ -132,7 +132,7 @@ class PnPDM(DiffusionKernel):
     name = "PnP-DM"
 
     def __init__(self, model, *, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
-                 prior_solver: str = "sde", num_grid: int = 100, sigma_max: float = 80.0,
+                 prior_solver: str = "analytic", num_grid: int = 100, sigma_max: float = 80.0,
                  sigma_min: float = 0.002, likelihood_step: str = "auto", langevin_steps: int = 100,
                  langevin_step: float = 1e-4, replicas: int = 1, rho_max: float | None = None,
                  swap: str = "auto", correction: bool = False, prior_site: str | None = None, init="randn",
