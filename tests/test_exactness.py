@@ -497,3 +497,39 @@ def test_evidence_steps_table_covers_every_filtering_step(tmp_path):
     sv = build_solver("mcgdiff", pb.model(VPSchedule.gmm_benchmark()), particles=8, steps=20)
     sv.run(y=pb.y, runs=2, generator=torch.Generator().manual_seed(0))
     assert sum(int(n) for n in re.findall(r"\((\d+) steps\)", row)) == sv.last_fk.J
+
+
+def test_an_interrupted_exactness_run_writes_the_problems_it_finished(tmp_path, monkeypatch):
+    """SIGTERM in the third of four problems (sent by the run itself): the table holds problems 0-1, says it is
+    partial, and the interrupt still propagates; the rows equal those of an uninterrupted run over 0-1."""
+    import os
+    import signal
+
+    import pytest
+
+    from ppl_diffusion.bench import exactness
+
+    common = ["--d", "8", "--dys", "1", "--samples", "40", "--steps", "20",
+              "--methods", "tds:particles=8,draws=independent"]
+    exactness.main(common + ["--problems", "2", "--out", str(tmp_path / "two.md")])
+    real = exactness._draws
+
+    def draws(solver, opts, pb, *args):
+        if pb.y.shape[-1] == 1 and exactness._draws.calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        exactness._draws.calls += 1
+        return real(solver, opts, pb, *args)
+
+    draws.calls = 0
+    monkeypatch.setattr(exactness, "_draws", draws)
+    with pytest.raises(KeyboardInterrupt):
+        exactness.main(common + ["--problems", "4", "--out", str(tmp_path / "cut.md")])
+    assert signal.getsignal(signal.SIGTERM) is not exactness._interrupt  # main put the previous handler back
+    cut, two = (tmp_path / "cut.md").read_text(), (tmp_path / "two.md").read_text()
+    assert "PARTIAL: interrupted after 2 of 4 problems" in cut and "PARTIAL" not in two
+
+    def rows(text):  # the problem rows without the seconds column
+        return [ln.rsplit("|", 2)[0] for ln in text.splitlines() if ln.startswith("| (")]
+
+    assert rows(cut) == rows(two) and len(rows(cut)) == 2
+    assert "| tds:particles=8,draws=independent | 1 | 2 |" in cut

@@ -40,7 +40,9 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -291,16 +293,10 @@ def _flag_cell(vs) -> str:
     return f"{sum(v['flag'] for v in out)}/{len(out)} / {sum(v['flag'] for v in ins)}/{len(ins)}"
 
 
-def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
-                  families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = "", first_problem: int = 0):
-    """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring); problems ``first_problem`` to
-    ``first_problem + n_problems - 1`` (seeds; families cycled by seed), so one table can be run in parts and
-    joined with :func:`merge_tables`."""
-    sched = VPSchedule.gmm_benchmark()
-    table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
-                          "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
-                          "region bias est. (se), runs ESS, Pareto k, flag", "s")
-    tally = {}
+def _exactness_rows(d, dys, n_problems, methods, n_samples, steps, sets, families, first_problem, sched, table,
+                    tally, done):
+    """The problems of :func:`run_exactness`: each method's rows into ``table`` and ``tally``; ``done[0]`` counts
+    the problems finished with every method."""
     for d_y in dys:
         for i in range(first_problem, first_problem + n_problems):
             fam = families[i % len(families)]
@@ -337,11 +333,35 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                               f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
                               f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
                               "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), rb, f"{sec:.1f}")
+            done[0] += 1
+
+
+def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
+                  families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = "", first_problem: int = 0):
+    """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring); problems ``first_problem`` to
+    ``first_problem + n_problems - 1`` (seeds; families cycled by seed), so one table can be run in parts and
+    joined with :func:`merge_tables`. An interrupt (Ctrl-C; ``main`` turns SIGTERM into one) writes the table of
+    the problems finished so far, marked partial in its notes, before it propagates."""
+    sched = VPSchedule.gmm_benchmark()
+    table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
+                          "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
+                          "region bias est. (se), runs ESS, Pareto k, flag", "s")
+    tally, done, interrupted = {}, [0], None
+    try:
+        _exactness_rows(d, dys, n_problems, methods, n_samples, steps, sets, families, first_problem, sched, table,
+                        tally, done)
+    except KeyboardInterrupt as exc:  # keep what was computed
+        if not tally:
+            raise
+        interrupted = exc
     summary = MarkdownTable(*SUMMARY_COLUMNS)
     for (key, d_y), vs in tally.items():
         n = len(vs)
         summary.add(key, d_y, n, *(f"{sum(v[k] for v in vs)}/{n}" for k in ("sw", "tv", "cov", "all")),
                     f"{sum(v['c'] for v in vs) / n:.3f} ({sum(v['c_exact'] for v in vs) / n:.3f})", _flag_cell(vs))
+    total = len(dys) * n_problems
+    partial = (f"PARTIAL: interrupted after {done[0]} of {total} problems (rows of an unfinished problem included). "
+               if interrupted is not None else "")
     notes = (f"d = {d}, {steps} steps, {n_samples} samples per problem (each SMC sample from its own independent run), "
              f"families cycled over seeds ({', '.join(families)}; ppl_diffusion/bench/exactness.py). Exact spread: "
              f"{sets} independent sets of {n_samples} exact posterior draws scored like the samplers; SW = sliced W-1 "
@@ -356,10 +376,13 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "> 2.5 se); for the kernels that column gives the warm-up iterations they ran (chosen by the chains "
              "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
+    notes = partial + notes
     body = str(summary) + "\n\n" + str(table)
     name = name or f"exactness_d{d}"
     write_result(out, name, f"Exactness: samplers against the exact sampler's spread (GMM families, d = {d})",
                  cmd, body, notes)
+    if interrupted is not None:
+        raise interrupted
     return tally
 
 
@@ -712,6 +735,10 @@ def kernel_diagnostics(problems=(("uneven", 1, 1), ("spectrum", 1, 2), ("fullcov
                  cmd, str(table), notes)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
     p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling",
@@ -753,6 +780,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cmd = "OMP_NUM_THREADS=1 python benchmarks/exactness.py " + shlex.join(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(a, cmd)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: the table keeps its finished problems
+    try:
+        return _run(a, cmd)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(a, cmd):
+    """``main``'s dispatch on ``a.what``."""
     if a.what == "mode_bias":
         return mode_bias(out=a.out, cmd=cmd)
     if a.what == "pooling":
@@ -774,8 +812,8 @@ def main(argv=None):
                            a.out, a.name, cmd)
     if a.what == "merge":
         return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
-    run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples, a.steps or 100,
-                  a.sets, tuple(a.families.split(",")), a.out, a.name, cmd, a.first_problem)
+    return run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples,
+                         a.steps or 100, a.sets, tuple(a.families.split(",")), a.out, a.name, cmd, a.first_problem)
 
 
 if __name__ == "__main__":  # pragma: no cover
