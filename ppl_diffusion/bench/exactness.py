@@ -293,49 +293,6 @@ def _flag_cell(vs) -> str:
     return f"{sum(v['flag'] for v in out)}/{len(out)} / {sum(v['flag'] for v in ins)}/{len(ins)}"
 
 
-def _exactness_rows(d, dys, n_problems, methods, n_samples, steps, sets, families, first_problem, sched, table,
-                    tally, done):
-    """The problems of :func:`run_exactness`: each method's rows into ``table`` and ``tally``; ``done[0]`` counts
-    the problems finished with every method."""
-    for d_y in dys:
-        for i in range(first_problem, first_problem + n_problems):
-            fam = families[i % len(families)]
-            pb = exactness_problem(fam, d, d_y, seed=i)
-            if d > 8:
-                pb_solver = pb.to(torch.float32)
-            else:
-                pb_solver = pb
-            ref = Reference.build(pb, seed=i)
-            spread = exact_spread(ref, n_samples, sets, seed=i)
-            w_sorted = torch.sort(pb.posterior.weights, descending=True).values
-            label = f"({fam}, {d}, {d_y}, {i})"
-            for spec in methods:
-                key, solver, opts = _parse_method(spec)
-                g = torch.Generator().manual_seed(90_000 + i)
-                t0 = time.perf_counter()
-                pb_m = pb if solver == "exact" else pb_solver  # the control draws in float64
-                for label_m, x, rel in _draws(solver, opts, pb_m, sched, n_samples, steps, g):
-                    sec = time.perf_counter() - t0
-                    s = score(x, ref)
-                    v = verdict(s, spread)
-                    warm = None if rel is None else rel.get("warmup")  # a kernel's warm-up (chosen with warmup=auto)
-                    rel = None if warm is not None else rel
-                    flag = None if rel is None else bool(rel["unreliable_independent"][0])
-                    tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
-                                                                       "c_exact": float(spread.cov.mean())})
-                    rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
-                                                  f"({float(rel['bias_se'][0]):.3f}), runs ESS "
-                                                  f"{float(rel['runs_ess'][0]):.0f}, k {float(rel['pareto_k'][0]):.2f}"
-                                                  f"{', FLAG' if flag else ''}")
-                    rb = f"warm-up {warm}" if warm is not None else rb
-                    b = spread.bounds
-                    table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
-                              f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
-                              f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
-                              "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), rb, f"{sec:.1f}")
-            done[0] += 1
-
-
 def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, steps: int = 100, sets: int = 20,
                   families=FAMILIES, out=RESULTS_DIR, name: str | None = None, cmd: str = "", first_problem: int = 0):
     """The table of :mod:`ppl_diffusion.bench.exactness` (see its docstring); problems ``first_problem`` to
@@ -346,10 +303,45 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
     table = MarkdownTable("problem (family, d, d_y, seed)", "w_minor exact", "method", "SW / exact q95",
                           "TV / exact q95", "90 % cov [exact 2.5-97.5 %]", "w_minor", "inside SW/TV/cov",
                           "region bias est. (se), runs ESS, Pareto k, flag", "s")
-    tally, done, interrupted = {}, [0], None
+    tally, done, interrupted = {}, 0, None
     try:
-        _exactness_rows(d, dys, n_problems, methods, n_samples, steps, sets, families, first_problem, sched, table,
-                        tally, done)
+        for d_y in dys:
+            for i in range(first_problem, first_problem + n_problems):
+                fam = families[i % len(families)]
+                pb = exactness_problem(fam, d, d_y, seed=i)
+                if d > 8:
+                    pb_solver = pb.to(torch.float32)
+                else:
+                    pb_solver = pb
+                ref = Reference.build(pb, seed=i)
+                spread = exact_spread(ref, n_samples, sets, seed=i)
+                w_sorted = torch.sort(pb.posterior.weights, descending=True).values
+                label = f"({fam}, {d}, {d_y}, {i})"
+                for spec in methods:
+                    key, solver, opts = _parse_method(spec)
+                    g = torch.Generator().manual_seed(90_000 + i)
+                    t0 = time.perf_counter()
+                    pb_m = pb if solver == "exact" else pb_solver  # the control draws in float64
+                    for label_m, x, rel in _draws(solver, opts, pb_m, sched, n_samples, steps, g):
+                        sec = time.perf_counter() - t0
+                        s = score(x, ref)
+                        v = verdict(s, spread)
+                        warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
+                        rel = None if warm is not None else rel
+                        flag = None if rel is None else bool(rel["unreliable_independent"][0])
+                        tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
+                                                                           "c_exact": float(spread.cov.mean())})
+                        rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
+                                                      f"({float(rel['bias_se'][0]):.3f}), runs ESS "
+                                                      f"{float(rel['runs_ess'][0]):.0f}, "
+                                                      f"k {float(rel['pareto_k'][0]):.2f}{', FLAG' if flag else ''}")
+                        rb = f"warm-up {warm}" if warm is not None else rb
+                        b = spread.bounds
+                        table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
+                                  f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
+                                  f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
+                                  "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), rb, f"{sec:.1f}")
+                done += 1
     except KeyboardInterrupt as exc:  # keep what was computed
         if not tally:
             raise
@@ -360,7 +352,7 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
         summary.add(key, d_y, n, *(f"{sum(v[k] for v in vs)}/{n}" for k in ("sw", "tv", "cov", "all")),
                     f"{sum(v['c'] for v in vs) / n:.3f} ({sum(v['c_exact'] for v in vs) / n:.3f})", _flag_cell(vs))
     total = len(dys) * n_problems
-    partial = (f"PARTIAL: interrupted after {done[0]} of {total} problems (rows of an unfinished problem included). "
+    partial = (f"PARTIAL: interrupted after {done} of {total} problems (rows of an unfinished problem included). "
                if interrupted is not None else "")
     notes = (f"d = {d}, {steps} steps, {n_samples} samples per problem (each SMC sample from its own independent run), "
              f"families cycled over seeds ({', '.join(families)}; ppl_diffusion/bench/exactness.py). Exact spread: "

@@ -147,7 +147,8 @@ class AnalyticVariance:
             self.nfe += getattr(den, "nfe", 0) - start
             self.last_evals = getattr(den, "sample_evals", 0) - evals  # the data draws' included
             rho_t = sched.rho(times).to(torch.float64)  # the times' own rho (the inverse is approximate)
-            cache[key] = (torch.log(rho_t), (err / rho_t**2).clamp(0.0, 1.0))
+            # kept on the device it is keyed by: a kernel reads it at every step there
+            cache[key] = (torch.log(rho_t).to(device), (err / rho_t**2).clamp(0.0, 1.0).to(device))
         return cache[key]
 
     def error(self, den, prior, times: torch.Tensor, event_shape, dtype, device, max_batch=None) -> torch.Tensor:

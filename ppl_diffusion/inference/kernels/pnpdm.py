@@ -307,9 +307,8 @@ class PnPDM(DiffusionKernel):
         self._ne = len(problem.event_shape)
         self._err_table = None
         if self.prior_solver == "analytic":  # the denoising error per noise level, once per prior (cached)
-            table = _SHARED_VARIANCE.table(problem.denoiser, problem.prior, problem.event_shape, problem.dtype,
-                                           problem.device)
-            self._err_table = tuple(t.to(problem.device) for t in table)  # read at every step: once on the device
+            self._err_table = _SHARED_VARIANCE.table(problem.denoiser, problem.prior, problem.event_shape,
+                                                     problem.dtype, problem.device)
         if self.mode in ("svd", "prox"):
             lg = problem.linear_gaussian(self.name)
             self.op, self.y, self.noise_std = lg.operator, lg.y.to(problem.dtype), float(lg.noise_std)
