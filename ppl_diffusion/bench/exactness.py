@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -245,6 +246,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         return [("", d.flat()[:n].reshape(n, -1), {"warmup": d.extra["warmup"]})]
     if solver == "particle_gibbs":  # ParticleGibbs(base): vectorised chains, ceil(n / chains) draws each
         from ..inference.kernels import ParticleGibbs
+        from ..inference.kernels.mode_check import StartDependenceWarning
 
         opts = dict(opts)
         base, chains = opts.pop("base", "mcgdiff"), int(opts.pop("chains", 20))
@@ -252,7 +254,10 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         if base == "mcgdiff":  # ancestor sampling (PGAS) needs the plain final step
             opts.setdefault("final_correction", False)
         kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g)
-        return [("", kern.draw(n, y=pb.y, warmup=warmup, thin=thin).flat()[:n].reshape(n, -1), None)]
+        with warnings.catch_warnings():  # the table reports the start check in its own column
+            warnings.simplefilter("ignore", StartDependenceWarning)
+            d = kern.draw(n, y=pb.y, warmup=warmup, thin=thin)
+        return [("", d.flat()[:n].reshape(n, -1), {"start_check": d.extra["start_check"]})]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
         from ..inference.smc.evidence import pooled_resample, reliability
@@ -327,8 +332,10 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         s = score(x, ref)
                         v = verdict(s, spread)
                         warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
-                        rel = None if warm is not None else rel
-                        flag = None if rel is None else bool(rel["unreliable_independent"][0])
+                        sc = None if rel is None else rel.get("start_check")  # ParticleGibbs: draws vs start
+                        rel = None if warm is not None or sc is not None else rel
+                        flag = not sc["ok"] if sc is not None else (
+                            None if rel is None else bool(rel["unreliable_independent"][0]))
                         tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                            "c_exact": float(spread.cov.mean())})
                         rb = "-" if rel is None else (f"{float(rel['bias_estimate'][0]):.3f} "
@@ -336,6 +343,9 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                                       f"{float(rel['runs_ess'][0]):.0f}, "
                                                       f"k {float(rel['pareto_k'][0]):.2f}{', FLAG' if flag else ''}")
                         rb = f"warm-up {warm}" if warm is not None else rb
+                        if sc is not None:
+                            rb = (f"start: same region {sc['same_region']:.2f} (indep. {sc['same_expected']:.2f}), "
+                                  f"p {sc['p']:.3g}{', FLAG' if flag else ''}")
                         b = spread.bounds
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
@@ -366,7 +376,10 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "variation between the weights that one draw per run and the evidence-weighted pool put on 4 k-means "
              "regions of the draws, with its jackknife standard error; FLAG = unreliable_independent (> 0.03 and "
              "> 2.5 se); for the kernels that column gives the warm-up iterations they ran (chosen by the chains "
-             "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py)."
+             "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py); for ParticleGibbs, whether its "
+             "first draws still depend on the chains' start (ppl_diffusion/inference/kernels/mode_check.py: "
+             "start_dependence; the fraction of chains in the k-means region they started in against its value "
+             "under independence, permutation p-value; FLAG = p < 0.01)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
     notes = partial + notes
     body = str(summary) + "\n\n" + str(table)

@@ -109,6 +109,9 @@ class ChainResult(ChainDraws):
     warmup: int = 0
     #: ``warmup="auto"``: each checkpoint comparison (:func:`.auto_warmup.window_drift` plus ``from`` / ``to``)
     warmup_checks: list = field(default_factory=list)
+    #: ParticleGibbs: whether the first kept draws still depend on the chains' start
+    #: (:func:`.mode_check.start_dependence`; ``None`` where not tested)
+    start_check: dict | None = None
 
     def stats_per_draw(self) -> dict:
         """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""

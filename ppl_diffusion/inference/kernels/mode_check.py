@@ -17,6 +17,14 @@ that never swaps (< ``min_swap``) cuts the ladder, so the cold chain only sees t
 
 All chains starting in the same mode and staying there is invisible to every between-chain statistic:
 start chains dispersed (``init="randn"`` with a large ``init_scale``, or the prior's draws).
+
+Chains that start from independent draws of an approximate sampler (ParticleGibbs: one unconditional
+SMC run per chain) and keep one draw each have no between-chain statistic at all; what can be tested
+is whether the draws still depend on the start (:func:`start_dependence`). The chains are independent
+and identically distributed, so where a chain has forgotten its start, start and draw are independent
+across chains, and a permutation of the draws among the chains leaves the joint law unchanged: the
+test's false-alarm rate is its level whatever the posterior. Draws that still depend on their start
+carry the start's law, e.g. the mode weights of independent SMC runs.
 """
 from __future__ import annotations
 
@@ -26,7 +34,12 @@ import torch
 
 from ...diagnostics import kmeans_centres, rhat
 
-__all__ = ["chain_convergence", "region_labels", "split_rhat_basic", "RHAT_THRESHOLD", "MIN_SWAP"]
+__all__ = ["StartDependenceWarning", "chain_convergence", "start_dependence", "region_labels", "split_rhat_basic",
+           "RHAT_THRESHOLD", "MIN_SWAP"]
+
+class StartDependenceWarning(UserWarning):
+    """A chain run's kept draws still depend on where its chains started (:func:`start_dependence`)."""
+
 
 #: flag a chain run whose mode-sensitive split R-hat exceeds this
 RHAT_THRESHOLD = 1.05
@@ -118,4 +131,69 @@ def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None
         out["swap_acceptance"] = None
     out["flags"] = flags
     out["ok"] = not flags
+    return out
+
+
+def _rank(v: torch.Tensor) -> torch.Tensor:
+    """Ranks ``0 .. n-1`` of the rows of ``v`` ``(P, n)`` along the last dim (ties broken by position)."""
+    return v.argsort(-1).argsort(-1).to(torch.float64)
+
+
+def start_dependence(start: torch.Tensor, draws: torch.Tensor, log_likelihood=None, *, regions: int = 4,
+                     alpha: float = 0.01, permutations: int = 2000,
+                     generator: torch.Generator | None = None) -> dict:
+    """Do the chains' draws still depend on where the chains started? ``start`` and ``draws``: ``(C,
+    *event)``, chain ``i``'s start and one of its later draws. Two one-sided permutation tests (the
+    draws permuted among the chains, ``permutations`` times; see the module docstring):
+
+    * regions: k-means (``regions`` centres) on the starts and draws together; the statistic is the
+      fraction of chains whose draw lies in the region of their start (``same_region``; under
+      independence about ``same_expected = sum_j p_start(j) p_draw(j)``);
+    * ``log_likelihood`` (a function of a batch ``(n, *event) -> (n,)`` or ``None``): the rank
+      correlation of the start's and the draw's log-likelihood over the chains (``rank_corr``).
+
+    Returns ``same_region``, ``same_expected``, ``p_region``, ``rank_corr`` (``None`` without a
+    log-likelihood), ``p_loglik``, ``p`` (the smaller, Bonferroni-doubled), ``flags`` and ``ok``
+    (``p >= alpha``). ``ok`` with few chains (under about 30) says little: the tests have little power."""
+    s = torch.as_tensor(start).to(torch.float64)
+    x = torch.as_tensor(draws).to(torch.float64)
+    if s.shape != x.shape or s.dim() < 2:
+        raise ValueError(f"start and draws must both have shape (chain, *event), got {tuple(s.shape)} and "
+                         f"{tuple(x.shape)}")
+    C = s.shape[0]
+    if C < 2:
+        raise ValueError("start_dependence needs at least 2 chains")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    lab = region_labels(torch.cat([s.reshape(C, -1), x.reshape(C, -1)]), regions, generator=g)
+    a, b = lab[:C], lab[C:]
+    perm = torch.stack([torch.randperm(C, generator=g) for _ in range(int(permutations))])  # (P, C)
+    same = float((a == b).double().mean())
+    null = (a[None, :] == b[perm]).double().mean(1)
+    k = int(lab.max()) + 1
+    pa = torch.bincount(a, minlength=k).double() / C
+    pb = torch.bincount(b, minlength=k).double() / C
+    out = {"same_region": same, "same_expected": float((pa * pb).sum()),
+           "p_region": float(((null >= same - 1e-12).sum() + 1) / (len(null) + 1)),
+           "rank_corr": None, "p_loglik": 1.0}
+    if log_likelihood is not None:
+        with torch.no_grad():
+            ll = log_likelihood(torch.cat([torch.as_tensor(start), torch.as_tensor(draws)]))
+        ll = torch.as_tensor(ll, dtype=torch.float64).reshape(-1)
+        if ll.numel() == 2 * C and torch.isfinite(ll).all():
+            ra, rb = _rank(ll[:C][None])[0], _rank(ll[C:][None])[0]
+            ra, rb = ra - ra.mean(), rb - rb.mean()
+            den = float(ra.norm() * rb.norm())
+            if den > 0:
+                r = float((ra * rb).sum()) / den
+                null_r = (ra[None, :] * rb[perm]).sum(1) / den
+                out.update(rank_corr=r, p_loglik=float(((null_r >= r - 1e-12).sum() + 1) / (len(null_r) + 1)))
+    out["p"] = min(1.0, 2.0 * min(out["p_region"], out["p_loglik"]))
+    flags = []
+    if out["p"] < alpha:
+        flags.append(f"the draws still depend on the chains' start: {same:.2f} of the chains are in the region "
+                     f"they started in (independence: {out['same_expected']:.2f}, p = {out['p_region']:.3g})"
+                     + ("" if out["rank_corr"] is None else
+                        f", log-likelihood rank correlation with the start {out['rank_corr']:+.2f} "
+                        f"(p = {out['p_loglik']:.3g})"))
+    out["flags"], out["ok"] = flags, not flags
     return out

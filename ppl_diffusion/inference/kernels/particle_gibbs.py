@@ -140,6 +140,7 @@ class ParticleGibbs(MCMCKernel):
         warmup_steps = check_int("warmup_steps", warmup_steps, "ParticleGibbs", minimum=0)
         t0 = time.perf_counter()
         self.setup(warmup_steps, *args, **kwargs)
+        start = self._x.clone()
         den = self._problem.denoiser
         evals0 = den.sample_evals
         keep, moved = [], []
@@ -159,9 +160,43 @@ class ParticleGibbs(MCMCKernel):
                 prev = self._x
         samples = torch.stack(keep, 1)
         nfe = (den.sample_evals - evals0) / (self.chains * max(total, 1))
-        return ChainResult(samples, {"moved": torch.stack(moved, 1)}, nfe_per_iteration=float(nfe),
-                           seconds=time.perf_counter() - t0, site=self._problem.prior_site,
-                           observation=self._problem.observation)
+        res = ChainResult(samples, {"moved": torch.stack(moved, 1)}, nfe_per_iteration=float(nfe),
+                          seconds=time.perf_counter() - t0, site=self._problem.prior_site,
+                          observation=self._problem.observation)
+        res.warmup = warmup_steps
+        if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
+            res.start_check = self._start_check(start, samples[:, 0], warmup_steps + thin)
+        return res
+
+    def _start_check(self, start, first, sweeps: int) -> dict:
+        """:func:`~.mode_check.start_dependence` of the first kept draws on the chains' start, with a
+        :class:`~.mode_check.StartDependenceWarning` when they still depend on it."""
+        import warnings
+
+        from .auto_warmup import _caller_level
+        from .mode_check import StartDependenceWarning, start_dependence
+
+        problem = self._problem
+
+        def loglik(x):
+            try:
+                ll = problem.log_likelihood(x)
+            except (ValueError, RuntimeError, NotImplementedError, TypeError):
+                return None
+            return ll if ll.numel() == x.shape[0] else None
+
+        check = start_dependence(start, first, loglik if loglik(start[:1]) is not None else None,
+                                 generator=torch.Generator().manual_seed(17))
+        if not check["ok"]:
+            warnings.warn(
+                f"ParticleGibbs({self.sampler.name}): after {sweeps} conditional sweep{'' if sweeps == 1 else 's'} "
+                f"{check['flags'][0]}. "
+                "The chains start from independent runs of the sampler and have not forgotten them, so the draws "
+                "may keep those runs' mode weights (the independent-run bias). Raise warmup (or thin), raise the "
+                f"sampler's particles (now {self.sampler.particles}), or weight independent runs by their "
+                "evidence instead (the sampler's draw(pooled='truncated')).",
+                StartDependenceWarning, stacklevel=_caller_level())
+        return check
 
     def draw(self, num_samples: int, *args, warmup: int = 60, thin: int = 1,
              generator: torch.Generator | None = None, **kwargs) -> Draws:
@@ -174,7 +209,9 @@ class ParticleGibbs(MCMCKernel):
         benchmarks/results/exactness_d8_dy2_particle_gibbs_warmup60.md). ``generator`` replaces the kernel's for
         this call. ``nfe_per_sample``: every network evaluation of the call (the initial unconditional
         sweep, burn-in and thinning included) divided by the draws; ``stats``: ``moved``;
-        ``extra["result"]``: the ChainResult."""
+        ``extra["result"]``: the ChainResult; ``extra["start_check"]``: whether the first draws still
+        depend on the chains' start (:func:`~.mode_check.start_dependence`; a
+        :class:`~.mode_check.StartDependenceWarning` when they do)."""
         n = check_int("num_samples", num_samples, "ParticleGibbs")
         per_chain = -(-n // self.chains)
         problem = self.sampler.problem(*args, **kwargs)
@@ -188,7 +225,8 @@ class ParticleGibbs(MCMCKernel):
         finally:
             self.generator = saved
         return Draws(res.samples, meter.evals / (self.chains * per_chain), meter.seconds,
-                     f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats), {"result": res},
+                     f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats),
+                     {"result": res, "start_check": res.start_check},
                      problem.prior_site, problem.observation)
 
     def diagnostics(self):
