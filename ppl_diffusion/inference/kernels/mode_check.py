@@ -37,6 +37,7 @@ from ...diagnostics import kmeans_centres, rhat
 __all__ = ["StartDependenceWarning", "chain_convergence", "start_dependence", "region_labels", "split_rhat_basic",
            "RHAT_THRESHOLD", "MIN_SWAP"]
 
+
 class StartDependenceWarning(UserWarning):
     """A chain run's kept draws still depend on where its chains started (:func:`start_dependence`)."""
 
