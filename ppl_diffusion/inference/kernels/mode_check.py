@@ -135,11 +135,6 @@ def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None
     return out
 
 
-def _rank(v: torch.Tensor) -> torch.Tensor:
-    """Ranks ``0 .. n-1`` of the rows of ``v`` ``(P, n)`` along the last dim (ties broken by position)."""
-    return v.argsort(-1).argsort(-1).to(torch.float64)
-
-
 def start_dependence(start: torch.Tensor, draws: torch.Tensor, log_likelihood=None, *, regions: int = 4,
                      alpha: float = 0.01, permutations: int = 2000,
                      generator: torch.Generator | None = None) -> dict:
@@ -181,7 +176,7 @@ def start_dependence(start: torch.Tensor, draws: torch.Tensor, log_likelihood=No
             ll = log_likelihood(torch.cat([torch.as_tensor(start), torch.as_tensor(draws)]))
         ll = torch.as_tensor(ll, dtype=torch.float64).reshape(-1)
         if ll.numel() == 2 * C and torch.isfinite(ll).all():
-            ra, rb = _rank(ll[:C][None])[0], _rank(ll[C:][None])[0]
+            ra, rb = (v.argsort().argsort().to(torch.float64) for v in (ll[:C], ll[C:]))  # ranks
             ra, rb = ra - ra.mean(), rb - rb.mean()
             den = float(ra.norm() * rb.norm())
             if den > 0:

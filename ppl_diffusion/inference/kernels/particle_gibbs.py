@@ -31,7 +31,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..smc.engine import run_smc, trace_lineage
 from ..solver import Draws, check_int, measure
-from .base import ChainResult
+from .base import ChainResult, _log_likelihood
 
 __all__ = ["ParticleGibbs"]
 
@@ -177,15 +177,8 @@ class ParticleGibbs(MCMCKernel):
         from .mode_check import StartDependenceWarning, start_dependence
 
         problem = self._problem
-
-        def loglik(x):
-            try:
-                ll = problem.log_likelihood(x)
-            except (ValueError, RuntimeError, NotImplementedError, TypeError):
-                return None
-            return ll if ll.numel() == x.shape[0] else None
-
-        check = start_dependence(start, first, loglik if loglik(start[:1]) is not None else None,
+        has_ll = _log_likelihood(problem, start[:1]) is not None  # else the region test alone
+        check = start_dependence(start, first, (lambda x: _log_likelihood(problem, x)) if has_ll else None,
                                  generator=torch.Generator().manual_seed(17))
         if not check["ok"]:
             warnings.warn(
