@@ -747,7 +747,7 @@ def _interrupt(signum, frame):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
     p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling",
-                                                                 "evidence_steps", "control"])
+                                                                 "evidence_steps", "control", "summary"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -815,6 +815,10 @@ def _run(a, cmd):
         return run_control(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.samples, a.control_reps, a.sets,
                            tuple(a.families.split(",")), a.first_problem, tuple(filter(None, a.against.split(","))),
                            a.out, a.name, cmd)
+    if a.what == "summary":
+        from .exactness_summary import run_summary
+
+        return run_summary(out=a.out, name=a.name or "exactness_summary", cmd=cmd)
     if a.what == "merge":
         return merge_tables(a.parts, a.out, a.name or "exactness_merged", cmd)
     return run_exactness(a.d, [int(v) for v in a.dys.split(",")], a.problems, a.methods.split(";"), a.samples,
