@@ -201,7 +201,8 @@ class ParticleGibbs(MCMCKernel):
         all three statistics 7/20 after 10 sweeps, 12/20 after 60,
         benchmarks/results/exactness_d8_dy2_particle_gibbs_warmup60.md; at d = 80 32 particles are too few: the
         chains keep their starting runs' mode weights, 9/20 inside, 600 sweeps do not mend it, and 128 particles
-        are inside on 6 of 7 multimodal problems, benchmarks/results/exactness_d80_dy2_particle_gibbs_*.md;
+        are inside on 15/20, as exact draws would be (P = 0.49),
+        benchmarks/results/exactness_d80_dy2_particle_gibbs_*.md;
         the start check below says which case a run is in). ``generator`` replaces the kernel's for
         this call. ``nfe_per_sample``: every network evaluation of the call (the initial unconditional
         sweep, burn-in and thinning included) divided by the draws; ``stats``: ``moved``;
