@@ -55,6 +55,10 @@ ENTRIES = (
           "mcgdiff:steps=100,tail_steps=0,draws=independent"),
     Entry("MCGDiff", "after", "defaults (64 particles, 200 steps, alpha_log grid, Analytic-DPM step variance, one "
           "draw per run)", "exactness_d8_mcgdiff_analytic_table.md", "mcgdiff:draws=independent"),
+    Entry("MCGDiff", "after", "256 particles, defaults otherwise (one draw per run)", "exactness_d8_mcgdiff_N256.md",
+          "mcgdiff:particles=256"),
+    Entry("MCGDiff", "after", "1,024 particles, defaults otherwise (one draw per run)",
+          "exactness_d8_dy2_mcgdiff_N1024.md", "mcgdiff:particles=1024"),
     Entry("TDS", "before", f"64 particles, 200 steps, {_TDS_OLD}", "exactness_d8_dy1_defaults.md",
           "tds:particles=64,draws=independent"),
     Entry("TDS", "before", f"64 particles, 100 steps, {_TDS_OLD}", "exactness_d8_dy2.md", "tds:particles=64"),
