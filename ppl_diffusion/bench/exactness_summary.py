@@ -135,7 +135,7 @@ ENTRIES = (
     Entry("PnP-DM", "before", "12 replicas, 200 burn-in, 100 chains x 1 draw", "exactness_d800_dy8_pnpdm_5problems.md",
           f"{_PNP},chains=100,thin=1"),
     Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step), 100 chains x 1 draw",
-          "exactness_d800_dy8_pnpdm_analytic_prior_step_9problems.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
+          "exactness_d800_dy8_pnpdm_analytic_prior_step_20problems.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
 )
 
 
