@@ -128,3 +128,18 @@ def test_bad_inputs():
         pb.prior.posterior(pb.A, pb.y, -1.0)
     with pytest.raises(ValueError, match=r"\(\*batch, 8\).*\(3, 5\)"):
         pb.prior.log_prob(torch.zeros(3, 5))
+
+
+def test_responsibilities_are_bayes_rule_over_the_components():
+    """p(k | x) = w_k N(x; mu_k, Sigma_k) / sum_j w_j N(x; mu_j, Sigma_j), isotropic and full covariances."""
+    g = torch.Generator().manual_seed(3)
+    means = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    x = 2 * torch.randn(5, 2, generator=g, dtype=torch.float64)
+    for covs in (torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+                 torch.stack([torch.eye(2, dtype=torch.float64) * v + 0.2 for v in (0.5, 1.0, 2.0)])):
+        mix = GaussianMixture(w, means, covs)
+        full = covs if covs.dim() == 3 else covs[:, None, None] * torch.eye(2, dtype=torch.float64)
+        logp = torch.stack([torch.distributions.MultivariateNormal(means[k], full[k]).log_prob(x)
+                            for k in range(3)], -1) + w.log()
+        assert torch.allclose(mix.responsibilities(x), torch.softmax(logp, -1), atol=1e-12)

@@ -103,8 +103,7 @@ def exactness_problem(family: str, d: int = 8, d_y: int = 2, seed: int = 0, dtyp
 
 def component_weights(x: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor:
     """Mean posterior responsibilities ``(K,)`` of the draws ``x`` (n, d) under ``mixture``."""
-    logn, _ = mixture._component_terms(x.to(mixture.dtype), 1.0, 0.0)
-    return torch.softmax(logn + torch.log(mixture.weights), -1).mean(0)
+    return mixture.responsibilities(x).mean(0)
 
 
 @dataclass
@@ -441,8 +440,7 @@ def per_run_component_weights(res, post: GaussianMixture) -> torch.Tensor:
     """``(runs, K)``: each SMC run's weighted particle estimate ``sum_i W_i r(x_i)`` of the posterior
     component weights (``r``: posterior responsibilities)."""
     R, N = res.log_weights.shape
-    logn, _ = post._component_terms(res.particles.reshape(R * N, -1).to(post.dtype), 1.0, 0.0)
-    r = torch.softmax(logn + torch.log(post.weights), -1).reshape(R, N, post.K)
+    r = post.responsibilities(res.particles.reshape(R * N, -1)).reshape(R, N, post.K)
     return (res.weights[..., None].to(r.dtype) * r).sum(1)
 
 

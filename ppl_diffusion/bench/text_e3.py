@@ -43,8 +43,7 @@ PROMPTS = {"true class": "class 0", "wrong class": "class 1", "null": ""}
 
 
 def _class_share(pb, z: torch.Tensor, label: int) -> float:
-    logn, _ = pb.text_gmm.gmm._component_terms(z, 1.0, 0.0)
-    comp = (logn + torch.log(pb.text_gmm.gmm.weights)).argmax(-1)
+    comp = pb.text_gmm.gmm.responsibilities(z).argmax(-1)
     return float((pb.text_gmm.labels[comp] == label).double().mean())
 
 

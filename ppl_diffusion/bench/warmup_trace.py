@@ -10,7 +10,7 @@ where that warm-up would have stopped. Beside them, from the exact posterior: th
 of each window spent in components whose posterior weight is below ``zero_mass`` (1e-6; a state belongs
 to the component of largest posterior responsibility), and how many chains visit one.
 
-    OMP_NUM_THREADS=1 python benchmarks/warmup_trace.py --seed 16 --max-warmup 1600
+    OMP_NUM_THREADS=1 python benchmarks/warmup_trace.py --seeds 16,9 --max-warmup 1600
 """
 from __future__ import annotations
 
@@ -31,10 +31,7 @@ __all__ = ["warmup_trace", "run", "main"]
 def _zero_mass_share(x: torch.Tensor, posterior, zero_mass: float) -> torch.Tensor:
     """``(T, C)`` booleans: whether each state ``x`` ``(T, C, d)`` lies in a component with posterior
     weight below ``zero_mass`` (largest responsibility)."""
-    T, C, d = x.shape
-    logn, _ = posterior._component_terms(x.reshape(T * C, d).to(posterior.dtype), 1.0, 0.0)
-    comp = (logn + torch.log(posterior.weights)).argmax(-1).reshape(T, C)
-    return (posterior.weights < zero_mass)[comp]
+    return (posterior.weights < zero_mass)[posterior.responsibilities(x).argmax(-1)]
 
 
 def warmup_trace(family: str = "uneven", d: int = 800, d_y: int = 8, seed: int = 16, chains: int = 100,
@@ -60,6 +57,7 @@ def warmup_trace(family: str = "uneven", d: int = 800, d_y: int = 8, seed: int =
     x = r.extra["result"].samples.transpose(0, 1)  # (S, C, d): the state after iterations every, 2 every, ...
     problem = kern.problem(y=pb32.y)
     zero = _zero_mass_share(x, pb.posterior, zero_mass)
+    share = zero.double()
     rows, stopped = [], False
     times = every * torch.arange(1, S + 1)
     for t in range(1, settings.max_warmup + 1):  # the kernel's loop: record, then check at a checkpoint
@@ -74,7 +72,6 @@ def warmup_trace(family: str = "uneven", d: int = 800, d_y: int = 8, seed: int =
             lo, mid = check["from"] // 2, check["from"]
             w1, w2 = (times > lo) & (times <= mid), (times > mid) & (times <= t)
             settled = check["p"] >= settings.alpha
-            share = zero.double()
             rows.append({**check, "zero_w1": float(share[w1].mean()), "zero_w2": float(share[w2].mean()),
                          "chains_w2": int(zero[w2].any(0).sum()), "zero_end": float(share[t // every - 1].mean()),
                          "settled": settled, "stops_here": settled and not stopped})

@@ -116,6 +116,12 @@ class GaussianMixture:
         logn, _ = self._component_terms(x, 1.0, 0.0)
         return torch.logsumexp(logn + torch.log(self.weights), -1)
 
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior component probabilities ``p(k | x)``, (*b, d) -> (*b, K)."""
+        self._check(x)
+        logn, _ = self._component_terms(x, 1.0, 0.0)
+        return torch.softmax(logn + torch.log(self.weights), -1)
+
     def marginal_log_prob(self, x_t: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """log p_t(x_t) of the noised mixture."""
         self._check(x_t)

@@ -98,8 +98,7 @@ class ResponsibilityCLIP:
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         z = self.autoencoder.encode(x)
-        logn, _ = self.tgmm.gmm._component_terms(z, 1.0, 0.0)
-        r = torch.softmax(logn + torch.log(self.tgmm.gmm.weights), -1)
+        r = self.tgmm.gmm.responsibilities(z)
         return torch.nn.functional.normalize(r @ self.M.T.to(r.dtype), dim=-1)
 
 
