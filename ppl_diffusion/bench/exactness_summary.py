@@ -123,6 +123,13 @@ ENTRIES = (
           "exactness_d80_dy2_uneven_N256_fresh.md", "mcgdiff:particles=256,draws=all"),
     Entry("MCGDiff", "after", "1,024 particles, one draw per run (uneven, fresh seeds 20-39)",
           "exactness_d80_dy2_uneven_N1024_fresh.md", "mcgdiff:particles=1024,draws=all"),
+    # d = 800, d_y = 2 (100 draws per problem; uneven family: minor modes up to 0.38 of the posterior)
+    Entry("TDS", "after", "defaults (16 particles, operator-aware twist, truncated pool)",
+          "exactness_d800_dy2_tds_20problems.md", "tds truncated"),
+    Entry("TDS", "after", "64 particles, defaults otherwise", "exactness_d800_dy2_tds_20problems.md",
+          "tds:particles=64 truncated"),
+    Entry("TDS", "option", "64 particles, draw(pooled=True)", "exactness_d800_dy2_tds_20problems.md",
+          "tds:particles=64 pooled"),
     # d = 800, d_y = 8 (100 draws per problem; uneven family)
     Entry("MCGDiff", "before", "256 particles, 200 steps, plug-in step variance, one draw per run",
           "exactness_d800_dy8_N256_20problems.md", "mcgdiff:particles=256,draws=independent"),
