@@ -130,6 +130,10 @@ ENTRIES = (
           "tds:particles=64 truncated"),
     Entry("TDS", "option", "64 particles, draw(pooled=True)", "exactness_d800_dy2_tds_20problems.md",
           "tds:particles=64 pooled"),
+    Entry("MCGDiff", "after", "256 particles, defaults otherwise (one draw per run)",
+          "exactness_d800_dy2_N256_20problems.md", "mcgdiff:particles=256"),
+    Entry("MCGDiff", "option", "256 particles, draw(pooled='truncated')", "exactness_d800_dy2_N256_20problems.md",
+          "mcgdiff:particles=256 truncated"),
     # d = 800, d_y = 8 (100 draws per problem; uneven family)
     Entry("MCGDiff", "before", "256 particles, 200 steps, plug-in step variance, one draw per run",
           "exactness_d800_dy8_N256_20problems.md", "mcgdiff:particles=256,draws=independent"),
