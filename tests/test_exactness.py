@@ -533,3 +533,28 @@ def test_an_interrupted_exactness_run_writes_the_problems_it_finished(tmp_path, 
 
     assert rows(cut) == rows(two) and len(rows(cut)) == 2
     assert "| tds:particles=8,draws=independent | 1 | 2 |" in cut
+
+
+def test_draw_warns_when_one_draw_per_run_misweights_a_mode():
+    """The planted mode loss above, through the user's call: ``draw`` (one draw per run) warns with the
+    estimated bias and the pool as the way out; the pool of the same runs does not warn, and the default
+    resampling at the same cost (not flagged above) does not either."""
+    import warnings
+
+    from ppl_diffusion.inference.smc import MCGDiff
+    from ppl_diffusion.inference.smc.evidence import WARN_MIN_RUNS, UnreliableDrawsWarning
+    from ppl_diffusion.schedules import VPSchedule
+
+    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
+    model = pb.model(VPSchedule.gmm_benchmark())
+    forced = MCGDiff(model, particles=16, steps=50, resampling="multinomial", ess_threshold=1.0)
+    with pytest.warns(UnreliableDrawsWarning, match=r"pooled=True") as rec:
+        d = forced.draw(2000, y=pb.y, generator=torch.Generator().manual_seed(0))
+    assert bool(d.extra["reliability"]["unreliable_independent"][0])
+    assert f"{float(d.extra['reliability']['bias_estimate'][0]):.3f}" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableDrawsWarning)
+        forced.draw(2000, y=pb.y, generator=torch.Generator().manual_seed(0), pooled=True)
+        MCGDiff(model, particles=16, steps=50).draw(2000, y=pb.y, generator=torch.Generator().manual_seed(2))
+        d4 = forced.draw(4, y=pb.y, generator=torch.Generator().manual_seed(0))  # too few runs to warn on
+    assert float(d4.extra["reliability"]["runs"][0]) < WARN_MIN_RUNS

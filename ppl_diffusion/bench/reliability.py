@@ -203,6 +203,9 @@ def fault_rows():
          lambda: TDS(model, particles=16, steps=20).draw(2, y=far, generator=g())),
         ("y absurdly far (SMC particles blow up)", "`MCGDiff(...).draw(2, y=[1e8, -1e8])`",
          lambda: MCGDiff(model, particles=16, steps=20).draw(2, y=far * 1e8 / 300, generator=g())),
+        ("one draw per SMC run misweights a mode", "`MCGDiff(d8_model, particles=16, steps=50, resampling="
+         "'multinomial', ess_threshold=1.0).draw(2000, y=y)` (planted: resampling every step loses the minor mode)",
+         _planted_mode_loss),
         ("all log-weights -inf", "`run_smc(model_whose_weights_die_at_step_3, R=2, N=8)`",
          lambda: run_smc(_DeadWeights(), 2, 8, generator=g())),
         ("batch that cannot fit", "`DDRM(model).sample(10**12, y=y)`",
@@ -242,6 +245,19 @@ def fault_rows():
                                        "dps", "--method-args", '{"zeta": 1e6, "steps": 5}', "--samples", "1",
                                        "--out", str(Path(tmp) / "o")])))
     return out
+
+
+def _planted_mode_loss():
+    """One draw per run of MCGDiff forced to resample at every step with 16 particles, on a d = 8 two-measurement
+    mixture whose minor mode it loses in most runs (tests/test_exactness.py)."""
+    from ..inference.smc.mcgdiff import MCGDiff
+    from ..schedules import VPSchedule
+    from .exactness import exactness_problem
+
+    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
+    sv = MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=16, steps=50, resampling="multinomial",
+                 ess_threshold=1.0)
+    return sv.draw(2000, y=pb.y, generator=torch.Generator().manual_seed(0))
 
 
 def _stuck_init():

@@ -43,7 +43,7 @@ from ...memory import check_fits
 from ..health import Guard, RunInterrupted, SMCMonitor, running
 from ..sampler import terminal_noise
 from ..solver import Draws, Solver, check_choice, check_int, check_number, measure
-from .evidence import POOLINGS, draw_from_runs, reliability
+from .evidence import POOLINGS, draw_from_runs, reliability, warn_unreliable_independent
 from .result import SMCResult
 
 __all__ = ["FeynmanKac", "run_smc", "multinomial_resample", "systematic_resample", "ess", "chunked",
@@ -377,6 +377,10 @@ class SMCSampler(Solver):
     #: what ``draw(pooled=None)`` does: one draw per run (``False``) unless a sampler's measurements say
     #: otherwise (TDS: ``"truncated"``)
     default_pooled: bool | str = False
+    #: whether the runs' evidence pool targets the posterior (MCGDiff, TDS), so that one draw per run that
+    #: disagrees with it warns (:class:`.evidence.UnreliableDrawsWarning`); FPS-SMC's and SMCDiff's evidence is
+    #: that of their own Feynman-Kac models
+    evidence_targets_posterior: bool = False
 
     def __init__(self, model, *, particles: int = 64, steps: int = 100, eta: float = 1.0,
                  resampling: str = "systematic", ess_threshold: float = 0.5, max_batch: int | None = None,
@@ -440,8 +444,9 @@ class SMCSampler(Solver):
         evidence does); ``pooled="truncated"``: the same with each run's weight capped at
         ``1 / sqrt(runs)`` of the total (truncated importance sampling), so that a few heavy runs cannot
         carry all the draws; ``extra["reliability"]`` (:func:`.evidence.reliability`) says when either set
-        of draws is unreliable. ``pooled=None`` (default): the sampler's ``default_pooled`` (one draw per run,
-        ``"truncated"`` for TDS).
+        of draws is unreliable, and one draw per run warns (:class:`.evidence.UnreliableDrawsWarning`, with the
+        estimated bias and the options) when its ``unreliable_independent`` flag fires. ``pooled=None`` (default):
+        the sampler's ``default_pooled`` (one draw per run, ``"truncated"`` for TDS).
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
@@ -467,8 +472,11 @@ class SMCSampler(Solver):
         if problem.plates:
             x = x.reshape((n,) + tuple(problem.plate_shape) + tuple(problem.event_shape))
         nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
+        rel = reliability(res)
+        if independent and not pooled and self.evidence_targets_posterior:
+            warn_unreliable_independent(self.name, rel, stacklevel=3)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
-                                                             "result": res, "reliability": reliability(res),
+                                                             "result": res, "reliability": rel,
                                                              "variance_evals": res.extra["variance_evals"]},
                            nfe_per_sample=nfe)
 

@@ -295,6 +295,7 @@ class MCGDiff(SMCSampler):
     """
 
     name = "mcgdiff"
+    evidence_targets_posterior = True
     requires = ("svd",)
 
     def __init__(self, model, *, kappa: float = 1e-4, final_correction: bool = False,

@@ -206,6 +206,7 @@ class TDS(SMCSampler):
     name = "tds"
     requires = ("gaussian",)
     default_pooled = "truncated"  # measured: see the class docstring
+    evidence_targets_posterior = True
 
     def __init__(self, model, *, twist_var: str = "rho2", tau2: float = 0.12, twist_cov: str = "auto",
                  tail_steps: int = 0,
