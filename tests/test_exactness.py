@@ -204,19 +204,27 @@ def test_region_bias_separates_a_biased_run_set_from_a_noisy_clean_one():
     assert math.isnan(float(rel["bias_estimate"][0])) and bool(rel["unreliable_pooled"][0])
 
 
+def _planted_mode_loss():
+    """(problem, model, sampler): MCGDiff forced to resample multinomially at every step with 16 particles on a
+    d = 8 mixture whose minor mode it loses in most runs."""
+    from ppl_diffusion.inference.smc import MCGDiff
+    from ppl_diffusion.schedules import VPSchedule
+
+    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
+    model = pb.model(VPSchedule.gmm_benchmark())
+    return pb, model, MCGDiff(model, particles=16, steps=50, resampling="multinomial", ess_threshold=1.0)
+
+
 def test_reliability_flags_a_planted_mode_loss_of_a_real_smc_sampler():
     """MCGDiff forced to resample multinomially at every step (particle Gibbs's regime) with 16
     particles loses the minor mode in most runs: one draw per run reads it at about a third of its
     exact weight (benchmarks/results/smc_mode_bias.md). The region estimate flags it; the default
     (systematic when ESS < N/2) at the same cost is not flagged."""
     from ppl_diffusion.inference.smc import MCGDiff
-    from ppl_diffusion.schedules import VPSchedule
 
-    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
+    pb, model, forced = _planted_mode_loss()
     j = int(torch.sort(pb.posterior.weights, descending=True).indices[1])
     exact = float(pb.posterior.weights[j])
-    model = pb.model(VPSchedule.gmm_benchmark())
-    forced = MCGDiff(model, particles=16, steps=50, resampling="multinomial", ess_threshold=1.0)
     res = forced.run(y=pb.y, runs=2000, generator=torch.Generator().manual_seed(0))
     # the law of one draw per run: mean over runs of sum_i W_i r_j(x_i) (r_j: posterior responsibility)
     post = pb.posterior
@@ -543,11 +551,8 @@ def test_draw_warns_when_one_draw_per_run_misweights_a_mode():
 
     from ppl_diffusion.inference.smc import MCGDiff
     from ppl_diffusion.inference.smc.evidence import WARN_MIN_RUNS, UnreliableDrawsWarning
-    from ppl_diffusion.schedules import VPSchedule
 
-    pb = exactness_problem("uneven", 8, 2, seed=1, mean_scale=4.0)
-    model = pb.model(VPSchedule.gmm_benchmark())
-    forced = MCGDiff(model, particles=16, steps=50, resampling="multinomial", ess_threshold=1.0)
+    pb, model, forced = _planted_mode_loss()
     with pytest.warns(UnreliableDrawsWarning, match=r"pooled=True") as rec:
         d = forced.draw(2000, y=pb.y, generator=torch.Generator().manual_seed(0))
     assert bool(d.extra["reliability"]["unreliable_independent"][0])

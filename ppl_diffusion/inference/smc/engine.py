@@ -474,7 +474,7 @@ class SMCSampler(Solver):
         nfe = self.particles * res.extra["particle_nfe"] * res.num_runs / (n * B)
         rel = reliability(res)
         if independent and not pooled and self.evidence_targets_posterior:
-            warn_unreliable_independent(self.name, rel, stacklevel=3)
+            warn_unreliable_independent(self.name, rel)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
                                                              "result": res, "reliability": rel,
                                                              "variance_evals": res.extra["variance_evals"]},

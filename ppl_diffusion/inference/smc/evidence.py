@@ -45,6 +45,7 @@ did not beat one draw per run, so ``draw`` offers neither; ``k_hat`` is reported
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -353,10 +354,8 @@ def warn_unreliable_independent(name: str, rel: dict, stacklevel: int = 3) -> bo
     exactness_d800_dy2_N256_20problems.md, problem 7): one draw per MCGDiff run put 0.47 on a mode of exact weight
     0.097 (TDS: 0.90 at 16 particles), flagged; the evidence pools put 0.11-0.12 there. On problems where one draw
     per run is inside the exact spread the flag fired on 0-24 % of them (README, "Exactness")."""
-    import warnings
-
     bad = torch.nonzero(rel["unreliable_independent"]).flatten().tolist()
-    if not bad or float(rel["runs"][0]) < WARN_MIN_RUNS:
+    if not bad or float(rel["runs"][bad[0]]) < WARN_MIN_RUNS:
         return False
     b = bad[0]
     where = "" if rel["unreliable_independent"].numel() == 1 else f" on measurement(s) {bad}"
@@ -373,4 +372,3 @@ def warn_unreliable_independent(name: str, rel: dict, stacklevel: int = 3) -> bo
         f"{float(rel['runs'][b]):.0f}), so the draws likely misplace mode weight. " + way,
         UnreliableDrawsWarning, stacklevel=stacklevel)
     return True
-
