@@ -305,21 +305,17 @@ def test_mode_diagnostics_flag_a_pnpdm_run_stuck_in_its_starting_modes():
     weight is ~0.5 where the exact posterior has 0.1. Coordinate R-hat of the observed coordinate
     and the log-likelihood (the observation does not tell the modes apart) stay near 1; the region
     statistic flags it."""
-    from ppl_diffusion.inference.kernels import PnPDM
-    from ppl_diffusion.models.gmm import GMMProblem
-    from ppl_diffusion.schedules import VPSchedule
+    from ppl_diffusion.inference.kernels.mode_check import MixingWarning
 
-    prior = GaussianMixture(torch.tensor([0.9, 0.1], dtype=torch.float64),
-                            torch.tensor([[-3.0, 0.0], [3.0, 0.0]], dtype=torch.float64), torch.tensor([0.25, 0.25]))
-    A = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    y = torch.tensor([0.3], dtype=torch.float64)
-    pb = GMMProblem(prior, A, y, 0.5, torch.zeros(2), prior.posterior(A, y, 0.5), 0)
+    from .test_mixing_check import _two_modes
+
+    pb, kern, init = _two_modes()
+    y = pb.y
     assert abs(float(pb.posterior.weights[1]) - 0.1) < 1e-9
-    kern = PnPDM(pb.model(VPSchedule.gmm_benchmark()), rho0=0.1, rho_min=0.1, decay=1.0, num_grid=10)
-    init = torch.tensor([[-3.0, 0.0]] * 4 + [[3.0, 0.0]] * 4, dtype=torch.float64)
     # 100 draws per chain: with 40 the log-likelihood's R-hat of this run scatters around 1.2 over seeds
-    r = kern.run_chains(y=y, num_chains=8, num_samples=100, warmup_steps=5, init=init,
-                        generator=torch.Generator().manual_seed(0))
+    with pytest.warns(MixingWarning):  # run_chains checks this itself (tests/test_mixing_check.py)
+        r = kern.run_chains(y=y, num_chains=8, num_samples=100, warmup_steps=5, init=init,
+                            generator=torch.Generator().manual_seed(0))
     x = r.samples
     assert abs(float((x[..., 0] > 0).double().mean()) - 0.5) < 0.05  # the planted error: 0.5 instead of 0.1
     d = chain_convergence(x, kern.problem(y=y).log_likelihood, kernel=kern, regions=2)

@@ -112,6 +112,9 @@ class ChainResult(ChainDraws):
     #: ParticleGibbs: whether the first kept draws still depend on the chains' start
     #: (:func:`.mode_check.start_dependence`; ``None`` where not tested)
     start_check: dict | None = None
+    #: mode-sensitive between-chain diagnostics of the kept draws (:func:`.mode_check.mixing_check`: a
+    #: dict, one per measurement with a plate; ``None`` with fewer than 2 chains or 4 draws per chain)
+    convergence: dict | list | None = None
 
     def stats_per_draw(self) -> dict:
         """The stats as ``(chain, draw)`` tensors (per-draw ``(draw,)`` stats broadcast over the chains)."""
@@ -176,6 +179,8 @@ class DiffusionKernel(MCMCKernel, Solver):
 
     name = "kernel"
     family = "kernel"
+    #: what a :class:`~.mode_check.MixingWarning` of this kernel's runs suggests
+    mixing_advice = "Run longer (warmup_steps='auto', more draws or thin) and start the chains dispersed."
     requires: tuple = ("likelihood",)
     supports_plates = True
 
@@ -453,7 +458,23 @@ class DiffusionKernel(MCMCKernel, Solver):
                 bar.close()
         res = self._result(problem, C, keep, div, info, moved, diverged, time.perf_counter() - t0, evals0, total)
         res.warmup, res.warmup_checks = warmup_steps, checks
+        res.convergence = self._mixing_check(run, problem, res, keep)
         return res
+
+    def _mixing_check(self, run: Problem, problem: Problem, res: ChainResult, keep: list):
+        """:func:`~.mode_check.mixing_check` of the kept draws (``keep``: per draw, the ``(C * B, *event)``
+        states of the batch), with their log-likelihoods where the likelihood has a closed value."""
+        from .mode_check import mixing_check
+
+        C, S = res.samples.shape[:2]
+        if C < 2 or S < 4:
+            return None
+        plate = tuple(problem.plate_shape) if problem.plates else ()
+        lls = [_log_likelihood(run, x) for x in keep]
+        ll = None
+        if all(v is not None for v in lls):  # (S, C * B), chain i of measurement b at i * B + b
+            ll = torch.stack(lls).reshape((S, C) + plate).transpose(0, 1)
+        return mixing_check(self.name, res.samples, ll, kernel=self, plate_shape=plate, advice=self.mixing_advice)
 
     def _result(self, problem: Problem, C: int, keep, div, info, moved, diverged, secs, evals0, total,
                 interrupted: bool = False, check: bool = True) -> ChainResult:
@@ -505,8 +526,10 @@ class DiffusionKernel(MCMCKernel, Solver):
         ``nfe_per_sample`` = network evaluations per chain and iteration x iterations / draws per
         chain (every iteration's cost, burn-in and thinning included, charged to the kept draws);
         ``stats``: ``diverging`` and the kernel's schedule numbers, each ``(chain, draw)``;
-        ``extra["result"]``: the :class:`ChainResult`, ``extra["warmup"]`` the warm-up run and
-        ``extra["warmup_checks"]`` the automatic warm-up's comparisons."""
+        ``extra["result"]``: the :class:`ChainResult`, ``extra["warmup"]`` the warm-up run,
+        ``extra["warmup_checks"]`` the automatic warm-up's comparisons and ``extra["convergence"]`` the
+        chains' mode-sensitive diagnostics (with 4 or more draws per chain; a
+        :class:`~.mode_check.MixingWarning` when they flag)."""
         check_int("num_samples", num_samples, self.name)
         n = int(num_samples)
         chains = max(1, n // 2) if chains is None else check_int("chains", chains, self.name)
@@ -518,5 +541,6 @@ class DiffusionKernel(MCMCKernel, Solver):
             res = self._chains(problem, chains, per_chain, warmup, thin, generator, init, self.progress)
         iters = res.warmup + per_chain * thin
         nfe = res.nfe_per_iteration * iters / per_chain
-        extra = {"result": res, "warmup": res.warmup, "warmup_checks": res.warmup_checks}
+        extra = {"result": res, "warmup": res.warmup, "warmup_checks": res.warmup_checks,
+                 "convergence": res.convergence}
         return self._draws(res.samples, meter, problem, n, res.stats_per_draw(), extra, nfe_per_sample=nfe)

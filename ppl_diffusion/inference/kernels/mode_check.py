@@ -35,17 +35,29 @@ import torch
 from ...diagnostics import kmeans_centres, rhat
 
 __all__ = ["StartDependenceWarning", "chain_convergence", "start_dependence", "region_labels", "split_rhat_basic",
-           "RHAT_THRESHOLD", "MIN_SWAP"]
+           "RHAT_THRESHOLD", "MIN_SWAP", "ALPHA", "PERMUTATIONS", "WARN_MIN_DRAWS",
+           "MixingWarning", "mixing_check"]
 
 
 class StartDependenceWarning(UserWarning):
     """A chain run's kept draws still depend on where its chains started (:func:`start_dependence`)."""
 
 
+class MixingWarning(UserWarning):
+    """A chain run's chains disagree on mode-like regions or on the log-likelihood, or its replica ladder
+    is cut (:func:`chain_convergence`): the pooled draws may misplace mass between modes."""
+
+
 #: flag a chain run whose mode-sensitive split R-hat exceeds this
 RHAT_THRESHOLD = 1.05
 #: flag a replica ladder whose adjacent-pair swap rate falls below this
 MIN_SWAP = 0.05
+#: ... and only when the R-hat's permutation p-value is below this (its false-alarm rate on exact draws)
+ALPHA = 0.01
+#: permutations of the draws among the chains for that p-value
+PERMUTATIONS = 500
+#: runs with fewer draws per chain are reported but not warned about (see :func:`mixing_check`)
+WARN_MIN_DRAWS = 20
 
 
 def split_rhat_basic(v: torch.Tensor) -> torch.Tensor:
@@ -71,9 +83,28 @@ def region_labels(x: torch.Tensor, regions: int = 4, iters: int = 25,
     return torch.cdist(x, kmeans_centres(x, regions, iters, generator)).argmin(1)
 
 
+def _permutation_p(v: torch.Tensor, statistic, observed: float, permutations: int,
+                   generator: torch.Generator, budget: int = 4_000_000) -> float:
+    """One-sided permutation p-value ``(#{null >= observed} + 1) / (P + 1)`` of ``statistic`` (a map of
+    ``(C, S, *rest, P)`` values to ``(P,)``) with the ``C * S`` draws of ``v`` ``(C, S, *rest)`` reshuffled
+    among all chains and draws, in chunks of at most ``budget`` values (inf >= inf counts)."""
+    C, S = v.shape[:2]
+    rest = tuple(v.shape[2:])
+    flat = v.reshape((C * S,) + rest)
+    chunk = max(1, budget // max(flat.numel(), 1))
+    above, done = 0, 0
+    while done < permutations:
+        P = min(chunk, permutations - done)
+        perm = torch.stack([torch.randperm(C * S, generator=generator) for _ in range(P)])
+        copies = flat[perm].movedim(0, -1).reshape((C, S) + rest + (P,))
+        above += int((statistic(copies) >= observed - 1e-12).sum())
+        done += P
+    return (above + 1) / (permutations + 1)
+
+
 def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None, regions: int = 4,
-                      rhat_threshold: float = RHAT_THRESHOLD, min_swap: float = MIN_SWAP,
-                      generator: torch.Generator | None = None) -> dict:
+                      rhat_threshold: float = RHAT_THRESHOLD, min_swap: float = MIN_SWAP, alpha: float = ALPHA,
+                      permutations: int = PERMUTATIONS, generator: torch.Generator | None = None) -> dict:
     """Mode-sensitive diagnostics of ``samples`` ``(chain, draw, *event)`` (a
     :class:`~ppl_diffusion.inference.kernels.base.ChainResult`'s ``samples``).
 
@@ -81,43 +112,59 @@ def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None
     draws ``(n, *event) -> (n,)`` (e.g. ``Problem.log_likelihood``), or ``None`` (skipped).
     ``kernel``: the kernel that produced them (its ``swap_acceptance`` is read when present).
 
-    Returns a dict: ``rhat_loglik`` (rank-normalised split R-hat of the log-likelihood),
+    An R-hat flags when it exceeds ``rhat_threshold`` AND its permutation p-value is below ``alpha``:
+    the same R-hat of the ``chain x draw`` values reshuffled among all chains and draws
+    (``permutations`` times) is its law under perfect mixing. Split R-hat of a rare region's indicator
+    on short chains exceeds 1.05 by chance alone (measured on exact draws: a quarter to a half of the
+    runs of 4-8 chains x 10-20 draws); the permutation test keeps such runs quiet (false alarms at
+    most ``2 alpha`` on exact draws, whatever the shape), while chains that hold different modes give
+    p-values near ``1 / (permutations + 1)``.
+
+    Returns a dict: ``rhat_loglik`` (rank-normalised split R-hat of the log-likelihood) and
+    ``p_loglik`` (computed only where that R-hat exceeds the threshold, ``None`` otherwise),
     ``occupancy`` ``(chain, regions)`` (fraction of each chain's draws per k-means region),
-    ``region_weights`` (pooled), ``rhat_regions`` (split R-hat of each region's indicator),
-    ``max_rhat`` (the largest of these), ``swap_acceptance`` (per adjacent pair, or ``None``),
-    ``flags`` (list of strings naming each failed check) and ``ok`` (no flag).
+    ``region_weights`` (pooled), ``rhat_regions`` (split R-hat of each region's indicator) and
+    ``p_regions`` (of their maximum, likewise), ``max_rhat`` (the largest R-hat), ``swap_acceptance``
+    (per adjacent pair, or ``None``), ``flags`` (list of strings naming each failed check) and ``ok``
+    (no flag). Fewer than 2 chains or 4 draws per chain: the R-hats are NaN and never flag.
     """
     x = torch.as_tensor(samples)
     if x.dim() < 3:
         raise ValueError(f"samples must have shape (chain, draw, *event), got {tuple(x.shape)}")
     C, S = x.shape[:2]
+    between = C > 1 and S >= 4
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
     out, flags = {}, []
     ll = log_likelihood
     if callable(ll):
         with torch.no_grad():
             ll = ll(x.reshape((C * S,) + tuple(x.shape[2:]))).reshape(C, S)
+    out["rhat_loglik"], out["p_loglik"] = None, None
     if ll is not None:
         ll = torch.as_tensor(ll, dtype=torch.float64).reshape(C, S)
-        r = float(rhat(ll[..., None])[0]) if C > 1 else float("nan")
+        r = float(rhat(ll[..., None])[0]) if between else float("nan")
         out["rhat_loglik"] = r
         if r > rhat_threshold:
-            flags.append(f"split R-hat of the log-likelihood {r:.3f} > {rhat_threshold}")
-    else:
-        out["rhat_loglik"] = None
-    lab = region_labels(x.reshape(C * S, -1), regions, generator=generator).reshape(C, S)
+            out["p_loglik"] = p = _permutation_p(ll, rhat, r, permutations, g)
+            if p < alpha:
+                flags.append(f"split R-hat of the log-likelihood {r:.3f} > {rhat_threshold} (permutation p = {p:.3g})")
+    lab = region_labels(x.reshape(C * S, -1), regions, generator=g).reshape(C, S)
     k = int(lab.max()) + 1
     ind = torch.nn.functional.one_hot(lab, k).to(torch.float64)  # (C, S, k)
     out["occupancy"] = ind.mean(1)
     out["region_weights"] = ind.mean((0, 1))
-    rr = split_rhat_basic(ind) if C > 1 else torch.full((k,), float("nan"), dtype=torch.float64)
+    rr = split_rhat_basic(ind) if between else torch.full((k,), float("nan"), dtype=torch.float64)
     out["rhat_regions"] = rr
-    worst = float(rr.max()) if C > 1 else float("nan")
+    worst = float(rr.max()) if between else float("nan")
+    out["p_regions"] = None
     if worst > rhat_threshold:
-        j = int(rr.argmax())
-        occ = out["occupancy"][:, j]
-        flags.append(f"region {j} (pooled weight {float(out['region_weights'][j]):.3f}): split R-hat of its "
-                     f"indicator {worst:.3f} > {rhat_threshold}; chains spend {float(occ.min()):.2f}-"
-                     f"{float(occ.max()):.2f} of their draws there")
+        out["p_regions"] = p = _permutation_p(ind, lambda v: split_rhat_basic(v).amax(0), worst, permutations, g)
+        if p < alpha:
+            j = int(rr.argmax())
+            occ = out["occupancy"][:, j]
+            flags.append(f"region {j} (pooled weight {float(out['region_weights'][j]):.3f}): split R-hat of its "
+                         f"indicator {worst:.3f} > {rhat_threshold} (permutation p = {p:.3g}); chains spend "
+                         f"{float(occ.min()):.2f}-{float(occ.max()):.2f} of their draws there")
     vals = [v for v in (out["rhat_loglik"], worst) if v is not None and not math.isnan(v)]
     out["max_rhat"] = max(vals) if vals else float("nan")
     swap = getattr(kernel, "swap_acceptance", None) if kernel is not None else None
@@ -133,6 +180,45 @@ def chain_convergence(samples: torch.Tensor, log_likelihood=None, *, kernel=None
     out["flags"] = flags
     out["ok"] = not flags
     return out
+
+
+def mixing_check(name: str, samples: torch.Tensor, log_likelihood=None, *, kernel=None, plate_shape=(),
+                 advice: str = "", warn_min_draws: int = WARN_MIN_DRAWS, generator: torch.Generator | None = None):
+    """:func:`chain_convergence` of one chain run, per measurement of a plate, with a
+    :class:`MixingWarning` (at the user's call) naming each flag, the measurement and ``advice``, when
+    the chains hold ``warn_min_draws`` draws or more each. With fewer, a chain cannot be expected to
+    visit every mode within the run, so the between-chain statistics measure its autocorrelation rather
+    than its convergence (many short chains from a settled warm-up are a sound design: ``draw``'s
+    default, whose ``warmup="auto"`` tests the chains instead); the statistics are still returned.
+
+    ``samples``: ``(chain, draw, *plate_shape, *event)``; ``log_likelihood``: ``(chain, draw,
+    *plate_shape)`` values or ``None``. Returns the dict, or a list of dicts (one per measurement, the
+    plate flattened in order) with a plate; ``None`` with fewer than 2 chains or 4 draws per chain."""
+    import warnings
+
+    from .auto_warmup import _caller_level
+
+    x = torch.as_tensor(samples)
+    C, S = x.shape[:2]
+    if C < 2 or S < 4:
+        return None
+    plate = tuple(plate_shape)
+    B = math.prod(plate)
+    xs = x.reshape((C, S, B) + tuple(x.shape[2 + len(plate):]))
+    ll = None if log_likelihood is None else torch.as_tensor(log_likelihood).reshape(C, S, B)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    reports = [chain_convergence(xs[:, :, b], None if ll is None else ll[:, :, b], kernel=kernel, generator=g)
+               for b in range(B)]
+    bad = [(b, r) for b, r in enumerate(reports) if not r["ok"]]
+    if bad and S >= warn_min_draws:
+        listed = ", ".join(str(b) for b, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        where = f" (measurement{'s' if len(bad) > 1 else ''} {listed} of {B})" if plate else ""
+        warnings.warn(
+            f"{name}: {C} chains x {S} draws{where}: {'; '.join(bad[0][1]['flags'])}. The chains disagree: they "
+            "have not mixed over their length, so the pooled draws may hold the posterior's regions (its modes, "
+            f"where it has several) in the wrong proportions. {advice} The statistics are in the result's "
+            ".convergence.", MixingWarning, stacklevel=_caller_level())
+    return reports if plate else reports[0]
 
 
 def start_dependence(start: torch.Tensor, draws: torch.Tensor, log_likelihood=None, *, regions: int = 4,

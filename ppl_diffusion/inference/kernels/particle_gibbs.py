@@ -166,7 +166,21 @@ class ParticleGibbs(MCMCKernel):
         res.warmup = warmup_steps
         if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
             res.start_check = self._start_check(start, samples[:, 0], warmup_steps + thin)
+        res.convergence = self._mixing_check(samples)
         return res
+
+    def _mixing_check(self, samples: torch.Tensor):
+        """:func:`~.mode_check.mixing_check` of the kept draws ``(chain, draw, *event)`` (4 or more per chain)."""
+        from .mode_check import mixing_check
+
+        C, S = samples.shape[:2]
+        if C < 2 or S < 4:
+            return None
+        lls = [_log_likelihood(self._problem, samples[:, s]) for s in range(S)]
+        ll = torch.stack(lls, 1) if all(v is not None for v in lls) else None
+        return mixing_check(f"ParticleGibbs({self.sampler.name})", samples, ll,
+                            advice="Raise warmup (conditional sweeps) or thin, or the sampler's particles "
+                                   f"(now {self.sampler.particles}).")
 
     def _start_check(self, start, first, sweeps: int) -> dict:
         """:func:`~.mode_check.start_dependence` of the first kept draws on the chains' start, with a
@@ -223,7 +237,7 @@ class ParticleGibbs(MCMCKernel):
             self.generator = saved
         return Draws(res.samples, meter.evals / (self.chains * per_chain), meter.seconds,
                      f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats),
-                     {"result": res, "start_check": res.start_check},
+                     {"result": res, "start_check": res.start_check, "convergence": res.convergence},
                      problem.prior_site, problem.observation)
 
     def diagnostics(self):

@@ -54,6 +54,8 @@ class PMC(DiffusionKernel):
     """
 
     name = "PMC"
+    mixing_advice = ("PMC's Langevin chains do not cross between separated modes: for a multimodal posterior use "
+                     "PnPDM(..., replicas=12) or ParticleGibbs.")
 
     def __init__(self, model, *, variant: str = "pnp", step_size="auto", step_fraction: float = 0.1,
                  sigma0: float = 1.0, decay: float = 0.99, sigma_min: float = 0.05, alpha: float | None = None,

@@ -130,6 +130,8 @@ class PnPDM(DiffusionKernel):
     """
 
     name = "PnP-DM"
+    mixing_advice = ("Run longer (warmup_steps='auto', more draws or thin), use replicas (replicas=12 or more) "
+                     "and start the chains dispersed.")
 
     def __init__(self, model, *, rho0: float = 10.0, decay: float = 0.9, rho_min: float = 0.3,
                  prior_solver: str = "analytic", num_grid: int = 100, sigma_max: float = 80.0,
