@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from ppl_diffusion.bench.exactness import exactness_problem
+from ppl_diffusion.bench.mixing_check import two_mode_pnpdm
 from ppl_diffusion.diagnostics import rhat
 from ppl_diffusion.inference.kernels import PnPDM
-from ppl_diffusion.inference.kernels.mode_check import MixingWarning, chain_convergence
-from ppl_diffusion.models.gmm import GaussianMixture, GMMProblem
+from ppl_diffusion.inference.kernels import MixingWarning
+from ppl_diffusion.inference.kernels.mode_check import chain_convergence
 from ppl_diffusion.models.measurement import GaussianMeasurement
 from ppl_diffusion.models.operators import Matrix
 from ppl_diffusion.schedules import VPSchedule
@@ -20,17 +21,7 @@ from .test_kernels import gaussian_setup
 F64 = torch.float64
 
 
-def _two_modes():
-    """Prior modes at x1 = -3 / +3 (weights 0.9 / 0.1), y observes x2 only: the exact posterior keeps the
-    prior's 0.9 / 0.1. PnP-DM without replicas and with a small coupling (rho 0.1) does not cross."""
-    prior = GaussianMixture(torch.tensor([0.9, 0.1], dtype=F64), torch.tensor([[-3.0, 0.0], [3.0, 0.0]], dtype=F64),
-                            torch.tensor([0.25, 0.25]))
-    A = torch.tensor([[0.0, 1.0]], dtype=F64)
-    y = torch.tensor([0.3], dtype=F64)
-    pb = GMMProblem(prior, A, y, 0.5, torch.zeros(2), prior.posterior(A, y, 0.5), 0)
-    kern = PnPDM(pb.model(VPSchedule.gmm_benchmark()), rho0=0.1, rho_min=0.1, decay=1.0, num_grid=10)
-    split = torch.tensor([[-3.0, 0.0]] * 4 + [[3.0, 0.0]] * 4, dtype=F64)  # half the chains in each mode
-    return pb, kern, split
+_two_modes = two_mode_pnpdm  # the planted non-mixing run (ppl_diffusion/bench/mixing_check.py)
 
 
 def _mixing_warnings(record):
@@ -133,3 +124,20 @@ def test_plate_reports_each_measurement_and_names_the_one_that_did_not_mix():
                             generator=torch.Generator().manual_seed(0))
     assert isinstance(r.convergence, list) and len(r.convergence) == 2
     assert not r.convergence[0]["ok"] and r.convergence[1]["ok"]
+
+
+def test_planted_chains_have_the_stated_laws():
+    """The bench's chains (ppl_diffusion/bench/mixing_check.py): 'exact' draws put the posterior's weights on
+    its components (20,000 draws: s.e. <= 0.004, bound 0.02); 'stuck' chains keep one component each;
+    'one in the minor mode' puts its last chain in the second-heaviest component only."""
+    from ppl_diffusion.bench.mixing_check import planted_chains
+
+    post = exactness_problem("uneven", 8, 2, seed=1).posterior
+    g = torch.Generator().manual_seed(0)
+    x = planted_chains(post, 100, 200, "exact", g)
+    assert float((post.responsibilities(x.reshape(-1, 8)).mean(0) - post.weights).abs().max()) < 0.02
+    top = post.responsibilities(planted_chains(post, 10, 50, "stuck", g)).argmax(-1)
+    assert bool((top == top[:, :1]).all())
+    minor = int(post.weights.argsort(descending=True)[1])
+    last = post.responsibilities(planted_chains(post, 4, 50, "one in the minor mode", g)[-1]).argmax(-1)
+    assert bool((last == minor).all())

@@ -71,9 +71,12 @@ def _outcome(fn) -> str:
             if part is not None:
                 extra = f" [.partial: {_describe(part)}]"
             return f"{type(exc).__name__}: {str(exc).splitlines()[0]}{extra}"
-    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)
+               or w.category.__module__.startswith("ppl_diffusion")]  # ours: MixingWarning, WarmupWarning, ...
     if runtime:
-        return f"RuntimeWarning: {str(runtime[0].message)}; returns {_describe(out)}"
+        label = "RuntimeWarning" if runtime[0].category is RuntimeWarning else \
+            f"{runtime[0].category.__name__} ({runtime[0].category.__mro__[1].__name__})"
+        return f"{label}: {str(runtime[0].message)}; returns {_describe(out)}"
     return f"returns {_describe(out)}"
 
 
@@ -206,6 +209,9 @@ def fault_rows():
         ("one draw per SMC run misweights a mode", "`MCGDiff(d8_model, particles=16, steps=50, resampling="
          "'multinomial', ess_threshold=1.0).draw(2000, y=y)` (planted: resampling every step loses the minor mode)",
          _planted_mode_loss),
+        ("MCMC chains hold different modes", "`PnPDM(two_mode_model, rho0=0.1, rho_min=0.1, decay=1.0).run_chains("
+         "y=y, num_chains=8, num_samples=100, init=half the chains in each mode)` (exact minor weight 0.1)",
+         _stuck_modes),
         ("all log-weights -inf", "`run_smc(model_whose_weights_die_at_step_3, R=2, N=8)`",
          lambda: run_smc(_DeadWeights(), 2, 8, generator=g())),
         ("batch that cannot fit", "`DDRM(model).sample(10**12, y=y)`",
@@ -258,6 +264,16 @@ def _planted_mode_loss():
     sv = MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=16, steps=50, resampling="multinomial",
                  ess_threshold=1.0)
     return sv.draw(2000, y=pb.y, generator=torch.Generator().manual_seed(0))
+
+
+def _stuck_modes():
+    """A real PnP-DM run whose chains never leave the mode they start in (pooled minor weight 0.5 against the
+    exact 0.1; tests/test_mixing_check.py)."""
+    from .mixing_check import two_mode_pnpdm
+
+    pb, kern, init = two_mode_pnpdm()
+    return kern.run_chains(y=pb.y, num_chains=8, num_samples=100, warmup_steps=5, init=init,
+                           generator=torch.Generator().manual_seed(0))
 
 
 def _stuck_init():

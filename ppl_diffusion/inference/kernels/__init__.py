@@ -11,11 +11,13 @@ and through the solver contract (``kernel.draw(n, y=y)`` -> :class:`~ppl_diffusi
 from .auto_warmup import AutoWarmup, WarmupWarning
 from .base import ChainResult, DiffusionKernel
 from .gibbs import Gibbs
+from .mode_check import MixingWarning, StartDependenceWarning
 from .pmmh import PMMH
 from .particle_gibbs import ParticleGibbs
 from .pmc import PMC
 from .pnpdm import PnPDM
 from .replica_exchange import ReplicaExchange
 
-__all__ = ["DiffusionKernel", "ChainResult", "AutoWarmup", "WarmupWarning", "PnPDM",
+__all__ = ["DiffusionKernel", "ChainResult", "AutoWarmup", "WarmupWarning", "MixingWarning", "StartDependenceWarning",
+           "PnPDM",
            "PMC", "ParticleGibbs", "ReplicaExchange", "Gibbs", "PMMH"]

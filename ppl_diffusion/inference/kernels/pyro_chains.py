@@ -22,7 +22,9 @@ def draw_pyro_chains(kernel, name: str, model, prior_site: str, theta_names, num
     """``chains`` sequential ``pyro.infer.MCMC`` runs of ``kernel`` with ``warmup`` warm-up steps and
     ``ceil(num_samples / chains)`` kept draws each. ``nfe_per_sample``: network evaluations of single
     samples over all runs (warm-up included) per kept draw. ``extra``: ``theta`` (site -> ``(chain,
-    draw, ...)``), ``accept_rate`` per chain (of the last run's kernel diagnostics) when the kernel reports one."""
+    draw, ...)``), ``accept_rate`` per chain (of the last run's kernel diagnostics) when the kernel reports one,
+    ``convergence``: :func:`~.mode_check.mixing_check` of the x draws (k-means regions only; a
+    :class:`~.mode_check.MixingWarning` when they flag at 20 draws per chain or more)."""
     from pyro.infer import MCMC
 
     from ..problem import Problem
@@ -53,6 +55,10 @@ def draw_pyro_chains(kernel, name: str, model, prior_site: str, theta_names, num
     if accept:
         extra["accept_rate"] = torch.tensor(accept)
     nfe = (den.sample_evals - evals0) / (chains * per_chain)
+    from .mode_check import mixing_check  # the regions of x (log p(y | x) also depends on theta here)
+
+    extra["convergence"] = mixing_check(name, samples, None, plate_shape=tuple(problem.plate_shape) if problem.plates
+                                        else (), advice="Run longer (more warmup and draws per chain).")
     plates = tuple(f.name for f in problem.plates)
     return Draws(samples, float(nfe), time.perf_counter() - t0, name, "kernel", {}, extra, prior_site,
                  problem.observation, ("measurement",) if len(plates) == 1 else plates)
