@@ -57,7 +57,10 @@ def test_kernel_nfe_counts_every_chain_iteration():
     out = G.run_solver("pnpdm", pb, pb.model(VPSchedule.gmm_benchmark()), 50, 10, None,
                        torch.Generator().manual_seed(5), chains=7, thin=2)
     # 7 chains x ceil(50 / 7) = 56 draws, the first 50 kept; 10 + 8 x 2 = 26 iterations per chain
-    assert out.samples.shape == (50, 8) and out.extra == {"chains": 7, "thin": 2, "iterations": 26, "warmup": 10}
+    assert out.samples.shape == (50, 8)
+    assert {k: out.extra[k] for k in ("chains", "thin", "iterations", "warmup")} == \
+        {"chains": 7, "thin": 2, "iterations": 26, "warmup": 10}
+    assert out.extra["convergence"]["rhat_regions"].shape == (4,)  # the run's mixing check, 8 draws per chain
     assert out.nfe_per_sample == pytest.approx(189.56)  # measured before the registry
     # warmup=auto: the iterations and the NFE charge the warm-up the chains chose
     auto = G.run_solver("pnpdm", pb, pb.model(VPSchedule.gmm_benchmark()), 64, 10, None,

@@ -279,8 +279,14 @@ def _draws(solver, opts, pb, sched, n, steps, g):
                 out.append((" psis-k", x_psis if _psis_k_pools(res) else out[0][1], None))
                 out.append((" ess-half", out[2][1] if _ess_half_pools(res) else out[0][1], None))
         return out
-    out = run_solver(solver, pb, model, n, steps, None, g, **opts)
-    return [("", out.samples, {"warmup": out.extra["warmup"]} if "warmup" in out.extra else None)]
+    from ..inference.kernels.mode_check import MixingWarning
+
+    with warnings.catch_warnings():  # a kernel's mixing check: the table reports it in its own column
+        warnings.simplefilter("ignore", MixingWarning)
+        out = run_solver(solver, pb, model, n, steps, None, g, **opts)
+    if "warmup" not in out.extra:
+        return [("", out.samples, None)]
+    return [("", out.samples, {"warmup": out.extra["warmup"], "convergence": out.extra.get("convergence")})]
 
 
 SUMMARY_COLUMNS = ("method", "d_y", "problems", "inside SW", "inside TV", "inside coverage", "inside all three",
@@ -332,8 +338,9 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         v = verdict(s, spread)
                         warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
                         sc = None if rel is None else rel.get("start_check")  # ParticleGibbs: draws vs start
+                        cv = None if rel is None else rel.get("convergence")  # a kernel's mixing check
                         rel = None if warm is not None or sc is not None else rel
-                        flag = not sc["ok"] if sc is not None else (
+                        flag = not sc["ok"] if sc is not None else not cv["ok"] if cv is not None else (
                             None if rel is None else bool(rel["unreliable_independent"][0]))
                         tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                            "c_exact": float(spread.cov.mean())})
@@ -342,6 +349,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                                       f"{float(rel['runs_ess'][0]):.0f}, "
                                                       f"k {float(rel['pareto_k'][0]):.2f}{', FLAG' if flag else ''}")
                         rb = f"warm-up {warm}" if warm is not None else rb
+                        if cv is not None:
+                            rb += f", max R-hat {cv['max_rhat']:.3f}{', MIXING FLAG' if flag else ''}"
                         if sc is not None:
                             rb = (f"start: same region {sc['same_region']:.2f} (indep. {sc['same_expected']:.2f}), "
                                   f"p {sc['p']:.3g}{', FLAG' if flag else ''}")
@@ -375,7 +384,9 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "variation between the weights that one draw per run and the evidence-weighted pool put on 4 k-means "
              "regions of the draws, with its jackknife standard error; FLAG = unreliable_independent (> 0.03 and "
              "> 2.5 se); for the kernels that column gives the warm-up iterations they ran (chosen by the chains "
-             "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py); for ParticleGibbs, whether its "
+             "with warmup=auto, ppl_diffusion/inference/kernels/auto_warmup.py) and, with 4 or more draws per "
+             "chain, the largest mode-sensitive R-hat of the run's own mixing check (MIXING FLAG: it flagged, "
+             "ppl_diffusion/inference/kernels/mode_check.py: chain_convergence); for ParticleGibbs, whether its "
              "first draws still depend on the chains' start (ppl_diffusion/inference/kernels/mode_check.py: "
              "start_dependence; the fraction of chains in the k-means region they started in against its value "
              "under independence, permutation p-value; FLAG = p < 0.01)."

@@ -110,7 +110,8 @@ def _kernel_nfe(d, n, local):
 
 def _kernel_extra(d, solver, y, local):
     iterations = d.extra["warmup"] + d.num_draws * local["thin"]
-    return {"chains": local["chains"], "thin": local["thin"], "iterations": iterations, "warmup": d.extra["warmup"]}
+    return {"chains": local["chains"], "thin": local["thin"], "iterations": iterations, "warmup": d.extra["warmup"],
+            "convergence": d.extra.get("convergence")}
 
 
 def _smc_extra(d, solver, y, local):
