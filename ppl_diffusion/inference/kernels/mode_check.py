@@ -15,6 +15,12 @@ the pooled quantiles little). Two statistics that differ between modes do not hi
 A kernel with replicas (PnP-DM ``replicas > 1``) adds its swap acceptance per adjacent pair: a pair
 that never swaps (< ``min_swap``) cuts the ladder, so the cold chain only sees the modes it started in.
 
+An R-hat above 1.05 flags only when a permutation test agrees: the run's draws reshuffled among all
+chains and draws are the same values under perfect mixing, so the fraction of reshufflings whose R-hat
+reaches the run's is a p-value with the stated level whatever the chain layout (split R-hat alone is
+not calibrated on short chains or small regions). Every ``run_chains`` / ``draw`` of the kernels runs
+:func:`mixing_check` on its kept draws and warns with :class:`MixingWarning` from 20 draws per chain.
+
 All chains starting in the same mode and staying there is invisible to every between-chain statistic:
 start chains dispersed (``init="randn"`` with a large ``init_scale``, or the prior's draws).
 
