@@ -30,7 +30,7 @@ _LABEL = re.compile(r"\((\w+), (\d+), (\d+), (\d+)\)")
 class Entry:
     """One row group of the summary: ``method`` (a method label as the table prints it; its ``draws=`` option
     is ignored, as in merged tables) in ``table`` (a file under the results folder), for the sampler
-    ``sampler`` at ``stage`` (``before`` / ``after`` / ``option``), ``settings`` in words. One row per d_y
+    ``sampler`` at ``stage`` (``before`` / ``after`` / ``option`` / ``holdout``), ``settings`` in words. One row per d_y
     found in the table."""
 
     sampler: str
@@ -70,6 +70,19 @@ ENTRIES = (
           "exactness_d8_pnpdm_joint.md", f"{_PNP},chains=16,thin=10,swap=joint"),
     Entry("PnP-DM", "after", "defaults (12 replicas, marginal swap, warmup=auto, analytic prior step), 16 chains",
           "exactness_d8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=16,thin=10{_PNP_NOW}"),
+    # d = 8 holdout: the defaults on 20 fresh problems per d_y (seeds 100-119), used in choosing no default
+    Entry("MCGDiff", "holdout", "defaults (64 particles, one draw per run), fresh seeds 100-119",
+          "exactness_d8_holdout_mcgdiff.md", "mcgdiff:draws=independent"),
+    Entry("TDS", "holdout", "defaults (16 particles, truncated pool), fresh seeds 100-119",
+          "exactness_d8_holdout_tds.md", "tds:draws=all truncated"),
+    Entry("TDS", "holdout", "16 particles, one draw per run, fresh seeds 100-119", "exactness_d8_holdout_tds.md",
+          "tds:draws=all"),
+    Entry("PnP-DM", "holdout", "defaults (warmup=auto, analytic prior step), 16 chains, fresh seeds 100-119",
+          "exactness_d8_holdout_pnpdm.md", f"{_PNP},chains=16,thin=10{_PNP_NOW}"),
+    Entry("PnP-DM", "holdout", "defaults, 100 chains x 4 draws every 10 iterations, fresh seeds 100-119",
+          "exactness_d8_holdout_pnpdm_chains100.md", f"{_PNP},chains=100,thin=10{_PNP_NOW}"),
+    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, fresh seeds 100-119",
+          "exactness_d8_dy2_holdout_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
     Entry("ParticleGibbs", "before", "MCGDiff 32 particles, plug-in step variance, 10 sweeps, 200 chains",
           "exactness_d8_dy2_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=10"),
     Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
@@ -233,7 +246,7 @@ def run_summary(entries=ENTRIES, results: str = RESULTS_DIR, out=RESULTS_DIR, na
     table = MarkdownTable("d", "d_y", "sampler", "stage", "settings", "problems", "inside SW", "inside TV",
                           "inside coverage", "inside all three", "exact draws expect (5 % point)",
                           "P(exact <= count)", "mean 90 % coverage (exact sets')", "table")
-    order = {"before": 0, "after": 1, "option": 2}
+    order = {"before": 0, "after": 1, "option": 2, "holdout": 3}
     rows.sort(key=lambda r: (r["d"], r["entry"].table.find("uneven") >= 0, r["d_y"], r["entry"].sampler,
                              order.get(r["entry"].stage, 3)))
     for r in rows:
@@ -249,7 +262,8 @@ def run_summary(entries=ENTRIES, results: str = RESULTS_DIR, out=RESULTS_DIR, na
              "being inside all three, from the exactness_*control_distribution.md files of the same sample size), "
              "with its 5 % point; P(exact <= count): how often exact draws score as low (below 0.05: the sampler is "
              "distinguishable from exact draws on those problems). before: the settings of the first measurement; "
-             "after: the defaults now, or the stated compute; option: a documented non-default draw. Families "
+             "after: the defaults now, or the stated compute; option: a documented non-default draw; holdout: the "
+             "defaults on 20 fresh problems per d_y (seeds 100-119) that no default was chosen on. Families "
              "cycled over seeds (fullcov, uneven, spectrum) except the rows of uneven tables and d = 800 (uneven "
              "family). Issue 17's outside measurement, for comparison: 2 of 41 runs inside on all three.")
     return write_result(out, name, "Exactness before and after: each exact sampler against exact draws", cmd,
