@@ -83,6 +83,8 @@ ENTRIES = (
           "exactness_d8_holdout_pnpdm_chains100.md", f"{_PNP},chains=100,thin=10{_PNP_NOW}"),
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
+    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), fresh seeds 100-119",
+          "exactness_d8_dy2_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
     Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, fresh seeds 100-119",
