@@ -77,6 +77,13 @@ def _log_likelihood(problem: Problem, x: torch.Tensor) -> torch.Tensor | None:
     return ll.detach().reshape(-1) if ll.numel() == x.shape[0] else None
 
 
+def _kept_log_likelihoods(problem: Problem, states) -> torch.Tensor | None:
+    """``(S, N)`` values of ``log p(y | x)`` of ``S`` kept batches of ``N`` chain states (one batched
+    likelihood call each, as the chains were run), or ``None`` where the likelihood has no closed value."""
+    lls = [_log_likelihood(problem, x) for x in states]
+    return torch.stack(lls) if lls and all(v is not None for v in lls) else None
+
+
 def stub_model(model):
     """The model with every DiffusionPrior site replaced by zeros unless conditioned (no reverse diffusion)."""
 
@@ -470,10 +477,9 @@ class DiffusionKernel(MCMCKernel, Solver):
         if C < 2 or S < 4:
             return None
         plate = tuple(problem.plate_shape) if problem.plates else ()
-        lls = [_log_likelihood(run, x) for x in keep]
-        ll = None
-        if all(v is not None for v in lls):  # (S, C * B), chain i of measurement b at i * B + b
-            ll = torch.stack(lls).reshape((S, C) + plate).transpose(0, 1)
+        ll = _kept_log_likelihoods(run, keep)  # (S, C * B), chain i of measurement b at i * B + b
+        if ll is not None:
+            ll = ll.reshape((S, C) + plate).transpose(0, 1)
         return mixing_check(self.name, res.samples, ll, kernel=self, plate_shape=plate, advice=self.mixing_advice)
 
     def _result(self, problem: Problem, C: int, keep, div, info, moved, diverged, secs, evals0, total,

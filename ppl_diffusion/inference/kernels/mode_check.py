@@ -35,6 +35,7 @@ carry the start's law, e.g. the mode weights of independent SMC runs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -203,8 +204,6 @@ def mixing_check(name: str, samples: torch.Tensor, log_likelihood=None, *, kerne
     ``samples``: ``(chain, draw, *plate_shape, *event)``; ``log_likelihood``: ``(chain, draw,
     *plate_shape)`` values or ``None``. Returns the dict, or a list of dicts (one per measurement, the
     plate flattened in order) with a plate; ``None`` with fewer than 2 chains or 4 draws per chain."""
-    import warnings
-
     from .auto_warmup import _caller_level
 
     x = torch.as_tensor(samples)

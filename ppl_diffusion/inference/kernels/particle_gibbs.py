@@ -31,7 +31,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..smc.engine import run_smc, trace_lineage
 from ..solver import Draws, check_int, measure
-from .base import ChainResult, _log_likelihood
+from .base import ChainResult, _kept_log_likelihoods, _log_likelihood
 
 __all__ = ["ParticleGibbs"]
 
@@ -176,9 +176,8 @@ class ParticleGibbs(MCMCKernel):
         C, S = samples.shape[:2]
         if C < 2 or S < 4:
             return None
-        lls = [_log_likelihood(self._problem, samples[:, s]) for s in range(S)]
-        ll = torch.stack(lls, 1) if all(v is not None for v in lls) else None
-        return mixing_check(f"ParticleGibbs({self.sampler.name})", samples, ll,
+        ll = _kept_log_likelihoods(self._problem, samples.unbind(1))
+        return mixing_check(f"ParticleGibbs({self.sampler.name})", samples, None if ll is None else ll.T,
                             advice="Raise warmup (conditional sweeps) or thin, or the sampler's particles "
                                    f"(now {self.sampler.particles}).")
 
