@@ -29,11 +29,17 @@ import time
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
+from ..health import RunInterrupted
 from ..smc.engine import run_smc, trace_lineage
 from ..solver import Draws, check_int, measure
+from .auto_warmup import AutoWarmup, resolve_warmup
 from .base import ChainResult, _kept_log_likelihoods, _log_likelihood
 
-__all__ = ["ParticleGibbs"]
+__all__ = ["ParticleGibbs", "AUTO_WARMUP"]
+
+#: ``warmup="auto"`` of :class:`ParticleGibbs`: a start-dependence test (level 0.05) after 60 conditional
+#: sweeps, then after 120, 240, 480 and 960 until it no longer rejects (see :meth:`ParticleGibbs.run_chains`)
+AUTO_WARMUP = AutoWarmup(first=60, max_warmup=960, alpha=0.05)
 
 
 class ParticleGibbs(MCMCKernel):
@@ -126,7 +132,7 @@ class ParticleGibbs(MCMCKernel):
             self._reference, self._x = self._sweep(self._reference)
         return {"x": self._x if self.chains > 1 else self._x[0]}
 
-    def run_chains(self, *args, num_samples: int = 100, warmup_steps: int = 0, thin: int = 1,
+    def run_chains(self, *args, num_samples: int = 100, warmup_steps: int | str | AutoWarmup = 0, thin: int = 1,
                    progress: bool = False, **kwargs) -> ChainResult:
         """Run the ``self.chains`` chains as ONE batch (one conditional-SMC run per chain per iteration):
         ``warmup_steps`` discarded iterations after the initial (unconditional) SMC draw, then
@@ -134,40 +140,96 @@ class ParticleGibbs(MCMCKernel):
         :class:`~ppl_diffusion.inference.kernels.base.ChainResult` (samples ``(chain, draw, *event)``,
         ``.to_inference_data()`` with chain/draw dims; ``nfe_per_iteration``: network evaluations per
         chain and iteration, i.e. particles x network steps); stats ``moved`` (the draw differs from
-        the previous one)."""
+        the previous one).
+
+        ``warmup_steps="auto"`` (or an :class:`~.auto_warmup.AutoWarmup`; for this kernel ``"auto"`` is
+        :data:`AUTO_WARMUP`, checkpoints 60, 120, 240, 480, 960 sweeps) sweeps until the chains have
+        forgotten their start: at each checkpoint the chains' current states are tested against their
+        starting states (:func:`~.mode_check.start_dependence` at the setting's ``alpha``), and the warm-up
+        ends at the first checkpoint where the test does not reject. The start is one independent SMC run
+        per chain, whose mode weights carry the independent-run bias; a chain still in the region its run
+        put it in keeps that bias. Each checkpoint's test is in ``.warmup_checks`` (``at``: the sweeps run
+        so far), the sweeps used in ``.warmup``. It needs ``AutoWarmup.min_chains`` chains or more. Ctrl-C
+        raises :class:`~ppl_diffusion.inference.health.RunInterrupted` whose ``.partial`` holds the draws
+        kept so far."""
         num_samples = check_int("num_samples", num_samples, "ParticleGibbs")
         thin = check_int("thin", thin, "ParticleGibbs")
-        warmup_steps = check_int("warmup_steps", warmup_steps, "ParticleGibbs", minimum=0)
+        if isinstance(warmup_steps, str) and warmup_steps == "auto":
+            warmup_steps = AUTO_WARMUP
+        warmup = resolve_warmup(warmup_steps, "ParticleGibbs", chains=self.chains)
+        auto = isinstance(warmup, AutoWarmup)
         t0 = time.perf_counter()
-        self.setup(warmup_steps, *args, **kwargs)
+        self.setup(warmup.first if auto else warmup, *args, **kwargs)
         start = self._x.clone()
-        den = self._problem.denoiser
-        evals0 = den.sample_evals
-        keep, moved = [], []
-        prev = self._x
-        total = warmup_steps + num_samples * thin
-        it = range(total)
+        evals0 = self._problem.denoiser.sample_evals
+        keep, moved, checks = [], [], []
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, desc="particle_gibbs")
-        with torch.no_grad():
-            for k in it:
-                self._reference, self._x = self._sweep(self._reference)
-                if k >= warmup_steps and (k - warmup_steps) % thin == thin - 1:
-                    keep.append(self._x.clone())
-                    moved.append((self._x != prev).flatten(1).any(1))
+            bar = tqdm(total=(warmup.first if auto else warmup) + num_samples * thin, desc="particle_gibbs")
+        k, warm = 0, None if auto else warmup
+        try:
+            with torch.no_grad():
+                for stop in (warmup.checkpoints() if auto else [warmup]):
+                    while k < stop:
+                        self._reference, self._x = self._sweep(self._reference)
+                        k += 1
+                        if bar is not None:
+                            bar.update(1)
+                    if not auto:
+                        break
+                    check = self._start_dependence(start, self._x, warmup.alpha, warmup.regions, seed=k)
+                    checks.append({**check, "at": k})
+                    if check["ok"]:
+                        break
+                    if bar is not None and stop < warmup.max_warmup:
+                        bar.total += min(2 * stop, warmup.max_warmup) - stop
+                        bar.refresh()
+                warm = k
                 prev = self._x
-        samples = torch.stack(keep, 1)
-        nfe = (den.sample_evals - evals0) / (self.chains * max(total, 1))
-        res = ChainResult(samples, {"moved": torch.stack(moved, 1)}, nfe_per_iteration=float(nfe),
-                          seconds=time.perf_counter() - t0, site=self._problem.prior_site,
-                          observation=self._problem.observation)
-        res.warmup = warmup_steps
+                for i in range(num_samples * thin):
+                    self._reference, self._x = self._sweep(self._reference)
+                    k += 1
+                    if i % thin == thin - 1:
+                        keep.append(self._x.clone())
+                        moved.append((self._x != prev).flatten(1).any(1))
+                    prev = self._x
+                    if bar is not None:
+                        bar.update(1)
+        except KeyboardInterrupt:
+            part = self._result(keep, moved, evals0, k, t0) if keep else None
+            if part is not None:
+                part.warmup, part.warmup_checks, part.interrupted = warm, checks, True
+            raise RunInterrupted(f"ParticleGibbs({self.sampler.name}): interrupted after {k} conditional sweeps "
+                                 f"with {len(keep)} draws per chain kept; .partial holds them (a ChainResult, "
+                                 "interrupted=True)", partial=part, step=k) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        res = self._result(keep, moved, evals0, k, t0)
+        res.warmup, res.warmup_checks = warm, checks
         if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
-            res.start_check = self._start_check(start, samples[:, 0], warmup_steps + thin)
-        res.convergence = self._mixing_check(samples)
+            res.start_check = self._start_check(start, res.samples[:, 0], warm + thin)
+        res.convergence = self._mixing_check(res.samples)
         return res
+
+    def _result(self, keep: list, moved: list, evals0: int, sweeps: int, t0: float) -> ChainResult:
+        """The kept draws as a :class:`ChainResult` (``sweeps``: the conditional sweeps run)."""
+        nfe = (self._problem.denoiser.sample_evals - evals0) / (self.chains * max(sweeps, 1))
+        return ChainResult(torch.stack(keep, 1), {"moved": torch.stack(moved, 1)}, nfe_per_iteration=float(nfe),
+                           seconds=time.perf_counter() - t0, site=self._problem.prior_site,
+                           observation=self._problem.observation)
+
+    def _start_dependence(self, start, x, alpha: float, regions: int = 4, seed: int = 17) -> dict:
+        """:func:`~.mode_check.start_dependence` of the states ``x`` on the chains' ``start``, with the
+        log-likelihood test where the likelihood has a closed value."""
+        from .mode_check import start_dependence
+
+        problem = self._problem
+        has_ll = _log_likelihood(problem, start[:1]) is not None  # else the region test alone
+        return start_dependence(start, x, (lambda z: _log_likelihood(problem, z)) if has_ll else None,
+                                regions=regions, alpha=alpha, generator=torch.Generator().manual_seed(seed))
 
     def _mixing_check(self, samples: torch.Tensor):
         """:func:`~.mode_check.mixing_check` of the kept draws ``(chain, draw, *event)`` (4 or more per chain)."""
@@ -187,12 +249,9 @@ class ParticleGibbs(MCMCKernel):
         import warnings
 
         from .auto_warmup import _caller_level
-        from .mode_check import StartDependenceWarning, start_dependence
+        from .mode_check import StartDependenceWarning
 
-        problem = self._problem
-        has_ll = _log_likelihood(problem, start[:1]) is not None  # else the region test alone
-        check = start_dependence(start, first, (lambda x: _log_likelihood(problem, x)) if has_ll else None,
-                                 generator=torch.Generator().manual_seed(17))
+        check = self._start_dependence(start, first, alpha=0.01)
         if not check["ok"]:
             warnings.warn(
                 f"ParticleGibbs({self.sampler.name}): after {sweeps} conditional sweep{'' if sweeps == 1 else 's'} "
@@ -204,7 +263,7 @@ class ParticleGibbs(MCMCKernel):
                 StartDependenceWarning, stacklevel=_caller_level())
         return check
 
-    def draw(self, num_samples: int, *args, warmup: int = 60, thin: int = 1,
+    def draw(self, num_samples: int, *args, warmup: int | str | AutoWarmup = 60, thin: int = 1,
              generator: torch.Generator | None = None, **kwargs) -> Draws:
         """Posterior draws from the ``self.chains`` vectorised chains: ``ceil(num_samples / chains)``
         draws per chain (``chains x ceil(num_samples / chains) >= num_samples`` in all, ``(chain, draw,
@@ -216,11 +275,13 @@ class ParticleGibbs(MCMCKernel):
         chains keep their starting runs' mode weights, 9/20 inside, 600 sweeps do not mend it, and 128 particles
         are inside on 15/20, as exact draws would be (P = 0.49),
         benchmarks/results/exactness_d80_dy2_particle_gibbs_*.md;
-        the start check below says which case a run is in). ``generator`` replaces the kernel's for
+        the start check below says which case a run is in; ``warmup="auto"`` sweeps until the chains no
+        longer depend on their start, see :meth:`run_chains`). ``generator`` replaces the kernel's for
         this call. ``nfe_per_sample``: every network evaluation of the call (the initial unconditional
         sweep, burn-in and thinning included) divided by the draws; ``stats``: ``moved``;
-        ``extra["result"]``: the ChainResult; ``extra["start_check"]``: whether the first draws still
-        depend on the chains' start (:func:`~.mode_check.start_dependence`; a
+        ``extra["result"]``: the ChainResult; ``extra["warmup"]``: the sweeps discarded;
+        ``extra["warmup_checks"]``: ``warmup="auto"``'s tests; ``extra["start_check"]``: whether the first
+        draws still depend on the chains' start (:func:`~.mode_check.start_dependence`; a
         :class:`~.mode_check.StartDependenceWarning` when they do)."""
         n = check_int("num_samples", num_samples, "ParticleGibbs")
         per_chain = -(-n // self.chains)
@@ -236,7 +297,8 @@ class ParticleGibbs(MCMCKernel):
             self.generator = saved
         return Draws(res.samples, meter.evals / (self.chains * per_chain), meter.seconds,
                      f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats),
-                     {"result": res, "start_check": res.start_check, "convergence": res.convergence},
+                     {"result": res, "warmup": res.warmup, "warmup_checks": res.warmup_checks,
+                      "start_check": res.start_check, "convergence": res.convergence},
                      problem.prior_site, problem.observation)
 
     def diagnostics(self):
