@@ -104,7 +104,7 @@ def test_particle_gibbs_flags_draws_that_still_carry_its_start():
     assert d10.extra["start_check"]["ok"] and not w10, d10.extra["start_check"]
 
 
-def _pg_uneven(chains=100, seed=0):
+def _pg_uneven(chains=100, seed=0, particles=32):
     """ParticleGibbs(MCGDiff, 32 particles, 50 steps) on the d = 8 bimodal posterior of the test above."""
     from ppl_diffusion.bench.exactness import exactness_problem
     from ppl_diffusion.inference.kernels import ParticleGibbs
@@ -112,7 +112,7 @@ def _pg_uneven(chains=100, seed=0):
     from ppl_diffusion.schedules import VPSchedule
 
     pb = exactness_problem("uneven", 8, 2, 1)
-    kern = ParticleGibbs(MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=32, steps=50,
+    kern = ParticleGibbs(MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=particles, steps=50,
                                  final_correction=False), chains=chains, generator=torch.Generator().manual_seed(seed))
     return kern, pb
 
@@ -159,3 +159,19 @@ def test_particle_gibbs_auto_warmup_needs_chains_and_keeps_draws_on_interrupt():
         kern.run_chains(y=pb.y, num_samples=10, warmup_steps=2)
     part = err.value.partial
     assert part.interrupted and part.samples.shape == (20, 3, 8) and part.warmup == 2
+
+
+def test_particle_gibbs_auto_warmup_at_its_cap_says_particles_not_sweeps():
+    """With 2 particles a sweep almost never moves a chain to the other mode: every check of an automatic
+    warm-up capped at 4 sweeps rejects (p 0.001 at 2 and 4 sweeps and at the first draw, seeds 0-2,
+    measured), and the warning names the cap and the particles as the remedy, not more sweeps."""
+    from ppl_diffusion.inference.kernels import AutoWarmup
+
+    kern, pb = _pg_uneven(particles=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = kern.draw(100, y=pb.y, warmup=AutoWarmup(first=2, max_warmup=4, alpha=0.05))
+    assert [c["at"] for c in d.extra["warmup_checks"]] == [2, 4] and d.extra["warmup"] == 4
+    assert not any(c["ok"] for c in d.extra["warmup_checks"]) and not d.extra["start_check"]["ok"]
+    msg = [str(w.message) for w in caught if issubclass(w.category, StartDependenceWarning)]
+    assert len(msg) == 1 and "ran to its cap" in msg[0] and "particles (now 2" in msg[0], msg

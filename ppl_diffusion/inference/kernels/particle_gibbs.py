@@ -210,7 +210,8 @@ class ParticleGibbs(MCMCKernel):
         res = self._result(keep, moved, evals0, k, t0)
         res.warmup, res.warmup_checks = warm, checks
         if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
-            res.start_check = self._start_check(start, res.samples[:, 0], warm + thin)
+            capped = auto and bool(checks) and not checks[-1]["ok"]  # warmup="auto" stopped at its cap
+            res.start_check = self._start_check(start, res.samples[:, 0], warm + thin, capped)
         res.convergence = self._mixing_check(res.samples)
         return res
 
@@ -243,9 +244,10 @@ class ParticleGibbs(MCMCKernel):
                             advice="Raise warmup (conditional sweeps) or thin, or the sampler's particles "
                                    f"(now {self.sampler.particles}).")
 
-    def _start_check(self, start, first, sweeps: int) -> dict:
+    def _start_check(self, start, first, sweeps: int, capped: bool = False) -> dict:
         """:func:`~.mode_check.start_dependence` of the first kept draws on the chains' start, with a
-        :class:`~.mode_check.StartDependenceWarning` when they still depend on it."""
+        :class:`~.mode_check.StartDependenceWarning` when they still depend on it (``capped``: an automatic
+        warm-up ran to its cap, so more sweeps are the weaker remedy)."""
         import warnings
 
         from .auto_warmup import _caller_level
@@ -257,9 +259,13 @@ class ParticleGibbs(MCMCKernel):
                 f"ParticleGibbs({self.sampler.name}): after {sweeps} conditional sweep{'' if sweeps == 1 else 's'} "
                 f"{check['flags'][0]}. "
                 "The chains start from independent runs of the sampler and have not forgotten them, so the draws "
-                "may keep those runs' mode weights (the independent-run bias). Raise warmup (or thin), raise the "
-                f"sampler's particles (now {self.sampler.particles}), or weight independent runs by their "
-                "evidence instead (the sampler's draw(pooled='truncated')).",
+                "may keep those runs' mode weights (the independent-run bias). "
+                + ("warmup='auto' ran to its cap with the chains still tied to their start: raise the sampler's "
+                   f"particles (now {self.sampler.particles}; a sweep moves a chain to another mode only when its "
+                   "fresh particles find that mode), or weight independent runs by their " if capped else
+                   "Raise warmup (or thin, or use warmup='auto'), raise the sampler's particles (now "
+                   f"{self.sampler.particles}), or weight independent runs by their ")
+                + "evidence instead (the sampler's draw(pooled='truncated')).",
                 StartDependenceWarning, stacklevel=_caller_level())
         return check
 
