@@ -258,7 +258,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             warnings.simplefilter("ignore", StartDependenceWarning)
             d = kern.draw(n, y=pb.y, warmup=warmup, thin=thin)
         return [("", d.flat()[:n].reshape(n, -1), {"start_check": d.extra["start_check"],
-                                                     "pg_warmup": d.extra["warmup"] if warmup == "auto" else None})]
+                                                     "warmup": d.extra["warmup"] if warmup == "auto" else None})]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
         from ..inference.smc.evidence import pooled_resample, reliability
@@ -340,7 +340,6 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         v = verdict(s, spread)
                         warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
                         sc = None if rel is None else rel.get("start_check")  # ParticleGibbs: draws vs start
-                        pg_warm = None if rel is None else rel.get("pg_warmup")
                         cv = None if rel is None else rel.get("convergence")  # a kernel's mixing check
                         rel = None if warm is not None or sc is not None else rel
                         flag = not sc["ok"] if sc is not None else not cv["ok"] if cv is not None else (
@@ -357,8 +356,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         if sc is not None:
                             rb = (f"start: same region {sc['same_region']:.2f} (indep. {sc['same_expected']:.2f}), "
                                   f"p {sc['p']:.3g}{', FLAG' if flag else ''}")
-                            if pg_warm is not None:  # ParticleGibbs with warmup=auto: the sweeps it chose
-                                rb += f", warm-up {pg_warm}"
+                            if warm is not None:  # ParticleGibbs with warmup=auto: the sweeps it chose
+                                rb += f", warm-up {warm}"
                         b = spread.bounds
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",

@@ -83,14 +83,14 @@ class AutoWarmup:
         return out + [self.max_warmup]
 
 
-def resolve_warmup(warmup, name: str, minimum: int = 0, chains: int | None = None):
-    """``warmup`` as an ``int`` or an :class:`AutoWarmup` (``"auto"``: the defaults, with ``first`` at
-    least ``minimum``, e.g. PnP-DM's annealing). ``chains``: refuse ``auto`` with fewer than its
+def resolve_warmup(warmup, name: str, minimum: int = 0, chains: int | None = None, auto: AutoWarmup | None = None):
+    """``warmup`` as an ``int`` or an :class:`AutoWarmup` (``"auto"``: ``auto``, by default the defaults, with
+    ``first`` at least ``minimum``, e.g. PnP-DM's annealing). ``chains``: refuse ``auto`` with fewer than its
     ``min_chains``."""
     if isinstance(warmup, str):
         if warmup != "auto":
             raise OptionError(f"{name}: warmup must be an int >= 0 or 'auto', got {warmup!r}")
-        warmup = AutoWarmup()
+        warmup = AutoWarmup() if auto is None else auto
     if isinstance(warmup, AutoWarmup):
         if warmup.first < minimum:
             warmup = replace(warmup, first=int(minimum), max_warmup=max(warmup.max_warmup, 2 * int(minimum)))

@@ -154,9 +154,7 @@ class ParticleGibbs(MCMCKernel):
         kept so far."""
         num_samples = check_int("num_samples", num_samples, "ParticleGibbs")
         thin = check_int("thin", thin, "ParticleGibbs")
-        if isinstance(warmup_steps, str) and warmup_steps == "auto":
-            warmup_steps = AUTO_WARMUP
-        warmup = resolve_warmup(warmup_steps, "ParticleGibbs", chains=self.chains)
+        warmup = resolve_warmup(warmup_steps, "ParticleGibbs", chains=self.chains, auto=AUTO_WARMUP)
         auto = isinstance(warmup, AutoWarmup)
         t0 = time.perf_counter()
         self.setup(warmup.first if auto else warmup, *args, **kwargs)
@@ -171,7 +169,8 @@ class ParticleGibbs(MCMCKernel):
         k, warm = 0, None if auto else warmup
         try:
             with torch.no_grad():
-                for stop in (warmup.checkpoints() if auto else [warmup]):
+                stops = warmup.checkpoints() if auto else [warmup]
+                for j, stop in enumerate(stops):
                     while k < stop:
                         self._reference, self._x = self._sweep(self._reference)
                         k += 1
@@ -183,8 +182,8 @@ class ParticleGibbs(MCMCKernel):
                     checks.append({**check, "at": k})
                     if check["ok"]:
                         break
-                    if bar is not None and stop < warmup.max_warmup:
-                        bar.total += min(2 * stop, warmup.max_warmup) - stop
+                    if bar is not None and j + 1 < len(stops):
+                        bar.total += stops[j + 1] - stop
                         bar.refresh()
                 warm = k
                 prev = self._x
