@@ -768,7 +768,8 @@ def _interrupt(signum, frame):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/exactness.py", description=__doc__.split("\n")[0])
     p.add_argument("what", nargs="?", default="spread", choices=["spread", "mode_bias", "kernels", "merge", "pooling",
-                                                                 "evidence_steps", "control", "summary"])
+                                                                 "evidence_steps", "control", "summary",
+                                                                 "pg_target"])
     p.add_argument("parts", nargs="*", help="merge: the result files to join (written to --name)")
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--dys", default="1,2,4")
@@ -797,6 +798,9 @@ def main(argv=None):
     p.add_argument("--evidence-problems", default=EVIDENCE_PROBLEMS, help="evidence_steps: 'd,d_y,seed;...'")
     p.add_argument("--evidence-runs", type=int, default=300, help="evidence_steps: independent runs per problem")
     p.add_argument("--evidence-particles", type=int, default=256, help="evidence_steps: MCGDiff's particles")
+    p.add_argument("--pg-problems", default="8,2,114;8,2,101", help="pg_target: 'd,d_y,seed;...'")
+    p.add_argument("--pg-chains", type=int, default=400, help="pg_target: ParticleGibbs chains")
+    p.add_argument("--pg-sweeps", type=int, default=400, help="pg_target: conditional sweeps (50 discarded)")
     p.add_argument("--control-reps", type=int, default=200,
                    help="control: further exact sets per problem (ppl_diffusion/bench/exact_control.py)")
     p.add_argument("--against", default="", help="control: ','-separated exactness tables to read against it")
@@ -827,6 +831,11 @@ def _run(a, cmd):
     if a.what == "evidence_steps":
         return evidence_steps(a.evidence_problems, a.evidence_runs, a.evidence_particles, a.steps or 200, out=a.out,
                               cmd=cmd, name=a.name or "smc_evidence_steps")
+    if a.what == "pg_target":
+        from .pg_target import pg_target
+
+        return pg_target(a.pg_problems, a.steps or 40, chains=a.pg_chains, sweeps=a.pg_sweeps, out=a.out,
+                         name=a.name or "particle_gibbs_target", cmd=cmd)
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
