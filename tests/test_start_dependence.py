@@ -175,3 +175,37 @@ def test_particle_gibbs_auto_warmup_at_its_cap_says_particles_not_sweeps():
     assert not any(c["ok"] for c in d.extra["warmup_checks"]) and not d.extra["start_check"]["ok"]
     msg = [str(w.message) for w in caught if issubclass(w.category, StartDependenceWarning)]
     assert len(msg) == 1 and "ran to its cap" in msg[0] and "particles (now 2" in msg[0], msg
+
+
+def test_particle_gibbs_region_changes_flag_chains_that_cannot_have_left_their_start_mode():
+    """The chains' changes of mode-like region in the warm-up bound what is left of the start's mode
+    weights (exp(-2 x changes per chain) for two regions). Planted: a kernel frozen at its start (every sweep
+    returns the chain's current state) changes region 0 times and warns that it never did; 2 particles
+    change region 0.25-0.28 times per chain in 10 sweeps (measured, seeds 0-2), so up to 57-61 % may be
+    left and the warning asks for about 60 sweeps or more particles; 32 particles change 3.6-4.2 times in the
+    same 10 sweeps (start_left <= 0.001) and do not warn."""
+    from ppl_diffusion.inference.kernels.particle_gibbs import RegionChangeWarning
+
+    def run(kern, pb, warmup=10):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            d = kern.draw(100, y=pb.y, warmup=warmup)
+        return d.extra["region_changes"], [str(w.message) for w in caught if w.category is RegionChangeWarning]
+
+    kern, pb = _pg_uneven(particles=2)
+    rc, msg = run(kern, pb)
+    assert rc["warmup"] == 10 and rc["warmup_per_chain"] < 0.5 and rc["start_left"] > 0.3, rc
+    assert len(msg) == 1 and "Raise warmup to about" in msg[0] and "particles (now 2" in msg[0], msg
+    need = int(msg[0].split("Raise warmup to about ")[1].split()[0])
+    assert need == math.ceil(math.log(20) / 2 / rc["rate"]) and need > 20, (need, rc)
+
+    kern, pb = _pg_uneven(particles=32)
+    sweep = kern._sweep
+    kern._sweep = lambda ref: sweep(None) if ref is None else (ref, kern._x)  # planted: never moves
+    rc, msg = run(kern, pb)
+    assert rc["warmup_per_chain"] == 0 and rc["rate"] == 0 and rc["start_left"] == 1.0, rc
+    assert len(msg) == 1 and "never changed region" in msg[0], msg
+
+    kern, pb = _pg_uneven(particles=32)
+    rc, msg = run(kern, pb)
+    assert rc["warmup_per_chain"] > 2.5 and rc["start_left"] < 0.01 and not msg, rc

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..inference.kernels.particle_gibbs import MAX_START_LEFT
 from ..metrics import quantile
 from ..models.gmm import GaussianMixture, GMMProblem
 from ..schedules import VPSchedule
@@ -258,6 +259,7 @@ def _draws(solver, opts, pb, sched, n, steps, g):
             warnings.simplefilter("ignore", StartDependenceWarning)
             d = kern.draw(n, y=pb.y, warmup=warmup, thin=thin)
         return [("", d.flat()[:n].reshape(n, -1), {"start_check": d.extra["start_check"],
+                                                     "region_changes": d.extra["region_changes"],
                                                      "warmup": d.extra["warmup"] if warmup == "auto" else None})]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
@@ -340,9 +342,11 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         v = verdict(s, spread)
                         warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
                         sc = None if rel is None else rel.get("start_check")  # ParticleGibbs: draws vs start
+                        rc = None if rel is None else rel.get("region_changes")  # ParticleGibbs: in the warm-up
                         cv = None if rel is None else rel.get("convergence")  # a kernel's mixing check
                         rel = None if warm is not None or sc is not None else rel
-                        flag = not sc["ok"] if sc is not None else not cv["ok"] if cv is not None else (
+                        slow = rc is not None and rc["start_left"] > MAX_START_LEFT  # too few region changes
+                        flag = (not sc["ok"] or slow) if sc is not None else not cv["ok"] if cv is not None else (
                             None if rel is None else bool(rel["unreliable_independent"][0]))
                         tally.setdefault((key + label_m, d_y), []).append({**v, "c": s["cov"], "flag": flag,
                                                                            "c_exact": float(spread.cov.mean())})
@@ -358,6 +362,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                   f"p {sc['p']:.3g}{', FLAG' if flag else ''}")
                             if warm is not None:  # ParticleGibbs with warmup=auto: the sweeps it chose
                                 rb += f", warm-up {warm}"
+                            if rc is not None:
+                                rb += f", {rc['warmup_per_chain']:.2f} region changes/chain"
                         b = spread.bounds
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",

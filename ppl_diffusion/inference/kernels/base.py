@@ -119,6 +119,8 @@ class ChainResult(ChainDraws):
     #: ParticleGibbs: whether the first kept draws still depend on the chains' start
     #: (:func:`.mode_check.start_dependence`; ``None`` where not tested)
     start_check: dict | None = None
+    #: ParticleGibbs: how often the chains changed mode-like region (``ParticleGibbs.run_chains``)
+    region_changes: dict | None = None
     #: mode-sensitive between-chain diagnostics of the kept draws (:func:`.mode_check.mixing_check`: a
     #: dict, one per measurement with a plate; ``None`` with fewer than 2 chains or 4 draws per chain)
     convergence: dict | list | None = None

@@ -35,11 +35,50 @@ from ..solver import Draws, check_int, measure
 from .auto_warmup import AutoWarmup, resolve_warmup
 from .base import ChainResult, _kept_log_likelihoods, _log_likelihood
 
-__all__ = ["ParticleGibbs", "AUTO_WARMUP"]
+__all__ = ["ParticleGibbs", "AUTO_WARMUP", "RegionChangeWarning", "MAX_START_LEFT"]
 
 #: ``warmup="auto"`` of :class:`ParticleGibbs`: a start-dependence test (level 0.05) after 60 conditional
 #: sweeps, then after 120, 240, 480 and 960 until it no longer rejects (see :meth:`ParticleGibbs.run_chains`)
 AUTO_WARMUP = AutoWarmup(first=60, max_warmup=960, alpha=0.05)
+#: warn when a start's region weights may keep more than this fraction of their excess after the warm-up
+MAX_START_LEFT = 0.05
+
+
+class RegionChangeWarning(UserWarning):
+    """ParticleGibbs' chains changed mode-like region too rarely in the warm-up to have forgotten the
+    region weights of their start (``ParticleGibbs.run_chains``)."""
+
+
+class _RegionTracker:
+    """Counts the chains' changes of mode-like region, sweep by sweep: k-means centres (``regions``) fitted
+    once on the chains' start, each sweep's states labelled by the nearest centre."""
+
+    def __init__(self, start: torch.Tensor, regions: int = 4, seed: int = 17):
+        from ...diagnostics import kmeans_centres
+
+        flat = start.reshape(start.shape[0], -1).to(torch.float64)
+        self.centres = kmeans_centres(flat, min(regions, flat.shape[0]), 25, torch.Generator().manual_seed(seed))
+        self.label = self._labels(start)
+        self.changes, self.sweeps = 0, 0
+
+    def _labels(self, x):
+        return torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), self.centres.to(x.device)).argmin(1)
+
+    def update(self, x):
+        new = self._labels(x)
+        self.changes += int((new != self.label).sum())
+        self.sweeps += 1
+        self.label = new
+
+    def summary(self, chains: int, warm: int, warm_changes: int) -> dict:
+        """``warmup_per_chain``: region changes per chain in the warm-up; ``rate``: per chain and sweep over
+        the whole run; ``start_left``: ``exp(-2 x warmup_per_chain)``, the most of a start's region-weight
+        excess a two-region chain with these changes keeps (its excess decays as ``exp(-t (a + b))`` with
+        ``a + b = rate / (2 p (1 - p)) >= 2 rate``)."""
+        per = warm_changes / chains
+        return {"regions": int(self.centres.shape[0]), "warmup": warm, "warmup_per_chain": per,
+                "rate": self.changes / (chains * max(self.sweeps, 1)), "start_left": float(torch.exp(
+                    torch.tensor(-2.0 * per)))}
 
 
 class ParticleGibbs(MCMCKernel):
@@ -149,7 +188,16 @@ class ParticleGibbs(MCMCKernel):
         ends at the first checkpoint where the test does not reject. The start is one independent SMC run
         per chain, whose mode weights carry the independent-run bias; a chain still in the region its run
         put it in keeps that bias. Each checkpoint's test is in ``.warmup_checks`` (``at``: the sweeps run
-        so far), the sweeps used in ``.warmup``. It needs ``AutoWarmup.min_chains`` chains or more. Ctrl-C
+        so far), the sweeps used in ``.warmup``. It needs ``AutoWarmup.min_chains`` chains or more.
+
+        With 2 chains or more every sweep also counts the chains' changes of mode-like region (4 k-means
+        centres fitted on the start): ``.region_changes`` holds the changes per chain in the warm-up
+        (``warmup_per_chain``), the rate per chain and sweep, and ``start_left = exp(-2 x warmup_per_chain)``,
+        the most of the start's excess weight in a region a two-region chain with that many changes keeps;
+        above :data:`MAX_START_LEFT` a :class:`RegionChangeWarning` gives the warm-up that rate would need
+        (measured: 32 particles at 200 steps change mode 0.012-0.014 times per chain and sweep on a d = 8,
+        d_y = 2 two-mode posterior, a relaxation time of about 35 sweeps;
+        benchmarks/results/particle_gibbs_target_steps200.md). Ctrl-C
         raises :class:`~ppl_diffusion.inference.health.RunInterrupted` whose ``.partial`` holds the draws
         kept so far."""
         num_samples = check_int("num_samples", num_samples, "ParticleGibbs")
@@ -159,6 +207,8 @@ class ParticleGibbs(MCMCKernel):
         t0 = time.perf_counter()
         self.setup(warmup.first if auto else warmup, *args, **kwargs)
         start = self._x.clone()
+        tracker = _RegionTracker(start) if self.chains >= 2 else None
+        warm_changes = 0
         evals0 = self._problem.denoiser.sample_evals
         keep, moved, checks = [], [], []
         bar = None
@@ -174,6 +224,8 @@ class ParticleGibbs(MCMCKernel):
                     while k < stop:
                         self._reference, self._x = self._sweep(self._reference)
                         k += 1
+                        if tracker is not None:
+                            tracker.update(self._x)
                         if bar is not None:
                             bar.update(1)
                     if not auto:
@@ -186,10 +238,13 @@ class ParticleGibbs(MCMCKernel):
                         bar.total += stops[j + 1] - stop
                         bar.refresh()
                 warm = k
+                warm_changes = tracker.changes if tracker is not None else 0
                 prev = self._x
                 for i in range(num_samples * thin):
                     self._reference, self._x = self._sweep(self._reference)
                     k += 1
+                    if tracker is not None:
+                        tracker.update(self._x)
                     if i % thin == thin - 1:
                         keep.append(self._x.clone())
                         moved.append((self._x != prev).flatten(1).any(1))
@@ -211,6 +266,7 @@ class ParticleGibbs(MCMCKernel):
         if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
             capped = auto and bool(checks) and not checks[-1]["ok"]  # warmup="auto" stopped at its cap
             res.start_check = self._start_check(start, res.samples[:, 0], warm + thin, capped)
+            res.region_changes = self._region_check(tracker.summary(self.chains, warm, warm_changes))
         res.convergence = self._mixing_check(res.samples)
         return res
 
@@ -268,6 +324,27 @@ class ParticleGibbs(MCMCKernel):
                 StartDependenceWarning, stacklevel=_caller_level())
         return check
 
+    def _region_check(self, rc: dict) -> dict:
+        """Warn (:class:`RegionChangeWarning`) when the chains changed region too rarely in the warm-up:
+        ``rc["start_left"] > MAX_START_LEFT``."""
+        import math
+        import warnings
+
+        from .auto_warmup import _caller_level
+
+        if rc["start_left"] > MAX_START_LEFT:
+            need = math.ceil(-math.log(MAX_START_LEFT) / 2 / rc["rate"]) if rc["rate"] > 0 else None
+            warnings.warn(
+                f"ParticleGibbs({self.sampler.name}): in {rc['warmup']} warm-up sweeps a chain changed mode-like "
+                f"region {rc['warmup_per_chain']:.2f} times on average ({rc['rate']:.4f} changes per chain and "
+                f"sweep over the run); up to {rc['start_left']:.0%} of the start's excess weight in a region may be "
+                "left, i.e. of the independent-run bias of the sampler's runs. "
+                + (f"Raise warmup to about {need} sweeps" if need is not None else "The chains never changed "
+                   "region: raise warmup")
+                + f" or the sampler's particles (now {self.sampler.particles}; a sweep leaves a mode only when its "
+                "fresh particles find another).", RegionChangeWarning, stacklevel=_caller_level())
+        return rc
+
     def draw(self, num_samples: int, *args, warmup: int | str | AutoWarmup = 60, thin: int = 1,
              generator: torch.Generator | None = None, **kwargs) -> Draws:
         """Posterior draws from the ``self.chains`` vectorised chains: ``ceil(num_samples / chains)``
@@ -287,7 +364,8 @@ class ParticleGibbs(MCMCKernel):
         ``extra["result"]``: the ChainResult; ``extra["warmup"]``: the sweeps discarded;
         ``extra["warmup_checks"]``: ``warmup="auto"``'s tests; ``extra["start_check"]``: whether the first
         draws still depend on the chains' start (:func:`~.mode_check.start_dependence`; a
-        :class:`~.mode_check.StartDependenceWarning` when they do)."""
+        :class:`~.mode_check.StartDependenceWarning` when they do); ``extra["region_changes"]``: the chains'
+        changes of mode-like region (see :meth:`run_chains`; a :class:`RegionChangeWarning` when too few)."""
         n = check_int("num_samples", num_samples, "ParticleGibbs")
         per_chain = -(-n // self.chains)
         problem = self.sampler.problem(*args, **kwargs)
@@ -303,7 +381,8 @@ class ParticleGibbs(MCMCKernel):
         return Draws(res.samples, meter.evals / (self.chains * per_chain), meter.seconds,
                      f"particle_gibbs({self.sampler.name})", "kernel", dict(res.stats),
                      {"result": res, "warmup": res.warmup, "warmup_checks": res.warmup_checks,
-                      "start_check": res.start_check, "convergence": res.convergence},
+                      "start_check": res.start_check, "region_changes": res.region_changes,
+                      "convergence": res.convergence},
                      problem.prior_site, problem.observation)
 
     def diagnostics(self):
