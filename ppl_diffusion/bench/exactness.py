@@ -804,7 +804,8 @@ def main(argv=None):
     p.add_argument("--evidence-problems", default=EVIDENCE_PROBLEMS, help="evidence_steps: 'd,d_y,seed;...'")
     p.add_argument("--evidence-runs", type=int, default=300, help="evidence_steps: independent runs per problem")
     p.add_argument("--evidence-particles", type=int, default=256, help="evidence_steps: MCGDiff's particles")
-    p.add_argument("--pg-problems", default="8,2,114;8,2,101", help="pg_target: 'd,d_y,seed;...'")
+    p.add_argument("--pg-problems", default="8,2,114;8,2,101",
+                   help="pg_target: 'd,d_y,seed;...' (bench/pg_target.py PG_TARGET_PROBLEMS)")
     p.add_argument("--pg-chains", type=int, default=400, help="pg_target: ParticleGibbs chains")
     p.add_argument("--pg-sweeps", type=int, default=400, help="pg_target: conditional sweeps (50 discarded)")
     p.add_argument("--control-reps", type=int, default=200,

@@ -89,8 +89,8 @@ ENTRIES = (
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
     Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, warmup='auto' (60-960 sweeps), 200 chains, 16 of the "
-          "fresh problems", "exactness_d8_dy2_holdout_particle_gibbs_auto.md",
+    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, warmup='auto' (60-960 sweeps), 200 chains, fresh seeds "
+          "100-119", "exactness_d8_dy2_holdout_particle_gibbs_auto.md",
           "particle_gibbs:particles=32,chains=200,warmup=auto"),
     Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 240 sweeps, 200 chains, 4 of the fresh problems",
           "exactness_d8_dy2_holdout_particle_gibbs_sweeps240.md", "particle_gibbs:particles=32,chains=200,warmup=240"),
