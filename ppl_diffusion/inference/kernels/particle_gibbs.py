@@ -24,6 +24,7 @@ Usable with ``pyro.infer.MCMC(ParticleGibbs(MCGDiff(model, particles=32)), num_s
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -59,7 +60,7 @@ class _RegionTracker:
         flat = start.reshape(start.shape[0], -1).to(torch.float64)
         self.centres = kmeans_centres(flat, min(regions, flat.shape[0]), 25, torch.Generator().manual_seed(seed))
         self.label = self._labels(start)
-        self.changes, self.sweeps = 0, 0
+        self.changes, self.sweeps, self.warm, self.warm_changes = 0, 0, 0, 0
 
     def _labels(self, x):
         return torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), self.centres.to(x.device)).argmin(1)
@@ -70,15 +71,18 @@ class _RegionTracker:
         self.sweeps += 1
         self.label = new
 
-    def summary(self, chains: int, warm: int, warm_changes: int) -> dict:
+    def end_warmup(self):
+        """Mark the end of the warm-up: the sweeps and changes so far are the warm-up's."""
+        self.warm, self.warm_changes = self.sweeps, self.changes
+
+    def summary(self, chains: int) -> dict:
         """``warmup_per_chain``: region changes per chain in the warm-up; ``rate``: per chain and sweep over
         the whole run; ``start_left``: ``exp(-2 x warmup_per_chain)``, the most of a start's region-weight
         excess a two-region chain with these changes keeps (its excess decays as ``exp(-t (a + b))`` with
         ``a + b = rate / (2 p (1 - p)) >= 2 rate``)."""
-        per = warm_changes / chains
-        return {"regions": int(self.centres.shape[0]), "warmup": warm, "warmup_per_chain": per,
-                "rate": self.changes / (chains * max(self.sweeps, 1)), "start_left": float(torch.exp(
-                    torch.tensor(-2.0 * per)))}
+        per = self.warm_changes / chains
+        return {"regions": int(self.centres.shape[0]), "warmup": self.warm, "warmup_per_chain": per,
+                "rate": self.changes / (chains * max(self.sweeps, 1)), "start_left": math.exp(-2.0 * per)}
 
 
 class ParticleGibbs(MCMCKernel):
@@ -208,7 +212,6 @@ class ParticleGibbs(MCMCKernel):
         self.setup(warmup.first if auto else warmup, *args, **kwargs)
         start = self._x.clone()
         tracker = _RegionTracker(start) if self.chains >= 2 else None
-        warm_changes = 0
         evals0 = self._problem.denoiser.sample_evals
         keep, moved, checks = [], [], []
         bar = None
@@ -238,7 +241,8 @@ class ParticleGibbs(MCMCKernel):
                         bar.total += stops[j + 1] - stop
                         bar.refresh()
                 warm = k
-                warm_changes = tracker.changes if tracker is not None else 0
+                if tracker is not None:
+                    tracker.end_warmup()
                 prev = self._x
                 for i in range(num_samples * thin):
                     self._reference, self._x = self._sweep(self._reference)
@@ -266,7 +270,7 @@ class ParticleGibbs(MCMCKernel):
         if self.chains >= 2:  # the first kept draws against the start (one unconditional run per chain)
             capped = auto and bool(checks) and not checks[-1]["ok"]  # warmup="auto" stopped at its cap
             res.start_check = self._start_check(start, res.samples[:, 0], warm + thin, capped)
-            res.region_changes = self._region_check(tracker.summary(self.chains, warm, warm_changes))
+            res.region_changes = self._region_check(tracker.summary(self.chains))
         res.convergence = self._mixing_check(res.samples)
         return res
 
@@ -327,7 +331,6 @@ class ParticleGibbs(MCMCKernel):
     def _region_check(self, rc: dict) -> dict:
         """Warn (:class:`RegionChangeWarning`) when the chains changed region too rarely in the warm-up:
         ``rc["start_left"] > MAX_START_LEFT``."""
-        import math
         import warnings
 
         from .auto_warmup import _caller_level
