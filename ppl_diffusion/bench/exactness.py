@@ -221,7 +221,8 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     ``independent``, ``pooled``, ``truncated``, ``psis`` (the Pareto-smoothed pool) or ``all`` (the four,
     ``" psis-k"``, :func:`_psis_k_pools`, and ``" ess-half"``, :func:`_ess_half_pools`, both choosing
     from the same draws); ``particle_gibbs``
-    (options ``base``, ``chains``, ``warmup``, ``thin`` and the base sampler's) runs conditional-SMC chains;
+    (options ``base``, ``chains``, ``warmup``, ``thin``, ``start`` and the base sampler's) runs conditional-SMC
+    chains;
     ``exact`` is the control: ``n`` further exact posterior draws (seeded apart from the reference and the
     spread's sets), the row an exact sampler would score; ``pnpdm`` with ``num_grid=exact`` takes its prior
     step as an exact draw from the mixture's ``p(x | z)`` (:func:`exact_prior_step`; bench only, to separate
@@ -252,9 +253,11 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         base, chains = opts.pop("base", "mcgdiff"), int(opts.pop("chains", 20))
         warmup, thin = opts.pop("warmup", 20), int(opts.pop("thin", 1))
         warmup = warmup if warmup == "auto" else int(warmup)
+        start = opts.pop("start", "runs")
         if base == "mcgdiff":  # ancestor sampling (PGAS) needs the plain final step
             opts.setdefault("final_correction", False)
-        kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g)
+        kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g,
+                             start=start)
         with warnings.catch_warnings():  # the table reports the start check in its own column
             warnings.simplefilter("ignore", StartDependenceWarning)
             d = kern.draw(n, y=pb.y, warmup=warmup, thin=thin)

@@ -32,17 +32,21 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..health import RunInterrupted
 from ..smc.engine import run_smc, trace_lineage
-from ..solver import Draws, check_int, measure
+from ..solver import Draws, OptionError, check_int, measure
 from .auto_warmup import AutoWarmup, resolve_warmup
 from .base import ChainResult, _kept_log_likelihoods, _log_likelihood
 
 __all__ = ["ParticleGibbs", "AUTO_WARMUP", "RegionChangeWarning", "MAX_START_LEFT"]
 
-#: ``warmup="auto"`` of :class:`ParticleGibbs`: a start-dependence test (level 0.05) after 60 conditional
-#: sweeps, then after 120, 240, 480 and 960 until it no longer rejects (see :meth:`ParticleGibbs.run_chains`)
+#: ``warmup="auto"`` of :class:`ParticleGibbs`: a start-dependence test (level 0.05) and the chains' region
+#: changes after 60 conditional sweeps, then after 120, 240, 480 and 960 until the test no longer rejects and
+#: the changes leave at most :data:`MAX_START_LEFT` of the start (see :meth:`ParticleGibbs.run_chains`)
 AUTO_WARMUP = AutoWarmup(first=60, max_warmup=960, alpha=0.05)
 #: warn when a start's region weights may keep more than this fraction of their excess after the warm-up
 MAX_START_LEFT = 0.05
+#: ``ParticleGibbs(start=...)``: ``"runs"``, one independent run of the sampler per chain (one particle drawn
+#: from its final weights); ``"pooled"``, the chains' states drawn from the truncated evidence pool of those runs
+STARTS = ("runs", "pooled")
 
 
 class RegionChangeWarning(UserWarning):
@@ -52,7 +56,8 @@ class RegionChangeWarning(UserWarning):
 
 class _RegionTracker:
     """Counts the chains' changes of mode-like region, sweep by sweep: k-means centres (``regions``) fitted
-    once on the chains' start, each sweep's states labelled by the nearest centre."""
+    once on the chains' start, each sweep's states labelled by the nearest centre; the transitions between
+    regions and the time spent in each are kept (in the warm-up and over the run)."""
 
     def __init__(self, start: torch.Tensor, regions: int = 4, seed: int = 17):
         from ...diagnostics import kmeans_centres
@@ -60,29 +65,73 @@ class _RegionTracker:
         flat = start.reshape(start.shape[0], -1).to(torch.float64)
         self.centres = kmeans_centres(flat, min(regions, flat.shape[0]), 25, torch.Generator().manual_seed(seed))
         self.label = self._labels(start)
-        self.changes, self.sweeps, self.warm, self.warm_changes = 0, 0, 0, 0
+        k = self.centres.shape[0]
+        self.trans = torch.zeros(k, k, dtype=torch.float64)  # from-region x to-region counts
+        self.occ = torch.zeros(k, dtype=torch.float64)  # chain-sweeps per region
+        self.sweeps, self.warm = 0, 0
+        self.warm_trans, self.warm_occ = self.trans.clone(), self.occ.clone()
 
     def _labels(self, x):
-        return torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), self.centres.to(x.device)).argmin(1)
+        return torch.cdist(x.reshape(x.shape[0], -1).to(torch.float64), self.centres.to(x.device)).argmin(1).cpu()
 
     def update(self, x):
         new = self._labels(x)
-        self.changes += int((new != self.label).sum())
+        k = self.centres.shape[0]
+        self.trans += torch.bincount(self.label * k + new, minlength=k * k).reshape(k, k).to(torch.float64)
+        self.occ += torch.bincount(new, minlength=k).to(torch.float64)
         self.sweeps += 1
         self.label = new
 
+    @property
+    def changes(self) -> int:
+        return int(self.trans.sum() - self.trans.diagonal().sum())
+
     def end_warmup(self):
-        """Mark the end of the warm-up: the sweeps and changes so far are the warm-up's."""
-        self.warm, self.warm_changes = self.sweeps, self.changes
+        """Mark the end of the warm-up: the sweeps and counts so far are the warm-up's."""
+        self.warm, self.warm_trans, self.warm_occ = self.sweeps, self.trans.clone(), self.occ.clone()
+
+    @staticmethod
+    def slowest_split(trans: torch.Tensor, occ: torch.Tensor) -> dict:
+        """The two-group split of the regions that relaxes slowest: for every split ``(S, S^c)`` with time
+        in both, a two-state chain with ``r`` crossings per chain and sweep and a fraction ``p`` of the
+        time in ``S`` has ``a + b = r / (2 p (1 - p))`` (``p a = (1 - p) b = r / 2`` in balance); its
+        start excess decays as ``exp(-t (a + b))``. Splitting a mode between regions makes changes that
+        move no mode weight; the slowest split is the one that separates the modes."""
+        k, n = trans.shape[0], float(occ.sum())
+        best = {"split": None, "time_in_split": float("nan"), "crossings": 0.0, "relax_rate": math.inf}
+        if n == 0:
+            return best
+        for mask in range(1, 2 ** (k - 1)):  # region k-1 always in S^c: each split once
+            s = torch.tensor([(mask >> i) & 1 == 1 for i in range(k)])
+            p = float(occ[s].sum()) / n
+            if p <= 0.0 or p >= 1.0:
+                continue
+            r = float(trans[s][:, ~s].sum() + trans[~s][:, s].sum()) / n  # per chain-sweep
+            rate = r / (2.0 * p * (1.0 - p))
+            if rate < best["relax_rate"]:
+                best = {"split": [i for i in range(k) if (mask >> i) & 1], "time_in_split": p,
+                        "crossings": r, "relax_rate": rate}
+        return best
+
+    def start_left(self, trans=None, occ=None, sweeps=None) -> float:
+        """``exp(-sweeps x a + b)`` of the slowest split (the warm-up's by default)."""
+        trans = self.trans if trans is None else trans
+        occ = self.occ if occ is None else occ
+        sweeps = self.sweeps if sweeps is None else sweeps
+        rate = self.slowest_split(trans, occ)["relax_rate"]
+        return 0.0 if math.isinf(rate) else math.exp(-sweeps * rate)
 
     def summary(self, chains: int) -> dict:
         """``warmup_per_chain``: region changes per chain in the warm-up; ``rate``: per chain and sweep over
-        the whole run; ``start_left``: ``exp(-2 x warmup_per_chain)``, the most of a start's region-weight
-        excess a two-region chain with these changes keeps (its excess decays as ``exp(-t (a + b))`` with
-        ``a + b = rate / (2 p (1 - p)) >= 2 rate``)."""
-        per = self.warm_changes / chains
-        return {"regions": int(self.centres.shape[0]), "warmup": self.warm, "warmup_per_chain": per,
-                "rate": self.changes / (chains * max(self.sweeps, 1)), "start_left": math.exp(-2.0 * per)}
+        the whole run; ``slowest``: the warm-up's slowest split (:meth:`slowest_split`) with its relaxation
+        time ``relaxation = 1 / (a + b)`` in sweeps; ``start_left = exp(-warmup x (a + b))``, what a
+        two-state chain keeps of its start's excess weight in that split after the warm-up."""
+        wc = float(self.warm_trans.sum() - self.warm_trans.diagonal().sum())
+        slow = self.slowest_split(self.warm_trans, self.warm_occ)
+        slow["relaxation"] = 1.0 / slow["relax_rate"] if slow["relax_rate"] > 0 else math.inf
+        return {"regions": int(self.centres.shape[0]), "warmup": self.warm, "warmup_per_chain": wc / chains,
+                "rate": self.changes / (chains * max(self.sweeps, 1)), "slowest": slow,
+                "start_left": self.start_left(self.warm_trans, self.warm_occ, self.warm)}
 
 
 class ParticleGibbs(MCMCKernel):
@@ -108,7 +157,7 @@ class ParticleGibbs(MCMCKernel):
     """
 
     def __init__(self, sampler, chains: int = 1, generator: torch.Generator | None = None,
-                 ancestor_sampling: bool = True):
+                 ancestor_sampling: bool = True, start: str = "runs"):
         from ..smc.fps import FPSSMC
         from ..smc.smcdiff import SMCDiff
 
@@ -130,6 +179,12 @@ class ParticleGibbs(MCMCKernel):
         sampler.resampling, sampler.ess_threshold = "multinomial", 1.0
         self.sampler, self.generator = sampler, generator
         self.chains = check_int("chains", chains, "ParticleGibbs")
+        if start not in STARTS:
+            raise OptionError(f"ParticleGibbs: start must be one of {STARTS}, got {start!r}")
+        if start == "pooled" and self.chains < 2:
+            raise OptionError("ParticleGibbs: start='pooled' weights the chains' starting runs by their evidence "
+                              f"and needs chains >= 2, got {self.chains}; pass start='runs' or more chains")
+        self.start = start
         self.ancestor_sampling = bool(ancestor_sampling)
         if self.ancestor_sampling and getattr(sampler, "final_correction", False):
             raise ValueError("ParticleGibbs: ancestor sampling needs MCGDiff(final_correction=False)")
@@ -146,11 +201,28 @@ class ParticleGibbs(MCMCKernel):
         res = run_smc(self._fk, self.chains, self.sampler.particles, scheme, threshold, self.generator,
                       reference=reference, keep_history=True,
                       ancestor_sampling=self.ancestor_sampling and reference is not None)
+        if reference is None and self.start == "pooled":
+            return self._pooled_start(res)
         j = torch.multinomial(res.weights.cpu(), 1, generator=self.generator).flatten().to(res.weights.device)
         traj = trace_lineage(res, j)
         rows = torch.arange(self.chains, device=j.device)
         x = res.particles[rows, j]
         return traj, x
+
+    def _pooled_start(self, res):
+        """The chains' start drawn from the truncated evidence pool of the ``chains`` unconditional runs
+        (:func:`~ppl_diffusion.inference.smc.evidence.pooled_log_weights`, run weights capped at
+        ``1 / sqrt(chains)``; systematic resampling over all runs' particles, order shuffled)."""
+        from ..smc.engine import systematic_resample
+        from ..smc.evidence import pooled_log_weights
+
+        C, N = res.log_weights.shape
+        lw = pooled_log_weights(res, "truncated").reshape(1, C * N)
+        idx = systematic_resample(lw, C, self.generator)[0]
+        dev = "cpu" if self.generator is None else self.generator.device
+        idx = idx[torch.randperm(C, generator=self.generator, device=dev).to(idx.device)]
+        rows, j = idx // N, idx % N
+        return trace_lineage(res, j, rows), res.particles[rows, j]
 
     def setup(self, warmup_steps, *args, **kwargs):
         self._args, self._kwargs = args, kwargs
@@ -189,10 +261,14 @@ class ParticleGibbs(MCMCKernel):
         :data:`AUTO_WARMUP`, checkpoints 60, 120, 240, 480, 960 sweeps) sweeps until the chains have
         forgotten their start: at each checkpoint the chains' current states are tested against their
         starting states (:func:`~.mode_check.start_dependence` at the setting's ``alpha``), and the warm-up
-        ends at the first checkpoint where the test does not reject. The start is one independent SMC run
-        per chain, whose mode weights carry the independent-run bias; a chain still in the region its run
+        ends at the first checkpoint where the test does not reject AND the chains' changes of region so far
+        leave at most :data:`MAX_START_LEFT` of the start (``start_left`` below: the test compares where
+        the chains are with where they started, and a small excess of mode weight left in the start's regions
+        passes it at 200 chains). The start is one independent SMC
+        run per chain, whose mode weights carry the independent-run bias; a chain still in the region its run
         put it in keeps that bias. Each checkpoint's test is in ``.warmup_checks`` (``at``: the sweeps run
-        so far), the sweeps used in ``.warmup``. It needs ``AutoWarmup.min_chains`` chains or more.
+        so far; ``ok``: the test's verdict; ``start_left``; ``settled``: both held), the sweeps used in
+        ``.warmup``. It needs ``AutoWarmup.min_chains`` chains or more.
 
         With 2 chains or more every sweep also counts the chains' changes of mode-like region (4 k-means
         centres fitted on the start): ``.region_changes`` holds the changes per chain in the warm-up
@@ -234,8 +310,10 @@ class ParticleGibbs(MCMCKernel):
                     if not auto:
                         break
                     check = self._start_dependence(start, self._x, warmup.alpha, warmup.regions, seed=k)
-                    checks.append({**check, "at": k})
-                    if check["ok"]:
+                    left = tracker.start_left()  # the region changes so far
+                    checks.append({**check, "at": k, "start_left": left,
+                                   "settled": bool(check["ok"]) and left <= MAX_START_LEFT})
+                    if checks[-1]["settled"]:
                         break
                     if bar is not None and j + 1 < len(stops):
                         bar.total += stops[j + 1] - stop
@@ -336,14 +414,21 @@ class ParticleGibbs(MCMCKernel):
         from .auto_warmup import _caller_level
 
         if rc["start_left"] > MAX_START_LEFT:
-            need = math.ceil(-math.log(MAX_START_LEFT) / 2 / rc["rate"]) if rc["rate"] > 0 else None
+            slow = rc["slowest"]
+            tau = slow["relaxation"]
+            need = math.ceil(-math.log(MAX_START_LEFT) * tau) if math.isfinite(tau) else None
+            where = ("" if slow["split"] is None else
+                     f"; the slowest split of the {rc['regions']} k-means regions (regions {slow['split']}, "
+                     f"{slow['time_in_split']:.0%} of the time) was crossed {slow['crossings']:.4f} times per chain "
+                     + (f"and sweep, a relaxation time of about {tau:.0f} sweeps" if need is not None else
+                        "and sweep: never"))
             warnings.warn(
                 f"ParticleGibbs({self.sampler.name}): in {rc['warmup']} warm-up sweeps a chain changed mode-like "
-                f"region {rc['warmup_per_chain']:.2f} times on average ({rc['rate']:.4f} changes per chain and "
-                f"sweep over the run); up to {rc['start_left']:.0%} of the start's excess weight in a region may be "
-                "left, i.e. of the independent-run bias of the sampler's runs. "
+                f"region {rc['warmup_per_chain']:.2f} times on average{where}; up to {rc['start_left']:.0%} of the "
+                "start's excess weight across that split may be left, i.e. of the independent-run bias of the "
+                "sampler's runs. "
                 + (f"Raise warmup to about {need} sweeps" if need is not None else "The chains never changed "
-                   "region: raise warmup")
+                   "region between its groups: raise warmup")
                 + f" or the sampler's particles (now {self.sampler.particles}; a sweep leaves a mode only when its "
                 "fresh particles find another).", RegionChangeWarning, stacklevel=_caller_level())
         return rc

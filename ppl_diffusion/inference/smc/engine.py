@@ -317,12 +317,13 @@ def _steps(model, K, N, R, cur, ess_hist, resampled, hist_x, hist_a, arangeN, re
     return state, logw, logZ
 
 
-def trace_lineage(result: SMCResult, j: torch.Tensor) -> list:
+def trace_lineage(result: SMCResult, j: torch.Tensor, rows: torch.Tensor | None = None) -> list:
     """The trajectory (list of ``(R, *x_shape)``, one per step) of particle ``j`` (R,) of the final
-    population, following the stored ancestors back."""
+    population, following the stored ancestors back (``rows``: particle ``j[i]`` of run ``rows[i]``;
+    default run ``i``)."""
     hx, ha = result.extra["history_x"], result.extra["history_ancestors"]
-    R = j.shape[0]
-    rows = torch.arange(R, device=j.device)
+    if rows is None:
+        rows = torch.arange(j.shape[0], device=j.device)
     traj = [None] * len(hx)
     cur = j
     for k in range(len(hx) - 1, -1, -1):
