@@ -367,6 +367,10 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                 rb += f", warm-up {warm}"
                             if rc is not None:
                                 rb += f", {rc['warmup_per_chain']:.2f} region changes/chain"
+                                sl = rc.get("slowest") or {}
+                                if sl.get("split") is not None:  # the slowest two-group split of the regions
+                                    rb += (f", slowest split {sl['time_in_split']:.0%} of the time, relaxation "
+                                           f"{sl['relaxation']:.0f} sweeps")
                         b = spread.bounds
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
@@ -402,7 +406,9 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
              "ppl_diffusion/inference/kernels/mode_check.py: chain_convergence); for ParticleGibbs, whether its "
              "first draws still depend on the chains' start (ppl_diffusion/inference/kernels/mode_check.py: "
              "start_dependence; the fraction of chains in the k-means region they started in against its value "
-             "under independence, permutation p-value; FLAG = p < 0.01)."
+             "under independence, permutation p-value; FLAG = p < 0.01, or the chains' region changes in the "
+             "warm-up leave more than 5 % of the start: ppl_diffusion/inference/kernels/particle_gibbs.py, the "
+             "slowest two-group split of the 4 k-means regions and its relaxation time)."
              + (" Solvers in float32 (problems and scores in float64)." if d > 8 else ""))
     notes = partial + notes
     body = str(summary) + "\n\n" + str(table)

@@ -92,6 +92,9 @@ ENTRIES = (
     Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, warmup='auto' (60-960 sweeps), 200 chains, fresh seeds "
           "100-119", "exactness_d8_dy2_holdout_particle_gibbs_auto.md",
           "particle_gibbs:particles=32,chains=200,warmup=auto"),
+    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, start='pooled', fresh seeds "
+          "100-119", "exactness_d8_dy2_holdout_particle_gibbs_pooled.md",
+          "particle_gibbs:particles=32,chains=200,warmup=60,start=pooled"),
     Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 240 sweeps, 200 chains, 4 of the fresh problems",
           "exactness_d8_dy2_holdout_particle_gibbs_sweeps240.md", "particle_gibbs:particles=32,chains=200,warmup=240"),
     Entry("ParticleGibbs", "before", "MCGDiff 32 particles, plug-in step variance, 10 sweeps, 200 chains",
@@ -100,6 +103,8 @@ ENTRIES = (
           "exactness_d8_dy1_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
     Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
           "exactness_d8_dy2_particle_gibbs_analytic.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
+    Entry("ParticleGibbs", "option", "MCGDiff 32 particles, 60 sweeps, 200 chains, start='pooled'",
+          "exactness_d8_dy2_particle_gibbs_pooled.md", "particle_gibbs:particles=32,chains=200,warmup=60,start=pooled"),
     Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
           "exactness_d8_dy4_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
     # d = 80 (100 draws per problem; families cycled)

@@ -154,6 +154,12 @@ class ParticleGibbs(MCMCKernel):
         generator: random generator of the sweeps (``None``: torch's global one).
         ancestor_sampling: redraw the pinned particle's ancestor at each resampling step (PGAS;
             needs ``MCGDiff(final_correction=False)``).
+        start: where the chains start (:data:`STARTS`): ``"runs"``, one unconditional run of the sampler per
+            chain and one particle drawn from its final weights, so the start carries the independent-run bias
+            (a few chains in components the posterior does not hold, which a sweep leaves only when its fresh
+            particles find a better mode); ``"pooled"``, the same runs' particles weighted by the runs' evidence
+            (truncated at ``1 / sqrt(chains)`` per run) and resampled, so several chains may share a start
+            (with one chain the two are the same law).
     """
 
     def __init__(self, sampler, chains: int = 1, generator: torch.Generator | None = None,
@@ -181,9 +187,6 @@ class ParticleGibbs(MCMCKernel):
         self.chains = check_int("chains", chains, "ParticleGibbs")
         if start not in STARTS:
             raise OptionError(f"ParticleGibbs: start must be one of {STARTS}, got {start!r}")
-        if start == "pooled" and self.chains < 2:
-            raise OptionError("ParticleGibbs: start='pooled' weights the chains' starting runs by their evidence "
-                              f"and needs chains >= 2, got {self.chains}; pass start='runs' or more chains")
         self.start = start
         self.ancestor_sampling = bool(ancestor_sampling)
         if self.ancestor_sampling and getattr(sampler, "final_correction", False):
