@@ -36,7 +36,7 @@ from ..solver import Draws, OptionError, check_int, measure
 from .auto_warmup import AutoWarmup, resolve_warmup
 from .base import ChainResult, _kept_log_likelihoods, _log_likelihood
 
-__all__ = ["ParticleGibbs", "AUTO_WARMUP", "RegionChangeWarning", "MAX_START_LEFT"]
+__all__ = ["ParticleGibbs", "AUTO_WARMUP", "RegionChangeWarning", "MAX_START_LEFT", "STARTS"]
 
 #: ``warmup="auto"`` of :class:`ParticleGibbs`: a start-dependence test (level 0.05) and the chains' region
 #: changes after 60 conditional sweeps, then after 120, 240, 480 and 960 until the test no longer rejects and
@@ -114,7 +114,8 @@ class _RegionTracker:
         return best
 
     def start_left(self, trans=None, occ=None, sweeps=None) -> float:
-        """``exp(-sweeps x a + b)`` of the slowest split (the warm-up's by default)."""
+        """``exp(-sweeps x (a + b))`` of the slowest split (by default over all sweeps so far; 0 where no split
+        has time on both sides)."""
         trans = self.trans if trans is None else trans
         occ = self.occ if occ is None else occ
         sweeps = self.sweeps if sweeps is None else sweeps
