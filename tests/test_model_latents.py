@@ -186,14 +186,17 @@ def test_second_derivative_through_the_shipped_priors(name):
 
 
 def _gibbs_run(problem, chains, draws, warmup, seed):
-    """Gibbs.draw: ``chains`` Pyro MCMC runs, x and theta ``(chain, draw, ...)``."""
+    """Gibbs.draw: ``chains`` Pyro MCMC runs, x and theta ``(chain, draw, ...)``. The x kernel is the
+    conditional sweep alone (``pimh=False``): the posterior of x given sigma is unimodal here, and the
+    independent move, which would double each x step, is tested in test_particle_gibbs / test_pg_target."""
     from pyro.infer import NUTS
 
     from ppl_diffusion.inference.kernels import Gibbs, ParticleGibbs
     from ppl_diffusion.inference.smc.tds import TDS
 
     pyro.set_rng_seed(seed)
-    kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=32, steps=20)), theta_kernel=NUTS)
+    kernel = Gibbs(problem.model, x_kernel=lambda m: ParticleGibbs(TDS(m, particles=32, steps=20), pimh=False),
+                    theta_kernel=NUTS)
     d = kernel.draw(chains * draws, y=problem.y, chains=chains, warmup=warmup)
     theta = d.extra["theta"][problem.theta_site]
     assert d.samples.shape == (chains, draws, 8) and theta.shape == (chains, draws) and d.nfe_per_sample > 0

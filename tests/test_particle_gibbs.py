@@ -111,16 +111,20 @@ def _fk_target(pg, pb, mu, cov, method):
     return tds_path_target(pg._fk, mu, cov, pb.A, pb.y, pb.noise_std)
 
 
-@pytest.mark.parametrize("method,ancestor_sampling,rv", [("mcgdiff", True, "ddpm"), ("mcgdiff", False, "ddpm"),
-                                                           ("tds", True, "ddpm"), ("mcgdiff", True, "analytic"),
-                                                           ("tds", True, "analytic")])
-def test_invariance_from_exact_reference(method, ancestor_sampling, rv):
+@pytest.mark.parametrize("method,ancestor_sampling,rv,pimh", [
+    ("mcgdiff", True, "ddpm", True), ("mcgdiff", True, "ddpm", False), ("mcgdiff", False, "ddpm", True),
+    ("tds", True, "ddpm", True), ("tds", True, "ddpm", False), ("mcgdiff", True, "analytic", True),
+    ("tds", True, "analytic", True)])
+def test_invariance_from_exact_reference(method, ancestor_sampling, rv, pimh):
     """Start C independent chains at reference paths drawn from the closed-form target (the whole
     path, Gaussian); an invariant kernel keeps every later draw exactly distributed. Chain means and
     per-chain second moments are i.i.d. over chains -> z-scores against the closed form. N = 4 particles:
     plain SMC with N = 4 is far off with the plug-in step variance (negative control below), so only the
     conditional SMC passes; with Analytic-DPM's variance (``rv="analytic"``) the target is the chain with
-    those variances and plain SMC is closer to it (|z| ~ 3), so the control runs with ``"ddpm"`` only."""
+    those variances and plain SMC is closer to it (|z| ~ 3), so the control runs with ``"ddpm"`` only.
+    ``pimh``: each sweep followed by the independent move, accepted by the ratio of the two runs' evidence;
+    accepting every proposal instead makes the chains those biased independent runs and fails here (max
+    |z| 9-14, measured), as does the inverted ratio."""
     d, C, S, N, steps = 4, 256, 12, 4, 20
     pb, mu, cov = _gaussian_problem()
     model = pb.model(VPSchedule.gmm_benchmark())
@@ -128,7 +132,7 @@ def test_invariance_from_exact_reference(method, ancestor_sampling, rv):
     cls = MCGDiff if method == "mcgdiff" else TDS
     # uniform grid: its coarse late steps make plain SMC with N = 4 visibly biased (the control)
     pg = ParticleGibbs(cls(model, particles=N, steps=steps, grid="uniform", tail_steps=0, reverse_variance=rv),
-                       chains=C, generator=g, ancestor_sampling=ancestor_sampling)
+                       chains=C, generator=g, ancestor_sampling=ancestor_sampling, pimh=pimh)
     pg.setup(0, y=pb.y)
     m, Sg, Vt = _fk_target(pg, pb, mu, cov, method)
     mK, SK = Vt.T @ m[-d:], Vt.T @ Sg[-d:, -d:] @ Vt  # law of x_0 (user space)
@@ -141,7 +145,9 @@ def test_invariance_from_exact_reference(method, ancestor_sampling, rv):
     z = (stats.mean(0) - exact) / (stats.std(0) / math.sqrt(C))
     # measured max |z| 1.7 (mcgdiff, AS), 1.2 (no AS), 1.1 (tds) over 14 statistics; 4.0 ~ p < 1e-3 overall
     assert float(z.abs().max()) < 4.0, (method, z)
-    if rv != "ddpm":
+    if pimh:  # the independent move was proposed every sweep and accepted sometimes, not always
+        assert 0.002 < pg.pimh_acceptance() < 0.9, pg.pimh_acceptance()  # measured 0.004-0.014 (4 particles)
+    if rv != "ddpm" or not pimh:
         return
     # negative control: independent SMC runs of the same size (resampling at every step, like the
     # kernel's inner SMC) miss the target by > 8 standard errors
@@ -214,7 +220,8 @@ def test_chains_start_from_the_samplers_own_resampling_not_every_step():
     mixture's modes in a single run. On a d = 8 bimodal posterior (exactness family 'spectrum', seed 2,
     exact weights 0.995 / 0.005), 200 chains, one draw each after the start and one sweep, 50 steps:
     component-weight TV 0.005 (measured) against 0.205 when the sampler itself resamples at every step
-    (the start the kernel used before)."""
+    (the start the kernel used before). ``pimh=False``: the one sweep is the conditional sweep alone, whose
+    independent move would already mend part of a bad start."""
     from ppl_diffusion.bench.exactness import component_weights, exactness_problem
 
     pb = exactness_problem("spectrum", 8, 2, 2)
@@ -222,7 +229,7 @@ def test_chains_start_from_the_samplers_own_resampling_not_every_step():
     tv = {}
     for label, kw in (("own", {}), ("every step", {"resampling": "multinomial", "ess_threshold": 1.0})):
         sv = MCGDiff(model, particles=32, steps=50, final_correction=False, **kw)
-        kern = ParticleGibbs(sv, chains=200, generator=torch.Generator().manual_seed(0))
+        kern = ParticleGibbs(sv, chains=200, generator=torch.Generator().manual_seed(0), pimh=False)
         assert (sv.resampling, sv.ess_threshold) == ("multinomial", 1.0)  # the conditional sweeps' scheme
         x = kern.draw(200, y=pb.y, warmup=0).flat().double()
         tv[label] = float(0.5 * (component_weights(x, pb.posterior) - pb.posterior.weights).abs().sum())

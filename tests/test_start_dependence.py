@@ -104,8 +104,10 @@ def test_particle_gibbs_flags_draws_that_still_carry_its_start():
     assert d10.extra["start_check"]["ok"] and not w10, d10.extra["start_check"]
 
 
-def _pg_uneven(chains=100, seed=0, particles=32):
-    """ParticleGibbs(MCGDiff, 32 particles, 50 steps) on the d = 8 bimodal posterior of the test above."""
+def _pg_uneven(chains=100, seed=0, particles=32, pimh=False):
+    """ParticleGibbs(MCGDiff, 32 particles, 50 steps) on the d = 8 bimodal posterior of the test above; by
+    default the conditional sweep alone (``pimh=False``), whose slow moves between modes are what the start
+    and region-change diagnostics below must see."""
     from ppl_diffusion.bench.exactness import exactness_problem
     from ppl_diffusion.inference.kernels import ParticleGibbs
     from ppl_diffusion.inference.smc import MCGDiff
@@ -113,7 +115,8 @@ def _pg_uneven(chains=100, seed=0, particles=32):
 
     pb = exactness_problem("uneven", 8, 2, 1)
     kern = ParticleGibbs(MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=particles, steps=50,
-                                 final_correction=False), chains=chains, generator=torch.Generator().manual_seed(seed))
+                                 final_correction=False), chains=chains, generator=torch.Generator().manual_seed(seed),
+                         pimh=pimh)
     return kern, pb
 
 
@@ -287,3 +290,37 @@ def test_particle_gibbs_pooled_start_removes_the_independent_runs_wrong_componen
     model = pb.model(VPSchedule.gmm_benchmark())
     with pytest.raises(OptionError, match="start must be one of"):
         ParticleGibbs(MCGDiff(model, particles=8, steps=10, final_correction=False), chains=4, start="best")
+
+
+def test_particle_gibbs_pimh_moves_take_chains_out_of_the_wrong_components():
+    """ParticleGibbs(pimh=True) follows each conditional sweep by an independent move (a fresh run's particle,
+    accepted with probability min(1, Z'/Z)). Holdout problem 114 (exact weights 0.407 / 0.590 / 0 / 0.003 /
+    0 / 0), MCGDiff with 8 particles and 50 steps, 500 chains from one run each: 25-27 % of the chains start
+    in components of weight <= 0.003. After 8 sweeps the conditional sweep alone leaves 23-24 % there
+    (measured, seeds 0-2); with the independent moves 2.4-2.8 % (acceptance 0.14). Accepting every
+    proposal would put 72-75 % there (the fresh runs resample at every step: measured), so the test fails
+    for a wrong acceptance as well as for no move."""
+    from ppl_diffusion.bench.exactness import exactness_problem
+    from ppl_diffusion.inference.kernels import ParticleGibbs
+    from ppl_diffusion.inference.smc import MCGDiff
+    from ppl_diffusion.schedules import VPSchedule
+
+    pb = exactness_problem("fullcov", 8, 2, 114)
+    wrong = pb.posterior.weights <= 0.01
+
+    def wrong_after(pimh, sweeps=8):
+        kern = ParticleGibbs(MCGDiff(pb.model(VPSchedule.gmm_benchmark()), particles=8, steps=50,
+                                     final_correction=False), chains=500, generator=torch.Generator().manual_seed(0),
+                             pimh=pimh)
+        with torch.no_grad():
+            kern.setup(0, y=pb.y)
+            for _ in range(sweeps):
+                kern._reference, kern._x = kern._sweep(kern._reference)
+        return float(pb.posterior.responsibilities(kern._x.double()).mean(0)[wrong].sum()), kern
+
+    stuck, plain = wrong_after(False)
+    moved, kern = wrong_after(True)
+    assert stuck > 0.18 and plain.pimh_acceptance() is None, stuck
+    assert moved < 0.06, moved
+    assert 0.05 < kern.pimh_acceptance() < 0.4, kern.pimh_acceptance()
+    assert kern._pimh_proposed == 8 * 500

@@ -221,7 +221,8 @@ def _draws(solver, opts, pb, sched, n, steps, g):
     ``independent``, ``pooled``, ``truncated``, ``psis`` (the Pareto-smoothed pool) or ``all`` (the four,
     ``" psis-k"``, :func:`_psis_k_pools`, and ``" ess-half"``, :func:`_ess_half_pools`, both choosing
     from the same draws); ``particle_gibbs``
-    (options ``base``, ``chains``, ``warmup``, ``thin``, ``start`` and the base sampler's) runs conditional-SMC
+    (options ``base``, ``chains``, ``warmup``, ``thin``, ``start``, ``pimh`` (``0`` turns the independent
+    moves off) and the base sampler's) runs conditional-SMC
     chains;
     ``exact`` is the control: ``n`` further exact posterior draws (seeded apart from the reference and the
     spread's sets), the row an exact sampler would score; ``pnpdm`` with ``num_grid=exact`` takes its prior
@@ -254,15 +255,17 @@ def _draws(solver, opts, pb, sched, n, steps, g):
         warmup, thin = opts.pop("warmup", 20), int(opts.pop("thin", 1))
         warmup = warmup if warmup == "auto" else int(warmup)
         start = opts.pop("start", "runs")
+        pimh = str(opts.pop("pimh", "1")).lower() not in ("0", "false", "no", "off")
         if base == "mcgdiff":  # ancestor sampling (PGAS) needs the plain final step
             opts.setdefault("final_correction", False)
         kern = ParticleGibbs(build_solver(base, model, **{"steps": steps, **opts}), chains=chains, generator=g,
-                             start=start)
+                             start=start, pimh=pimh)
         with warnings.catch_warnings():  # the table reports the start check in its own column
             warnings.simplefilter("ignore", StartDependenceWarning)
             d = kern.draw(n, y=pb.y, warmup=warmup, thin=thin)
         return [("", d.flat()[:n].reshape(n, -1), {"start_check": d.extra["start_check"],
                                                      "region_changes": d.extra["region_changes"],
+                                                     "pimh": d.extra["pimh"],
                                                      "warmup": d.extra["warmup"] if warmup == "auto" else None})]
     info = SOLVERS.get(solver)
     if info is not None and info.family == "smc":
@@ -346,6 +349,7 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                         warm = None if rel is None else rel.get("warmup")  # a kernel's (chosen with warmup=auto)
                         sc = None if rel is None else rel.get("start_check")  # ParticleGibbs: draws vs start
                         rc = None if rel is None else rel.get("region_changes")  # ParticleGibbs: in the warm-up
+                        pm = None if rel is None else rel.get("pimh")  # ParticleGibbs: its independent moves
                         cv = None if rel is None else rel.get("convergence")  # a kernel's mixing check
                         rel = None if warm is not None or sc is not None else rel
                         slow = rc is not None and rc["start_left"] > MAX_START_LEFT  # too few region changes
@@ -371,6 +375,8 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                                 if sl.get("split") is not None:  # the slowest two-group split of the regions
                                     rb += (f", slowest split {sl['time_in_split']:.0%} of the time, relaxation "
                                            f"{sl['relaxation']:.0f} sweeps")
+                            if pm is not None:
+                                rb += f", PIMH acceptance {pm['acceptance']:.2f}"
                         b = spread.bounds
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",

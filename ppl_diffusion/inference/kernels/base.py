@@ -121,6 +121,9 @@ class ChainResult(ChainDraws):
     start_check: dict | None = None
     #: ParticleGibbs: how often the chains changed mode-like region (``ParticleGibbs.run_chains``)
     region_changes: dict | None = None
+    #: ParticleGibbs(pimh=True): ``acceptance`` (fraction of the independent moves taken, warm-up included)
+    #: and ``proposed`` (moves proposed, chains x sweeps); ``None`` without them
+    pimh: dict | None = None
     #: mode-sensitive between-chain diagnostics of the kept draws (:func:`.mode_check.mixing_check`: a
     #: dict, one per measurement with a plate; ``None`` with fewer than 2 chains or 4 draws per chain)
     convergence: dict | list | None = None
