@@ -823,6 +823,7 @@ def main(argv=None):
                    help="pg_target: 'd,d_y,seed;...' (bench/pg_target.py PG_TARGET_PROBLEMS)")
     p.add_argument("--pg-chains", type=int, default=400, help="pg_target: ParticleGibbs chains")
     p.add_argument("--pg-sweeps", type=int, default=400, help="pg_target: conditional sweeps (50 discarded)")
+    p.add_argument("--pg-no-pimh", action="store_true", help="pg_target: conditional sweeps alone (pimh=False)")
     p.add_argument("--control-reps", type=int, default=200,
                    help="control: further exact sets per problem (ppl_diffusion/bench/exact_control.py)")
     p.add_argument("--against", default="", help="control: ','-separated exactness tables to read against it")
@@ -857,7 +858,7 @@ def _run(a, cmd):
         from .pg_target import pg_target
 
         return pg_target(a.pg_problems, a.steps or 40, chains=a.pg_chains, sweeps=a.pg_sweeps, out=a.out,
-                         name=a.name or "particle_gibbs_target", cmd=cmd)
+                         name=a.name or "particle_gibbs_target", cmd=cmd, pimh=not a.pg_no_pimh)
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)

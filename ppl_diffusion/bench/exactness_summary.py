@@ -44,6 +44,7 @@ _PNP = "pnpdm:replicas=12,rho0=20.0,rho_min=0.1,rho_max=20.0"
 _PNP_NOW = ",warmup=auto,prior_solver=analytic"
 _MC_OLD = "100 steps, official grid, plug-in step variance, one draw per run"
 _TDS_OLD = "isotropic twist, plug-in step variance, one draw per run"
+_PG_OLD = "conditional sweeps alone (before the PIMH move; now pimh=False)"
 
 #: The tables summarised: (sampler, stage, settings, table, method row).
 ENTRIES = (
@@ -87,25 +88,32 @@ ENTRIES = (
           "exactness_d8_dy2_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, fresh seeds 100-119",
+    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 30 sweeps each with the PIMH move (the default; the "
+          "network evaluations of 60 without), 200 chains, fresh seeds 100-119",
+          "exactness_d8_dy2_holdout_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
+    Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 200 chains, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, warmup='auto' (60-960 sweeps), 200 chains, fresh seeds "
-          "100-119", "exactness_d8_dy2_holdout_particle_gibbs_auto.md",
+    Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, warmup='auto' (60-960 sweeps), {_PG_OLD}, 200 chains, "
+          "fresh seeds 100-119", "exactness_d8_dy2_holdout_particle_gibbs_auto.md",
           "particle_gibbs:particles=32,chains=200,warmup=auto"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 60 sweeps, 200 chains, start='pooled', fresh seeds "
-          "100-119", "exactness_d8_dy2_holdout_particle_gibbs_pooled.md",
+    Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 200 chains, start='pooled', "
+          "fresh seeds 100-119", "exactness_d8_dy2_holdout_particle_gibbs_pooled.md",
           "particle_gibbs:particles=32,chains=200,warmup=60,start=pooled"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 240 sweeps, 200 chains, 4 of the fresh problems",
+    Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, 240 sweeps, {_PG_OLD}, 200 chains, "
+          "4 of the fresh problems",
           "exactness_d8_dy2_holdout_particle_gibbs_sweeps240.md", "particle_gibbs:particles=32,chains=200,warmup=240"),
     Entry("ParticleGibbs", "before", "MCGDiff 32 particles, plug-in step variance, 10 sweeps, 200 chains",
           "exactness_d8_dy2_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=10"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy1_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
+    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
+          "move (the default; the network evaluations of 60 without), 200 chains",
+          "exactness_d8_dy2_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
+    Entry("ParticleGibbs", "option", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy2_particle_gibbs_analytic.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "option", "MCGDiff 32 particles, 60 sweeps, 200 chains, start='pooled'",
+    Entry("ParticleGibbs", "option", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 200 chains, start='pooled'",
           "exactness_d8_dy2_particle_gibbs_pooled.md", "particle_gibbs:particles=32,chains=200,warmup=60,start=pooled"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 60 sweeps, 200 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy4_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
     # d = 80 (100 draws per problem; families cycled)
     Entry("MCGDiff", "before", f"64 particles, {_MC_OLD} (6 problems)", "exactness_d80_dy2.md", "mcgdiff"),
@@ -135,11 +143,11 @@ ENTRIES = (
           "exactness_d80_dy2_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
     Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step), 100 chains x 1 draw",
           "exactness_d80_dy8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
-    Entry("ParticleGibbs", "before", "MCGDiff 32 particles, 60 sweeps, 100 chains",
+    Entry("ParticleGibbs", "before", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=60"),
-    Entry("ParticleGibbs", "after", "MCGDiff 128 particles, 60 sweeps, 100 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_N128_20problems.md", "particle_gibbs:particles=128,chains=100,warmup=60"),
-    Entry("ParticleGibbs", "after", "MCGDiff 128 particles, 60 sweeps, 100 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy8_particle_gibbs_N128_20problems.md", "particle_gibbs:particles=128,chains=100,warmup=60"),
     # d = 80, the uneven family alone (seeds 0-19, then 20 fresh ones)
     Entry("MCGDiff", "after", "256 particles, one draw per run (uneven family)", "exactness_d80_dy2_uneven_N1024.md",

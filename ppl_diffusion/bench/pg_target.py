@@ -15,6 +15,9 @@ read on the posterior's minor mode (its second-heaviest component, a draw counte
   component of largest responsibility), and the relaxation time it implies for two modes,
   ``1 / (a + b)`` sweeps with ``a = s / (2 w_major)``, ``b = s / (2 w_minor)`` (a two-state chain with
   the exact weights).
+
+The chains run ParticleGibbs's default kernel, each conditional sweep followed by the independent (PIMH) move;
+``--pg-no-pimh`` runs the conditional sweeps alone (the kernel before that move, as in the 2026-12-03 table).
 """
 from __future__ import annotations
 
@@ -47,14 +50,14 @@ def _pool_target(model, post, minor, y, steps, particles, runs, seed):
     return est, se, float(1.0 / (w ** 2).sum())
 
 
-def _chains(model, post, minor, y, steps, particles, chains, sweeps, burn, batch, seed):
+def _chains(model, post, minor, y, steps, particles, chains, sweeps, burn, batch, seed, pimh=True):
     """ParticleGibbs(MCGDiff): the chains' minor-mode weight averaged over sweeps after ``burn``, its
     batch-means standard error, and the fraction of chain-sweeps that change component."""
     from ..inference.kernels import ParticleGibbs
     from ..inference.registry import build_solver
 
     kern = ParticleGibbs(build_solver("mcgdiff", model, steps=steps, particles=particles), chains=chains,
-                         generator=torch.Generator().manual_seed(seed))
+                         generator=torch.Generator().manual_seed(seed), pimh=pimh)
     kern.setup(0, y=y)
     label = post.responsibilities(kern._x.double()).argmax(1)
     vals, switches = [], 0.0
@@ -77,7 +80,8 @@ def _chains(model, post, minor, y, steps, particles, chains, sweeps, burn, batch
 
 def pg_target(problems: str = PG_TARGET_PROBLEMS, steps: int = 40, particles: int = 32, chains: int = 400,
               sweeps: int = 400, burn: int = 50, batch: int = 50, pool_particles: int = 2048,
-              pool_runs: int = 400, out=RESULTS_DIR, name: str = "particle_gibbs_target", cmd: str = "") -> str:
+              pool_runs: int = 400, out=RESULTS_DIR, name: str = "particle_gibbs_target", cmd: str = "",
+              pimh: bool = True) -> str:
     """The table of this module's docstring, one row per problem of ``problems`` (``"d,d_y,seed;..."``,
     families cycled by seed as in the exactness tables)."""
     sched = VPSchedule.gmm_benchmark()
@@ -94,7 +98,8 @@ def pg_target(problems: str = PG_TARGET_PROBLEMS, steps: int = 40, particles: in
         minor, w_minor, w_major = int(order[1]), float(post.weights[order[1]]), float(post.weights[order[0]])
         t0 = time.perf_counter()
         tgt, tgt_se, ess = _pool_target(model, post, minor, pbs.y, steps, pool_particles, pool_runs, seed)
-        pg, pg_se, s = _chains(model, post, minor, pbs.y, steps, particles, chains, sweeps, burn, batch, seed)
+        pg, pg_se, s = _chains(model, post, minor, pbs.y, steps, particles, chains, sweeps, burn, batch, seed,
+                               pimh)
         z = (pg - tgt) / math.hypot(pg_se, tgt_se)
         relax = 1.0 / (s / (2 * w_major) + s / (2 * w_minor)) if s > 0 else math.inf
         table.add(f"({fam}, {d}, {d_y}, {seed})", f"{w_minor:.4f}", f"{tgt:.4f} ({tgt_se:.4f})",
@@ -102,7 +107,8 @@ def pg_target(problems: str = PG_TARGET_PROBLEMS, steps: int = 40, particles: in
                   f"{relax:.0f}", f"{ess:.0f}", f"{time.perf_counter() - t0:.0f}")
     notes = (f"MCGDiff at {steps} steps. Target: the evidence-weighted pool of {pool_runs} independent runs with "
              f"{pool_particles} particles (delta-method se). Chains: ParticleGibbs(MCGDiff, {particles} particles, "
-             f"ancestor sampling), {chains} chains, {sweeps} conditional sweeps, the mean over the chains and the "
+             f"ancestor sampling, {'each sweep followed by the PIMH move' if pimh else 'conditional sweeps alone'}), "
+             f"{chains} chains, {sweeps} conditional sweeps, the mean over the chains and the "
              f"sweeps after {burn} of the minor component's responsibility (se: means over batches of {batch} sweeps). "
              "Switch rate: the fraction of chain-sweeps whose draw changes its component of largest responsibility; "
              "relaxation: 1 / (a + b) sweeps for a two-state chain with that switch rate and the exact weights. "

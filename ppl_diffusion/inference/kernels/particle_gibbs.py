@@ -19,8 +19,10 @@ Both moves leave the extended target of the SMC invariant (the sweep's particle 
 index are a draw from it), so their composition does too. The conditional sweep alone leaves a mode only
 when its fresh particles outweigh the reference there, and its chains keep their start's mode weights
 for 40-330 sweeps on d = 8 mixtures (the slowest split's relaxation, below); the independent move
-proposes a mode regardless of the current one, weighted by the evidence, and relaxes them in about 4
-(measured at 32 particles, 200 steps, acceptance 0.15-0.25). It doubles the cost of a sweep.
+proposes a mode regardless of the current one, weighted by the evidence, and relaxes them in 1-10 (32
+particles, 200 steps, acceptance 8-39 %; on 20 fresh d = 8, d_y = 2 mixtures inside the exact spread on 16
+against 11 at equal cost, benchmarks/results/exactness_d8_dy2_holdout_particle_gibbs_pimh.md). It doubles
+the cost of a sweep.
 Invariance is checked against the closed form of the SMC's own target on a Gaussian prior.
 Note: on the GMM benchmark schedule (decreasing betas, coarse near t = 0) that target is visibly
 narrower than the exact posterior at 20-30 steps — a property of the discretised prior, not of PG.
@@ -309,8 +311,8 @@ class ParticleGibbs(MCMCKernel):
         ``num_samples * thin`` iterations keeping every ``thin``-th. Returns a
         :class:`~ppl_diffusion.inference.kernels.base.ChainResult` (samples ``(chain, draw, *event)``,
         ``.to_inference_data()`` with chain/draw dims; ``nfe_per_iteration``: network evaluations per
-        chain and iteration, i.e. particles x network steps); stats ``moved`` (the draw differs from
-        the previous one).
+        chain and iteration, i.e. particles x network steps, twice that with the independent move); stats
+        ``moved`` (the draw differs from the previous one); ``.pimh``: the independent moves' acceptance.
 
         ``warmup_steps="auto"`` (or an :class:`~.auto_warmup.AutoWarmup`; for this kernel ``"auto"`` is
         :data:`AUTO_WARMUP`, checkpoints 60, 120, 240, 480, 960 sweeps) sweeps until the chains have
@@ -510,8 +512,9 @@ class ParticleGibbs(MCMCKernel):
         """Posterior draws from the ``self.chains`` vectorised chains: ``ceil(num_samples / chains)``
         draws per chain (``chains x ceil(num_samples / chains) >= num_samples`` in all, ``(chain, draw,
         *event)``) after ``warmup`` discarded iterations (default ``None``: :data:`DRAW_WARMUP` sweeps, 30 with
-        the independent moves, which cost two runs each, 60 without: the same network evaluations; PIMH
-        figures below. Without them: the chains
+        the independent moves, which cost two runs each, 60 without: the same network evaluations; with them
+        16 of 20 fresh d = 8 mixtures inside the exact spread on all three statistics, see the module docstring.
+        Without them, the chains
         start from independent runs of the sampler, whose mode weights carry the independent-run bias;
         measured with MCGDiff, 32 particles, 200 chains on 20 d = 8 mixtures: inside the exact spread on
         all three statistics 7/20 after 10 sweeps, 12/20 after 60,
@@ -527,7 +530,8 @@ class ParticleGibbs(MCMCKernel):
         ``extra["warmup_checks"]``: ``warmup="auto"``'s tests; ``extra["start_check"]``: whether the first
         draws still depend on the chains' start (:func:`~.mode_check.start_dependence`; a
         :class:`~.mode_check.StartDependenceWarning` when they do); ``extra["region_changes"]``: the chains'
-        changes of mode-like region (see :meth:`run_chains`; a :class:`RegionChangeWarning` when too few)."""
+        changes of mode-like region (see :meth:`run_chains`; a :class:`RegionChangeWarning` when too few);
+        ``extra["pimh"]``: the independent moves' ``acceptance`` and ``proposed`` (``None`` with ``pimh=False``)."""
         n = check_int("num_samples", num_samples, "ParticleGibbs")
         per_chain = -(-n // self.chains)
         if warmup is None:
