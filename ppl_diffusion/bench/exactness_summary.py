@@ -118,6 +118,9 @@ ENTRIES = (
     Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
           "move (the default; the network evaluations of 60 without), 200 chains",
           "exactness_d8_dy4_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
+    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
+          "move (the default; the network evaluations of 60 without), 200 chains",
+          "exactness_d8_dy1_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
     # d = 80 (100 draws per problem; families cycled)
     Entry("MCGDiff", "before", f"64 particles, {_MC_OLD} (6 problems)", "exactness_d80_dy2.md", "mcgdiff"),
     Entry("MCGDiff", "before", "64 particles, 100 steps, official grid, plug-in step variance (6 problems)",
