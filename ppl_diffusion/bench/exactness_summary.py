@@ -45,6 +45,7 @@ _PNP_NOW = ",warmup=auto,prior_solver=analytic"
 _MC_OLD = "100 steps, official grid, plug-in step variance, one draw per run"
 _TDS_OLD = "isotropic twist, plug-in step variance, one draw per run"
 _PG_OLD = "conditional sweeps alone (before the PIMH move; now pimh=False)"
+_PG_PIMH = "30 sweeps each with the PIMH move (the default; the network evaluations of 60 without)"
 
 #: The tables summarised: (sampler, stage, settings, table, method row).
 ENTRIES = (
@@ -88,8 +89,7 @@ ENTRIES = (
           "exactness_d8_dy2_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
-    Entry("ParticleGibbs", "holdout", "MCGDiff 32 particles, 30 sweeps each with the PIMH move (the default; the "
-          "network evaluations of 60 without), 200 chains, fresh seeds 100-119",
+    Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, {_PG_PIMH}, 200 chains, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
     Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 200 chains, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
@@ -106,8 +106,7 @@ ENTRIES = (
           "exactness_d8_dy2_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=10"),
     Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy1_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
-          "move (the default; the network evaluations of 60 without), 200 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), {_PG_PIMH}, 200 chains",
           "exactness_d8_dy2_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
     Entry("ParticleGibbs", "option", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy2_particle_gibbs_analytic.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
@@ -115,11 +114,9 @@ ENTRIES = (
           "exactness_d8_dy2_particle_gibbs_pooled.md", "particle_gibbs:particles=32,chains=200,warmup=60,start=pooled"),
     Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), 60 sweeps, {_PG_OLD}, 200 chains",
           "exactness_d8_dy4_particle_gibbs.md", "particle_gibbs:particles=32,chains=200,warmup=60"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
-          "move (the default; the network evaluations of 60 without), 200 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), {_PG_PIMH}, 200 chains",
           "exactness_d8_dy4_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
-    Entry("ParticleGibbs", "after", "MCGDiff 32 particles (its defaults otherwise), 30 sweeps each with the PIMH "
-          "move (the default; the network evaluations of 60 without), 200 chains",
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles (its defaults otherwise), {_PG_PIMH}, 200 chains",
           "exactness_d8_dy1_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
     # d = 80 (100 draws per problem; families cycled)
     Entry("MCGDiff", "before", f"64 particles, {_MC_OLD} (6 problems)", "exactness_d80_dy2.md", "mcgdiff"),
@@ -151,6 +148,8 @@ ENTRIES = (
           "exactness_d80_dy8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
     Entry("ParticleGibbs", "before", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=60"),
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles, {_PG_PIMH}, 100 chains, the first 10 problems",
+          "exactness_d80_dy2_particle_gibbs_pimh_p0.md", "particle_gibbs:particles=32,chains=100,warmup=30"),
     Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_N128_20problems.md", "particle_gibbs:particles=128,chains=100,warmup=60"),
     Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
