@@ -824,6 +824,8 @@ def main(argv=None):
     p.add_argument("--pg-chains", type=int, default=400, help="pg_target: ParticleGibbs chains")
     p.add_argument("--pg-sweeps", type=int, default=400, help="pg_target: conditional sweeps (50 discarded)")
     p.add_argument("--pg-no-pimh", action="store_true", help="pg_target: conditional sweeps alone (pimh=False)")
+    p.add_argument("--pg-pool-runs", type=int, default=400, help="pg_target: independent runs of the target's pool")
+    p.add_argument("--pg-pool-particles", type=int, default=2048, help="pg_target: particles per pool run")
     p.add_argument("--control-reps", type=int, default=200,
                    help="control: further exact sets per problem (ppl_diffusion/bench/exact_control.py)")
     p.add_argument("--against", default="", help="control: ','-separated exactness tables to read against it")
@@ -858,7 +860,8 @@ def _run(a, cmd):
         from .pg_target import pg_target
 
         return pg_target(a.pg_problems, a.steps or 40, chains=a.pg_chains, sweeps=a.pg_sweeps, out=a.out,
-                         name=a.name or "particle_gibbs_target", cmd=cmd, pimh=not a.pg_no_pimh)
+                         name=a.name or "particle_gibbs_target", cmd=cmd, pimh=not a.pg_no_pimh,
+                         pool_runs=a.pg_pool_runs, pool_particles=a.pg_pool_particles)
     if a.what == "kernels":
         configs = [tuple(c.split(":")) for c in a.kernel_configs.split(",")]
         return kernel_diagnostics(configs=configs, burnins=[int(b) for b in a.burnins.split(",")], out=a.out, cmd=cmd)
