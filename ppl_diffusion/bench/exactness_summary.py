@@ -155,6 +155,8 @@ ENTRIES = (
           "exactness_d80_dy2_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=100,warmup=30"),
     Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_N128_20problems.md", "particle_gibbs:particles=128,chains=100,warmup=60"),
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles, {_PG_PIMH}, 100 chains",
+          "exactness_d80_dy8_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=100,warmup=30"),
     Entry("ParticleGibbs", "after", f"MCGDiff 128 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy8_particle_gibbs_N128_20problems.md", "particle_gibbs:particles=128,chains=100,warmup=60"),
     # d = 80, the uneven family alone (seeds 0-19, then 20 fresh ones)
