@@ -181,6 +181,8 @@ ENTRIES = (
           "exactness_d800_dy2_N256_20problems.md", "mcgdiff:particles=256"),
     Entry("MCGDiff", "option", "256 particles, draw(pooled='truncated')", "exactness_d800_dy2_N256_20problems.md",
           "mcgdiff:particles=256 truncated"),
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles, {_PG_PIMH}, 100 chains",
+          "exactness_d800_dy2_particle_gibbs_pimh_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=30"),
     # d = 800, d_y = 8 (100 draws per problem; uneven family)
     Entry("MCGDiff", "before", "256 particles, 200 steps, plug-in step variance, one draw per run",
           "exactness_d800_dy8_N256_20problems.md", "mcgdiff:particles=256,draws=independent"),
