@@ -90,6 +90,9 @@ ENTRIES = (
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), prior step on a "
           "200-point grid (num_grid=200), fresh seeds 100-119", "exactness_d8_dy2_holdout_pnpdm_grid200_thin40.md",
           f"{_PNP},chains=16,thin=40{_PNP_NOW},num_grid=200"),
+    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), prior step on a "
+          "200-point grid (num_grid=200), fresh seeds 100-119", "exactness_d8_dy1_holdout_pnpdm_grid200_thin40.md",
+          f"{_PNP},chains=16,thin=40{_PNP_NOW},num_grid=200"),
     Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
     Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, {_PG_PIMH}, 200 chains, fresh seeds 100-119",
