@@ -42,6 +42,9 @@ class Entry:
 
 _PNP = "pnpdm:replicas=12,rho0=20.0,rho_min=0.1,rho_max=20.0"
 _PNP_NOW = ",warmup=auto,prior_solver=analytic"
+_G100 = "100-point grid (the default until 2026-12-04)"  # PnP-DM's num_grid before 200
+_G200 = "prior step on a 200-point grid (num_grid=200, the default since 2026-12-04)"
+_THIN40 = "16 chains x 20 draws every 40 iterations (automatic warm-up)"
 _MC_OLD = "100 steps, official grid, plug-in step variance, one draw per run"
 _TDS_OLD = "isotropic twist, plug-in step variance, one draw per run"
 _PG_OLD = "conditional sweeps alone (before the PIMH move; now pimh=False)"
@@ -70,7 +73,7 @@ ENTRIES = (
           "exactness_d8_tds_twist_operator.md", "tds:twist_cov=operator,draws=all truncated"),
     Entry("PnP-DM", "before", "12 replicas, joint (x, z) swap, 200 burn-in, 16 chains x 20 draws",
           "exactness_d8_pnpdm_joint.md", f"{_PNP},chains=16,thin=10,swap=joint"),
-    Entry("PnP-DM", "after", "defaults (12 replicas, marginal swap, warmup=auto, analytic prior step), 16 chains",
+    Entry("PnP-DM", "after", f"12 replicas, marginal swap, warmup=auto, analytic prior step, {_G100}, 16 chains",
           "exactness_d8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=16,thin=10{_PNP_NOW}"),
     # d = 8 holdout: the defaults on 20 fresh problems per d_y (seeds 100-119), used in choosing no default
     Entry("MCGDiff", "holdout", "defaults (64 particles, one draw per run), fresh seeds 100-119",
@@ -79,21 +82,22 @@ ENTRIES = (
           "exactness_d8_holdout_tds.md", "tds:draws=all truncated"),
     Entry("TDS", "holdout", "16 particles, one draw per run, fresh seeds 100-119", "exactness_d8_holdout_tds.md",
           "tds:draws=all"),
-    Entry("PnP-DM", "holdout", "defaults (warmup=auto, analytic prior step), 16 chains, fresh seeds 100-119",
+    Entry("PnP-DM", "holdout", f"warmup=auto, analytic prior step, {_G100}, 16 chains, fresh seeds 100-119",
           "exactness_d8_holdout_pnpdm.md", f"{_PNP},chains=16,thin=10{_PNP_NOW}"),
-    Entry("PnP-DM", "holdout", "defaults, 100 chains x 4 draws every 10 iterations, fresh seeds 100-119",
+    Entry("PnP-DM", "holdout", f"{_G100}, 100 chains x 4 draws every 10 iterations, fresh seeds 100-119",
           "exactness_d8_holdout_pnpdm_chains100.md", f"{_PNP},chains=100,thin=10{_PNP_NOW}"),
-    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), fresh seeds 100-119",
+    Entry("PnP-DM", "holdout", f"{_THIN40}, 100-point grid, fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
-    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), fresh seeds 100-119",
+    Entry("PnP-DM", "holdout", f"{_THIN40}, 100-point grid, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_pnpdm_thin40.md", f"{_PNP},chains=16,thin=40{_PNP_NOW}"),
-    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), prior step on a "
-          "200-point grid (num_grid=200), fresh seeds 100-119", "exactness_d8_dy2_holdout_pnpdm_grid200_thin40.md",
+    Entry("PnP-DM", "holdout", f"{_THIN40}, {_G200}, fresh seeds 100-119",
+          "exactness_d8_dy2_holdout_pnpdm_grid200_thin40.md",
           f"{_PNP},chains=16,thin=40{_PNP_NOW},num_grid=200"),
-    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 40 iterations (automatic warm-up), prior step on a "
-          "200-point grid (num_grid=200), fresh seeds 100-119", "exactness_d8_dy1_holdout_pnpdm_grid200_thin40.md",
+    Entry("PnP-DM", "holdout", f"{_THIN40}, {_G200}, fresh seeds 100-119",
+          "exactness_d8_dy1_holdout_pnpdm_grid200_thin40.md",
           f"{_PNP},chains=16,thin=40{_PNP_NOW},num_grid=200"),
-    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, fresh seeds 100-119",
+    Entry("PnP-DM", "holdout", "16 chains x 20 draws every 10 iterations after 800 warm-up, 100-point grid, "
+          "fresh seeds 100-119",
           "exactness_d8_dy1_holdout_pnpdm_warmup800.md", f"{_PNP},chains=16,thin=10,warmup=800,prior_solver=analytic"),
     Entry("ParticleGibbs", "holdout", f"MCGDiff 32 particles, {_PG_PIMH}, 200 chains, fresh seeds 100-119",
           "exactness_d8_dy2_holdout_particle_gibbs_pimh.md", "particle_gibbs:particles=32,chains=200,warmup=30"),
@@ -148,9 +152,11 @@ ENTRIES = (
           f"{_PNP},chains=10,thin=10"),
     Entry("PnP-DM", "before", "12 replicas, 200 burn-in, 100 chains x 1 draw", "exactness_d80_dy8_pnpdm_chains100.md",
           f"{_PNP},chains=100,thin=1"),
-    Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step), 100 chains x 1 draw",
+    Entry("PnP-DM", "after", f"warmup=auto, analytic prior step, {_G100}, 100 chains x 1 draw",
           "exactness_d80_dy2_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
-    Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step), 100 chains x 1 draw",
+    Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step, 200-point grid), 100 chains x 1 draw",
+          "exactness_d80_dy2_pnpdm_grid200.md", f"{_PNP},chains=100,thin=1{_PNP_NOW},num_grid=200"),
+    Entry("PnP-DM", "after", f"warmup=auto, analytic prior step, {_G100}, 100 chains x 1 draw",
           "exactness_d80_dy8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
     Entry("ParticleGibbs", "before", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=60"),
@@ -199,7 +205,7 @@ ENTRIES = (
           "tds:particles=64 truncated"),
     Entry("PnP-DM", "before", "12 replicas, 200 burn-in, 100 chains x 1 draw", "exactness_d800_dy8_pnpdm_5problems.md",
           f"{_PNP},chains=100,thin=1"),
-    Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step), 100 chains x 1 draw",
+    Entry("PnP-DM", "after", f"warmup=auto, analytic prior step, {_G100}, 100 chains x 1 draw",
           "exactness_d800_dy8_pnpdm_analytic_prior_step_20problems.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
 )
 
