@@ -75,7 +75,8 @@ ENTRIES = (
           "exactness_d8_pnpdm_joint.md", f"{_PNP},chains=16,thin=10,swap=joint"),
     Entry("PnP-DM", "after", f"12 replicas, marginal swap, warmup=auto, analytic prior step, {_G100}, 16 chains",
           "exactness_d8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=16,thin=10{_PNP_NOW}"),
-    # d = 8 holdout: the defaults on 20 fresh problems per d_y (seeds 100-119), used in choosing no default
+    # d = 8 holdout: the defaults on 20 fresh problems per d_y (seeds 100-119), used in choosing no default but
+    # PnP-DM's num_grid
     Entry("MCGDiff", "holdout", "defaults (64 particles, one draw per run), fresh seeds 100-119",
           "exactness_d8_holdout_mcgdiff.md", "mcgdiff:draws=independent"),
     Entry("TDS", "holdout", "defaults (16 particles, truncated pool), fresh seeds 100-119",
@@ -308,7 +309,8 @@ def run_summary(entries=ENTRIES, results: str = RESULTS_DIR, out=RESULTS_DIR, na
              "with its 5 % point; P(exact <= count): how often exact draws score as low (below 0.05: the sampler is "
              "distinguishable from exact draws on those problems). before: the settings of the first measurement; "
              "after: the defaults now, or the stated compute; option: a documented non-default draw; holdout: the "
-             "defaults on 20 fresh problems per d_y (seeds 100-119) that no default was chosen on. Families "
+             "defaults on 20 fresh problems per d_y (seeds 100-119) that no default was chosen on (but PnP-DM's "
+             "num_grid=200, chosen on them and on d = 80, d_y = 2). Families "
              "cycled over seeds (fullcov, uneven, spectrum) except the rows of uneven tables and d = 800 (uneven "
              "family). Issue 17's outside measurement, for comparison: 2 of 41 runs inside on all three.")
     return write_result(out, name, "Exactness before and after: each exact sampler against exact draws", cmd,
