@@ -204,6 +204,8 @@ ENTRIES = (
           "exactness_d800_dy8_tds_20problems.md", "tds truncated"),
     Entry("TDS", "after", "64 particles, defaults otherwise", "exactness_d800_dy8_tds64_20problems.md",
           "tds:particles=64 truncated"),
+    Entry("ParticleGibbs", "after", f"MCGDiff 32 particles, {_PG_PIMH}, 100 chains",
+          "exactness_d800_dy8_particle_gibbs_pimh_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=30"),
     Entry("PnP-DM", "before", "12 replicas, 200 burn-in, 100 chains x 1 draw", "exactness_d800_dy8_pnpdm_5problems.md",
           f"{_PNP},chains=100,thin=1"),
     Entry("PnP-DM", "after", f"warmup=auto, analytic prior step, {_G100}, 100 chains x 1 draw",
