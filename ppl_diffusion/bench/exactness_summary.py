@@ -159,6 +159,8 @@ ENTRIES = (
           "exactness_d80_dy2_pnpdm_grid200.md", f"{_PNP},chains=100,thin=1{_PNP_NOW},num_grid=200"),
     Entry("PnP-DM", "after", f"warmup=auto, analytic prior step, {_G100}, 100 chains x 1 draw",
           "exactness_d80_dy8_pnpdm_analytic_prior_step.md", f"{_PNP},chains=100,thin=1{_PNP_NOW}"),
+    Entry("PnP-DM", "after", "defaults (warmup=auto, analytic prior step, 200-point grid), 100 chains x 1 draw",
+          "exactness_d80_dy8_pnpdm_grid200.md", f"{_PNP},chains=100,thin=1{_PNP_NOW},num_grid=200"),
     Entry("ParticleGibbs", "before", f"MCGDiff 32 particles, 60 sweeps, {_PG_OLD}, 100 chains",
           "exactness_d80_dy2_particle_gibbs_20problems.md", "particle_gibbs:particles=32,chains=100,warmup=60"),
     Entry("ParticleGibbs", "after", f"MCGDiff 32 particles, {_PG_PIMH}, 100 chains",
