@@ -203,8 +203,8 @@ def test_particle_gibbs_region_changes_flag_chains_that_cannot_have_left_their_s
     rc, msg = run(kern, pb)
     assert rc["warmup"] == 10 and rc["warmup_per_chain"] < 0.5 and rc["start_left"] > 0.3, rc
     assert len(msg) == 1 and "particles (now 2" in msg[0], msg
-    if "Raise warmup to about" in msg[0]:
-        need = int(msg[0].split("Raise warmup to about ")[1].split()[0])
+    if "Raise warmup to at least" in msg[0]:
+        need = int(msg[0].split("Raise warmup to at least ")[1].split()[0])
         assert need == math.ceil(math.log(20) * rc["slowest"]["relaxation"]) and need > 20, (need, rc)
 
     kern, pb = _pg_uneven(particles=32)

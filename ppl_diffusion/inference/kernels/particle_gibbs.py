@@ -500,8 +500,9 @@ class ParticleGibbs(MCMCKernel):
                 f"region {rc['warmup_per_chain']:.2f} times on average{where}; up to {rc['start_left']:.0%} of the "
                 "start's excess weight across that split may be left, i.e. of the independent-run bias of the "
                 "sampler's runs. "
-                + (f"Raise warmup to about {need} sweeps" if need is not None else "The chains never changed "
-                   "region between its groups: raise warmup")
+                + (f"Raise warmup to at least {need} sweeps (a lower bound: the chains that have not moved are the "
+                   "slowest, so a longer warm-up can measure a longer relaxation)" if need is not None else
+                   "The chains never changed region between its groups: raise warmup")
                 + f" or the sampler's particles (now {self.sampler.particles}; a sweep leaves a mode only when its "
                 "fresh particles find another" + self._pimh_advice() + ").", RegionChangeWarning,
                 stacklevel=_caller_level())
