@@ -331,7 +331,8 @@ class ParticleGibbs(MCMCKernel):
         centres fitted on the start): ``.region_changes`` holds the changes per chain in the warm-up
         (``warmup_per_chain``), the rate per chain and sweep, and ``start_left = exp(-2 x warmup_per_chain)``,
         the most of the start's excess weight in a region a two-region chain with that many changes keeps;
-        above :data:`MAX_START_LEFT` a :class:`RegionChangeWarning` gives the warm-up that rate would need
+        above :data:`MAX_START_LEFT` a :class:`RegionChangeWarning` gives the warm-up that rate would need (a lower
+        bound: a longer warm-up can measure a slower rate, as the chains still at their start are the slowest)
         (measured: 32 particles at 200 steps change mode 0.012-0.014 times per chain and sweep on a d = 8,
         d_y = 2 two-mode posterior, a relaxation time of about 35 sweeps;
         benchmarks/results/particle_gibbs_target_steps200.md). Ctrl-C
