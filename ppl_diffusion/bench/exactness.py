@@ -378,12 +378,12 @@ def run_exactness(d: int, dys, n_problems: int, methods, n_samples: int = 500, s
                             if pm is not None:
                                 rb += f", PIMH acceptance {pm['acceptance']:.2f}"
                         b = spread.bounds
+                        inside = "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov"))
                         table.add(label, f"{float(w_sorted[1]):.3f}" if len(w_sorted) > 1 else "-", key + label_m,
                                   f"{s['sw']:.3g} / {b['sw']:.3g}", f"{s['tv']:.3f} / {b['tv']:.3f}",
                                   f"{s['cov']:.3f} [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]", f"{s['w_minor']:.3f}",
-                                  "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")), rb, f"{sec:.1f}")
-                        print(f"exactness: {label} {key + label_m}: SW/TV/cov "  # progress of long runs
-                              + "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")) + f", {sec:.0f} s",
+                                  inside, rb, f"{sec:.1f}")
+                        print(f"exactness: {label} {key + label_m}: SW/TV/cov {inside}, {sec:.0f} s",  # progress
                               file=sys.stderr, flush=True)
                 done += 1
     except KeyboardInterrupt as exc:  # keep what was computed
