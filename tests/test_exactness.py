@@ -384,6 +384,14 @@ def test_exactness_table_run_in_parts_merges_to_the_whole_run(tmp_path):
     assert re.search(r"\| [0-9]+/[0-9]+ / [0-9]+/[0-9]+ \|", whole[0])  # the flag cell of the SMC row
     assert all(abs(a - b) <= 0.0011 for a, b in zip(jv, wv)), (jv, wv)
     assert "(spectrum, 8, 1, 2)" in (tmp_path / "b.md").read_text()  # seed 2 cycles to the third family
+    # the joined notes are the parts' generated notes: without a part's PARTIAL sentence or a reading added by hand
+    b = (tmp_path / "b.md").read_text().rstrip()
+    head, notes = b.rsplit("\n\n", 1)
+    (tmp_path / "b2.md").write_text(f"{head}\n\nPARTIAL: interrupted after 1 of 2 problems (rows of an unfinished "
+                                    f"problem included). {notes}\n\nReading (added by hand): a part.\n")
+    main(["merge", str(tmp_path / "a.md"), str(tmp_path / "b2.md"), "--out", str(tmp_path / "j2.md")])
+    j2 = (tmp_path / "j2.md").read_text()
+    assert "PARTIAL" not in j2 and "Reading (added by hand)" not in j2 and notes in j2
     # a part run with draws=independent (the same runs, only the first row) adds up under the sampler's label
     main(common + ["--problems", "2", "--first-problem", "2", "--out", str(tmp_path / "c.md"),
                    "--methods", "tds:particles=8,draws=independent"])

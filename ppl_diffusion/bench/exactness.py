@@ -462,7 +462,9 @@ def merge_tables(paths, out=RESULTS_DIR, name: str = "exactness_merged", cmd: st
                 acc[k] += int(v.split("/")[0])
             acc["c"] += cov * n
             acc["ce"] += cov_exact * n
-        header_notes = text.rstrip().split("\n\n")[-1]
+        # the generated notes of the part (not a reading added by hand); its PARTIAL sentence is about that part
+        notes_block = [b for b in text.rstrip().split("\n\n") if not b.startswith(("| ", "Reading"))][-1]
+        header_notes = re.sub(r"^PARTIAL: [^.]*\)\. ", "", notes_block)
     summary = MarkdownTable(*SUMMARY_COLUMNS)
     for (key, d_y), a in counts.items():
         n, f = a["n"], a["flag"]
