@@ -70,6 +70,15 @@ def test_kernel_nfe_counts_every_chain_iteration():
     assert auto.extra["warmup"] >= 200 and auto.extra["iterations"] == auto.extra["warmup"] + 4 * 2
 
 
+def test_kernel_max_warmup_option_caps_the_automatic_warm_up():
+    from ppl_diffusion.inference.kernels import AutoWarmup
+
+    _, run, _ = G._kernel_call()(20, None, {"warmup": "auto", "max_warmup": 6400})
+    assert run["warmup"] == AutoWarmup(max_warmup=6400)
+    with pytest.raises(ValueError, match="max_warmup=400 is the cap of warmup=auto"):
+        G._kernel_call()(20, None, {"warmup": 300, "max_warmup": 400})
+
+
 def test_run_benchmark_writes_one_file_per_solver(tmp_path, capsys):
     text = G.run_benchmark("quick", ["ddrm", "ddnm"], problems=1, samples=50, dys=[1], out=str(tmp_path),
                            command="test")
