@@ -70,12 +70,14 @@ def test_kernel_nfe_counts_every_chain_iteration():
     assert auto.extra["warmup"] >= 200 and auto.extra["iterations"] == auto.extra["warmup"] + 4 * 2
 
 
-def test_kernel_max_warmup_option_caps_the_automatic_warm_up():
+def test_kernel_warmup_options_set_the_automatic_warm_ups_cap_and_first_checkpoint():
     from ppl_diffusion.inference.kernels import AutoWarmup
 
     _, run, _ = G._kernel_call()(20, None, {"warmup": "auto", "max_warmup": 6400})
     assert run["warmup"] == AutoWarmup(max_warmup=6400)
-    with pytest.raises(ValueError, match="max_warmup=400 is the cap of warmup=auto"):
+    _, run, _ = G._kernel_call()(20, None, {"warmup": "auto", "warmup_first": 200, "max_warmup": 800})
+    assert run["warmup"] == AutoWarmup(first=200, max_warmup=800)
+    with pytest.raises(ValueError, match="pass warmup=auto, got warmup=300"):
         G._kernel_call()(20, None, {"warmup": 300, "max_warmup": 400})
 
 

@@ -69,19 +69,21 @@ def _smc_call(steps, eta, options):
 def _kernel_call(**fixed):
     """Kernels: 100 vectorised chains, ``steps`` burn-in iterations (annealing included; option
     ``warmup=auto`` lets the chains choose it) dropped, then ``ceil(n / chains)`` draws per chain every 5
-    iterations; the first ``n`` draws kept. Option ``max_warmup`` (with ``warmup=auto``): the automatic
-    warm-up's cap, ``AutoWarmup(max_warmup=...)``."""
+    iterations; the first ``n`` draws kept. Options ``max_warmup`` and ``warmup_first`` (with
+    ``warmup=auto``): the automatic warm-up's cap and first checkpoint, ``AutoWarmup(max_warmup=...,
+    first=...)``."""
 
     def call(steps, eta, options):
         chains, thin = options.pop("chains", 100), options.pop("thin", 5)
         run = {"chains": chains, "thin": thin, "warmup": options.pop("warmup", steps)}
-        cap = options.pop("max_warmup", None)
-        if cap is not None:
+        auto = {k: int(options.pop(o)) for k, o in (("max_warmup", "max_warmup"), ("first", "warmup_first"))
+                if o in options}
+        if auto:
             if run["warmup"] != "auto":
-                raise ValueError(f"max_warmup={cap} is the cap of warmup=auto, got warmup={run['warmup']}")
+                raise ValueError(f"{auto} set the automatic warm-up: pass warmup=auto, got warmup={run['warmup']}")
             from ..inference.kernels import AutoWarmup
 
-            run["warmup"] = AutoWarmup(max_warmup=int(cap))
+            run["warmup"] = AutoWarmup(**auto)
         return {**fixed, **options}, run, run
 
     return call
