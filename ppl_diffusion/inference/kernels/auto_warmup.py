@@ -34,8 +34,8 @@ doubling with 100 chains). Measured (benchmarks/results/pnpdm_warmup_trace.md, `
 on a d = 800 mixture PnP-DM's chains spent 4.5 % and then 2.4 % of their time in components without posterior
 mass in the first two windows, the comparison read p = 0.06, and the warm-up stopped at 200 with one chain of
 100 still there (none is left after 800); where such a draw matters, fix a longer warm-up or start the comparisons
-later (``AutoWarmup(first=200)``: on that problem the chains then ran to the cap and warned, with no such draw left;
-benchmarks/results/exactness_d800_dy8_pnpdm_first200_p16.md).
+later (``AutoWarmup(first=200)``: on that problem the same settings then ran to the cap and warned, with no such
+draw left; benchmarks/results/exactness_d800_dy8_pnpdm_first200_p16.md).
 """
 from __future__ import annotations
 
