@@ -102,7 +102,7 @@ def test_kernel_warmup_options_set_the_automatic_warm_ups_cap_and_first_checkpoi
     assert run["warmup"] == AutoWarmup(max_warmup=6400)
     _, run, _ = G._kernel_call()(20, None, {"warmup": "auto", "warmup_first": 200, "max_warmup": 800})
     assert run["warmup"] == AutoWarmup(first=200, max_warmup=800)
-    with pytest.raises(ValueError, match="pass warmup=auto, got warmup=300"):
+    with pytest.raises(ValueError, match="max_warmup set the automatic warm-up: pass warmup=auto, got warmup=300"):
         G._kernel_call()(20, None, {"warmup": 300, "max_warmup": 400})
 
 

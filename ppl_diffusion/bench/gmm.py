@@ -76,14 +76,15 @@ def _kernel_call(**fixed):
     def call(steps, eta, options):
         chains, thin = options.pop("chains", 100), options.pop("thin", 5)
         run = {"chains": chains, "thin": thin, "warmup": options.pop("warmup", steps)}
-        auto = {k: int(options.pop(o)) for k, o in (("max_warmup", "max_warmup"), ("first", "warmup_first"))
-                if o in options}
-        if auto:
+        given = [o for o in ("max_warmup", "warmup_first") if o in options]
+        if given:
             if run["warmup"] != "auto":
-                raise ValueError(f"{auto} set the automatic warm-up: pass warmup=auto, got warmup={run['warmup']}")
+                raise ValueError(f"{', '.join(given)} set the automatic warm-up: pass warmup=auto, got "
+                                 f"warmup={run['warmup']}")
             from ..inference.kernels import AutoWarmup
 
-            run["warmup"] = AutoWarmup(**auto)
+            names = {"max_warmup": "max_warmup", "warmup_first": "first"}
+            run["warmup"] = AutoWarmup(**{names[o]: int(options.pop(o)) for o in given})
         return {**fixed, **options}, run, run
 
     return call
