@@ -8,13 +8,17 @@ without one? Two parts, on the exactness families (:func:`~ppl_diffusion.bench.e
   (``minor weight + 0.03``). Per row the share of ``reps`` runs flagged and the mean of the check's coverage
   (the coarse draws' 90 % intervals' content of the fine draws).
 * ``solvers``: a sampler at a coarse and at a fine number of steps (SMC: one draw from each of ``draws``
-  independent runs, so the draws are independent units). Both sets are scored against the exact spread
+  independent runs, so the draws are independent units; PnP-DM: a coarse and a fine grid of its prior step,
+  ``num_grid``, its chains the units). Both sets are scored against the exact spread
   (:func:`~ppl_diffusion.bench.exactness.verdict`: inside SW / TV / coverage), and the check compares them with
   the problem's closed-form log-likelihood.
 
-    OMP_NUM_THREADS=1 python benchmarks/refinement_check.py --part planted --reps 40
+    OMP_NUM_THREADS=1 python benchmarks/refinement_check.py --part planted --reps 30
     OMP_NUM_THREADS=1 python benchmarks/refinement_check.py --part solvers --method mcgdiff:particles=64 \\
         --coarse 10,20,50 --fine 200 --draws 1000
+    OMP_NUM_THREADS=1 python benchmarks/refinement_check.py --part solvers \\
+        --method pnpdm:replicas=12,rho0=20.0,rho_min=0.1,rho_max=20.0,chains=100,thin=5,prior_solver=analytic \\
+        --coarse 10,25 --fine 200 --draws 400 --name refinement_check_pnpdm
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import argparse
 import shlex
 import sys
 import time
+import warnings
 
 import torch
 
@@ -33,6 +38,8 @@ __all__ = ["planted_draws", "run_planted", "run_solvers", "main", "CASES"]
 
 CASES = ("same law", "narrower components", "minor weight + 0.03")
 PLANTED_PROBLEMS = "uneven,8,2,1;fullcov,8,2,4;uneven,80,2,1"
+#: PnP-DM's fixed warm-up in the solvers part (iterations, annealing included)
+KERNEL_WARMUP = 200
 SOLVER_PROBLEMS = "uneven,8,2,100;spectrum,8,2,101;fullcov,8,2,102;uneven,8,2,103;spectrum,8,2,104;fullcov,8,2,105"
 
 
@@ -104,8 +111,9 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
     label, solver, opts = _parse_method(method)
     opts = {"draws": "independent", **opts} if solver in ("mcgdiff", "tds", "fps", "smcdiff") else opts
     sched = VPSchedule.gmm_benchmark()
-    table = MarkdownTable("problem (family, d, d_y, seed)", "method", "coarse steps", "coarse: SW / TV / cov",
-                          "coarse inside (SW/TV/cov)", f"fine ({fine} steps): SW / TV / cov", "fine inside",
+    knob = "grid points" if solver == "pnpdm" else "steps"
+    table = MarkdownTable("problem (family, d, d_y, seed)", "method", f"coarse {knob}", "coarse: SW / TV / cov",
+                          "coarse inside (SW/TV/cov)", f"fine ({fine} {knob}): SW / TV / cov", "fine inside",
                           "exact bounds: SW q95 / TV q95 / cov", "check p", "check flags", "s")
     for fam, d, d_y, seed in _problems(problems):
         pb = exactness_problem(fam, d, d_y, seed=seed)
@@ -113,22 +121,32 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
         spread = exact_spread(ref, draws, seed=seed)
         ll = _log_likelihood(pb)
 
-        def sample(steps, pb=pb, seed=seed):
-            g = torch.Generator().manual_seed(1_000 * steps + seed)
-            return _draws(solver, opts, pb, sched, draws, steps, g)[0][1].reshape(draws, -1)
+        def sample(level, pb=pb, seed=seed):
+            """``(units, draws per unit, d)`` at ``level`` steps (PnP-DM: grid points, its chains the units)."""
+            g = torch.Generator().manual_seed(1_000 * level + seed)
+            if solver != "pnpdm":
+                return _draws(solver, opts, pb, sched, draws, level, g)[0][1].reshape(draws, 1, -1)
+            from ..inference.kernels import PnPDM
+            from .gmm import _kernel_call
+
+            ctor, run, _ = _kernel_call()(KERNEL_WARMUP, None, dict(opts))
+            with warnings.catch_warnings():  # the mixing check: read against the exact spread here
+                warnings.simplefilter("ignore")
+                d = PnPDM(pb.model(sched), num_grid=level, **ctor).draw(draws, y=pb.y, generator=g, **run)
+            return d.samples.reshape(d.samples.shape[0], d.samples.shape[1], -1)
 
         t0 = time.perf_counter()
         x_fine = sample(fine)
-        s_fine = score(x_fine, ref)
+        s_fine = score(x_fine.flatten(0, 1), ref)
         v_fine = verdict(s_fine, spread)
         t_fine = time.perf_counter() - t0
         b = spread.bounds
         for steps in coarse:
             t0 = time.perf_counter()
             x = sample(steps)
-            s = score(x, ref)
+            s = score(x.flatten(0, 1), ref)
             v = verdict(s, spread)
-            r = refinement_check(x, x_fine, ll, generator=torch.Generator().manual_seed(seed))
+            r = refinement_check(x, x_fine, ll, chains=True, generator=torch.Generator().manual_seed(seed))
             short = ", ".join(f.split(" (")[0].split(":")[0] for f in r["flags"]) or "-"
             table.add(f"({fam}, {d}, {d_y}, {seed})", label, steps, f"{s['sw']:.3g} / {s['tv']:.3f} / {s['cov']:.3f}",
                       "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")),
@@ -136,7 +154,11 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
                       "/".join("in" if v_fine[k] else "OUT" for k in ("sw", "tv", "cov")),
                       f"{b['sw']:.3g} / {b['tv']:.3f} / [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]",
                       f"{r['p']:.3g}", short, f"{time.perf_counter() - t0 + t_fine:.1f}")
-    notes = (f"Each set: {draws} draws (SMC samplers: one draw from each of {draws} independent runs); scored against "
+    unit = ("PnP-DM: the draws of chains (option chains, default 100; thin 5; a fixed warm-up of "
+            f"{KERNEL_WARMUP} iterations), the chains the check's units; the knob is num_grid, the prior step's "
+            "grid" if solver == "pnpdm" else "SMC samplers: one draw from each of that many independent runs, "
+            "the runs the check's units")
+    notes = (f"Each set: {draws} draws ({unit}); scored against "
              "10,000 exact draws and the spread of 20 exact sets of the same size (ppl_diffusion/bench/exactness.py). "
              "The check (ppl_diffusion/refinement.py, defaults, closed-form log-likelihood) compares the coarse set "
              "with the fine one; 'check flags' names its tests below 0.01 after the Bonferroni correction. "
@@ -149,7 +171,7 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/refinement_check.py", description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("planted", "solvers"), required=True)
-    p.add_argument("--reps", type=int, default=40, help="planted: runs per problem, size and case")
+    p.add_argument("--reps", type=int, default=30, help="planted: runs per problem, size and case")
     p.add_argument("--sizes", default="400,2000", help="planted: draws per set")
     p.add_argument("--problems", default=None, help="'family,d,d_y,seed;...'")
     p.add_argument("--method", default="mcgdiff:particles=64", help="solvers: a method spec as in exactness.py")
