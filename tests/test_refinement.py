@@ -115,3 +115,16 @@ def test_refuses_layouts_it_cannot_compare():
         refinement_check(x[:, 0], x[:, 1], level=1.5)
     with pytest.raises(ValueError, match="non-finite"):
         refinement_check(x[:, 0], x[:, 1], lambda z: torch.full((z.shape[0],), float("nan")))
+
+
+def test_bench_writes_its_two_tables(tmp_path):
+    """``benchmarks/refinement_check.py`` end to end at toy sizes: one row per case and per coarse level."""
+    from ppl_diffusion.bench.refinement_check import CASES, main
+
+    main(["--part", "planted", "--reps", "2", "--sizes", "100", "--problems", "uneven,8,2,1", "--out", str(tmp_path)])
+    main(["--part", "solvers", "--method", "mcgdiff:particles=8", "--coarse", "5", "--fine", "10", "--draws", "40",
+          "--problems", "uneven,8,2,100", "--out", str(tmp_path)])
+    planted = (tmp_path / "refinement_check_planted.md").read_text()
+    assert [case in planted for case in CASES] == [True] * len(CASES)
+    rows = [r for r in (tmp_path / "refinement_check_solvers.md").read_text().splitlines() if r.startswith("| (")]
+    assert len(rows) == 1 and "| mcgdiff:particles=8 | 5 |" in rows[0]
