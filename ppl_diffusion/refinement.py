@@ -56,7 +56,7 @@ def _units(x, chains: bool, name: str) -> torch.Tensor:
     if x.dim() < need:
         layout = "(chain, draw, *event)" if chains else "(n, *event)"
         raise ValueError(f"{name}: expected {layout}, got shape {tuple(x.shape)}")
-    x = x.detach().to(torch.float64)
+    x = x.detach().to(device="cpu", dtype=torch.float64)  # the tests are cheap CPU arithmetic on the draws
     return x if chains else x[:, None]
 
 
@@ -130,8 +130,9 @@ def refinement_check(coarse, fine, log_likelihood=None, *, chains: bool = False,
     le = None
     if log_likelihood is not None:
         with torch.no_grad():
-            ll = log_likelihood(flat.reshape((N,) + event).to(torch.as_tensor(coarse).dtype))
-        ll = torch.as_tensor(ll, dtype=torch.float64).reshape(U, S)
+            like = torch.as_tensor(coarse)  # the likelihood sees the draws on their own device and dtype
+            ll = log_likelihood(flat.reshape((N,) + event).to(device=like.device, dtype=like.dtype))
+        ll = torch.as_tensor(ll).detach().to(device="cpu", dtype=torch.float64).reshape(U, S)
         if not torch.isfinite(ll).all():
             raise ValueError("log_likelihood returned non-finite values for some draws")
         grid = torch.quantile(ll.reshape(-1), torch.linspace(0, 1, min(_LL_GRID, N), dtype=torch.float64))
