@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ppl_diffusion.bench.exactness import exactness_problem
-from ppl_diffusion.bench.refinement_check import planted_draws
+from ppl_diffusion.bench.refinement_check import perturbed, planted_draws
 from ppl_diffusion.refinement import refinement_check
 
 F64 = torch.float64
@@ -60,10 +60,7 @@ def test_flags_narrower_components_with_the_coverage_test(problem):
     test names it."""
     post = problem.posterior
     g = torch.Generator().manual_seed(5)
-    L = torch.linalg.cholesky(post.full_covs())
-    comp = torch.multinomial(post.weights, 1000, replacement=True, generator=g)
-    narrow = post.means[comp] + 0.85 * torch.einsum("nij,nj->ni", L[comp], torch.randn(1000, 8, generator=g,
-                                                                                         dtype=F64))
+    narrow = perturbed(post, scale=0.85).sample(1000, generator=g)
     r = refinement_check(narrow, post.sample(1000, generator=g), _ll(problem), generator=g)
     assert not r["ok"]
     assert r["coverage"] < r["coverage_of_coarse"] - 0.02
@@ -75,14 +72,7 @@ def test_flags_a_moved_mode_weight_in_regions_or_log_likelihood(problem):
     weight or the log-likelihood's law differs, and the flag says which."""
     post = problem.posterior
     g = torch.Generator().manual_seed(6)
-    w = post.weights.clone()
-    top = w.argsort(descending=True)
-    moved = min(0.15, float(w[top[0]]))
-    w[top[0]] -= moved
-    w[top[1]] += moved
-    comp = torch.multinomial(w, 1000, replacement=True, generator=g)
-    L = torch.linalg.cholesky(post.full_covs())
-    x = post.means[comp] + torch.einsum("nij,nj->ni", L[comp], torch.randn(1000, 8, generator=g, dtype=F64))
+    x = perturbed(post, moved=0.15).sample(1000, generator=g)
     r = refinement_check(x, post.sample(1000, generator=g), _ll(problem), generator=g)
     assert not r["ok"]
     assert any("region weights" in f or "log-likelihood" in f for f in r["flags"]), r["flags"]
@@ -128,3 +118,17 @@ def test_bench_writes_its_two_tables(tmp_path):
     assert [case in planted for case in CASES] == [True] * len(CASES)
     rows = [r for r in (tmp_path / "refinement_check_solvers.md").read_text().splitlines() if r.startswith("| (")]
     assert len(rows) == 1 and "| mcgdiff:particles=8 | 5 |" in rows[0]
+
+
+def test_perturbed_mixture_has_the_stated_law(problem):
+    """The planted laws: covariances times scale^2, ``moved`` of weight from the heaviest component to the
+    second-heaviest, means unchanged."""
+    post = problem.posterior
+    m = perturbed(post, scale=0.9, moved=0.03)
+    top = post.weights.argsort(descending=True)
+    want = post.weights.clone()
+    want[top[0]] -= 0.03
+    want[top[1]] += 0.03
+    assert torch.allclose(m.weights, want, atol=1e-12)
+    assert torch.allclose(m.full_covs(), 0.81 * post.full_covs(), atol=1e-10)
+    assert torch.equal(m.means, post.means)

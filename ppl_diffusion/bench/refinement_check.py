@@ -34,7 +34,7 @@ from ..refinement import refinement_check
 from .exactness import Reference, _draws, _parse_method, exact_spread, exactness_problem, score, verdict
 from .report import RESULTS_DIR, MarkdownTable, add_out_argument, write_result
 
-__all__ = ["planted_draws", "run_planted", "run_solvers", "main", "CASES"]
+__all__ = ["perturbed", "planted_draws", "run_planted", "run_solvers", "main", "CASES"]
 
 CASES = ("same law", "narrower components", "minor weight + 0.03")
 PLANTED_PROBLEMS = "uneven,8,2,1;fullcov,8,2,4;uneven,80,2,1"
@@ -43,22 +43,27 @@ KERNEL_WARMUP = 200
 SOLVER_PROBLEMS = "uneven,8,2,100;spectrum,8,2,101;fullcov,8,2,102;uneven,8,2,103;spectrum,8,2,104;fullcov,8,2,105"
 
 
+def perturbed(posterior, scale: float = 1.0, moved: float = 0.0):
+    """``posterior`` (a :class:`~ppl_diffusion.models.gmm.GaussianMixture`) with every component's covariance
+    times ``scale^2`` and ``moved`` of weight taken from the heaviest component to the second-heaviest."""
+    from ..models.gmm import GaussianMixture
+
+    w = posterior.weights.clone()
+    top = w.argsort(descending=True)
+    moved = min(moved, float(w[top[0]]))
+    w[top[0]] -= moved
+    w[top[1]] += moved
+    return GaussianMixture(w, posterior.means, scale ** 2 * posterior.full_covs())
+
+
 def planted_draws(posterior, n: int, case: str, generator: torch.Generator) -> torch.Tensor:
     """``n`` exact draws ``(n, d)`` of ``posterior`` perturbed per ``case`` (see the module docstring)."""
     if case not in CASES:
         raise ValueError(f"case must be one of {CASES}, got {case!r}")
-    w = posterior.weights.clone()
-    L = torch.linalg.cholesky(posterior.full_covs())
-    if case == "narrower components":
-        L = 0.92 * L
-    elif case == "minor weight + 0.03":
-        top = w.argsort(descending=True)
-        moved = min(0.03, float(w[top[0]]))
-        w[top[0]] -= moved
-        w[top[1]] += moved
-    comp = torch.multinomial(w, n, replacement=True, generator=generator)
-    z = torch.randn(n, L.shape[-1], generator=generator, dtype=L.dtype)
-    return posterior.means[comp] + torch.einsum("nij,nj->ni", L[comp], z)
+    if case == "same law":
+        return posterior.sample(n, generator=generator)
+    mix = perturbed(posterior, scale=0.92) if case == "narrower components" else perturbed(posterior, moved=0.03)
+    return mix.sample(n, generator=generator)
 
 
 def _problems(spec: str):
