@@ -98,7 +98,8 @@ def refinement_check(coarse, fine, log_likelihood=None, *, chains: bool = False,
     W1 over ``projections`` random directions), ``p_sw``; ``region_weights`` (coarse, fine),
     ``region_tv``, ``p_regions``; ``loglik_ks``, ``loglik_mean_diff`` (coarse minus fine), ``p_loglik``
     (``None`` without a log-likelihood); ``p`` (the smallest p-value times the number of tests, at most 1),
-    ``flags`` (one string per test below ``alpha`` after that correction) and ``ok``. Few units (under
+    ``flags`` (one string per test below ``alpha`` after that correction), ``failed`` (those tests' names:
+    ``"coverage"``, ``"SW"``, ``"regions"``, ``"log-likelihood"``) and ``ok``. Few units (under
     about 30 per set) give the tests little power: ``ok`` then says little."""
     a, b = _units(coarse, chains, "coarse"), _units(fine, chains, "fine")
     if a.shape[1:] != b.shape[1:]:
@@ -179,19 +180,24 @@ def refinement_check(coarse, fine, log_likelihood=None, *, chains: bool = False,
         tests = 4
         out.update(loglik_ks=float(obs[3]), loglik_mean_diff=float(ll[:ua].mean() - ll[ua:].mean()), p_loglik=pv[3])
     out["p"] = min(1.0, tests * min(pv[:tests]))
-    flags = []
+    flags, failed = [], []
     if tests * pv[0] < alpha:
+        failed.append("coverage")
         flags.append(f"the coarse draws' central {level:.0%} intervals hold {out['coverage']:.3f} of the fine draws "
                      f"and the fine draws' intervals {out['coverage_of_coarse']:.3f} of the coarse ones (mean over "
                      f"coordinates; p = {pv[0]:.3g})")
     if tests * pv[1] < alpha:
+        failed.append("SW")
         flags.append(f"sliced W1 between the two sets {out['sw']:.3g} (p = {pv[1]:.3g})")
     if tests * pv[2] < alpha:
+        failed.append("regions")
         j = int((wa - wb).abs().argmax())
         flags.append(f"mode-like region weights differ by TV {out['region_tv']:.3f} (region {j}: coarse "
                      f"{float(wa[j]):.3f}, fine {float(wb[j]):.3f}; p = {pv[2]:.3g})")
     if le is not None and tests * pv[3] < alpha:
+        failed.append("log-likelihood")
         flags.append(f"the log-likelihood's distributions differ: KS {out['loglik_ks']:.3f}, mean coarse - fine "
                      f"{out['loglik_mean_diff']:+.3f} (p = {pv[3]:.3g})")
+    out["failed"] = failed
     out["flags"], out["ok"] = flags, not flags
     return out

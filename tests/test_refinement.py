@@ -65,6 +65,7 @@ def test_flags_narrower_components_with_the_coverage_test(problem):
     assert not r["ok"]
     assert r["coverage"] < r["coverage_of_coarse"] - 0.02
     assert any("intervals hold" in f for f in r["flags"]), r["flags"]
+    assert "coverage" in r["failed"]
 
 
 def test_flags_a_moved_mode_weight_in_regions_or_log_likelihood(problem):

@@ -113,8 +113,11 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
                 cmd: str = ""):
     from ..schedules import VPSchedule
 
+    from ..inference.registry import SOLVERS
+
     label, solver, opts = _parse_method(method)
-    opts = {"draws": "independent", **opts} if solver in ("mcgdiff", "tds", "fps", "smcdiff") else opts
+    info = SOLVERS.get(solver)
+    opts = {"draws": "independent", **opts} if info is not None and info.family == "smc" else opts
     sched = VPSchedule.gmm_benchmark()
     knob = "grid points" if solver == "pnpdm" else "steps"
     table = MarkdownTable("problem (family, d, d_y, seed)", "method", f"coarse {knob}", "coarse: SW / TV / cov",
@@ -152,9 +155,7 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
             s = score(x.flatten(0, 1), ref)
             v = verdict(s, spread)
             r = refinement_check(x, x_fine, ll, chains=True, generator=torch.Generator().manual_seed(seed))
-            tests = ("coverage", "SW", "regions", "log-likelihood")
-            keys = ("p_coverage", "p_sw", "p_regions", "p_loglik")
-            short = ", ".join(t for t, k in zip(tests, keys) if r[k] is not None and 4 * r[k] < 0.01) or "-"
+            short = ", ".join(r["failed"]) or "-"
             table.add(f"({fam}, {d}, {d_y}, {seed})", label, steps, f"{s['sw']:.3g} / {s['tv']:.3f} / {s['cov']:.3f}",
                       "/".join("in" if v[k] else "OUT" for k in ("sw", "tv", "cov")),
                       f"{s_fine['sw']:.3g} / {s_fine['tv']:.3f} / {s_fine['cov']:.3f}",
