@@ -133,3 +133,112 @@ def test_perturbed_mixture_has_the_stated_law(problem):
     assert torch.allclose(m.weights, want, atol=1e-12)
     assert torch.allclose(m.full_covs(), 0.81 * post.full_covs(), atol=1e-10)
     assert torch.equal(m.means, post.means)
+
+
+@pytest.fixture(scope="module")
+def gmm_model(problem):
+    from ppl_diffusion.schedules import VPSchedule
+
+    return problem.model(VPSchedule.gmm_benchmark())
+
+
+def test_refine_flags_a_coarse_step_count_and_not_a_repeat(problem, gmm_model):
+    """``refine`` runs the solver at both values of the option: DPS with 10 steps against 100 moves the draws far
+    (coverage of the fine draws in the coarse intervals 0.5 here) and is flagged with a warning naming the option;
+    100 against 100 (two independent runs of one setting) is not, and raises no warning."""
+    from ppl_diffusion.refinement import RefinementWarning, refine
+
+    with pytest.warns(RefinementWarning, match="steps=10 and steps=100 give different draws"):
+        r = refine("dps", gmm_model, "steps", (10, 100), y=problem.y, num_samples=400)
+    assert not r["ok"] and "SW" in r["failed"]
+    assert r["values"] == (10, 100) and r["units"] == (400, 400)
+    assert r["coarse_draws"].method == "DPS" and r["coarse_draws"].samples.shape == (1, 400, 8)
+    assert r["loglik_ks"] is not None  # the problem's Gaussian likelihood was used
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RefinementWarning)
+        same = refine("dps", gmm_model, "steps", (100, 100), y=problem.y, num_samples=400)
+    assert same["ok"], same["flags"]
+    assert not torch.equal(same["coarse_draws"].samples, same["fine_draws"].samples)  # two runs, not one twice
+
+
+def test_refine_doubles_the_default_and_reads_smc_draws_one_per_run(problem, gmm_model):
+    """Without values the option's value is checked against twice it; SMC draws are one per run (pooled=False),
+    the runs the units."""
+    from ppl_diffusion.refinement import refine
+
+    r = refine("mcgdiff", gmm_model, "steps", y=problem.y, num_samples=60,
+               solver_options={"particles": 8, "steps": 10})
+    assert r["values"] == (10, 20) and r["units"] == (60, 60)
+    assert r["fine_draws"].extra["pooled"] is False and r["fine_draws"].extra["independent"] is True
+    assert r["coarse_draws"].extra["result"].log_evidence.shape == (60,)  # 60 runs, one draw each
+
+
+def test_refinement_check_takes_draws_with_their_units_and_likelihood(problem, gmm_model):
+    """Two Draws of a kernel are compared chain by chain with the problem's log-likelihood: the same numbers as the
+    tensor call with ``chains=True`` and the closed-form likelihood."""
+    from ppl_diffusion.inference.kernels import PnPDM
+
+    a = PnPDM(gmm_model, num_grid=10).draw(80, y=problem.y, chains=40, warmup=60,
+                                            generator=torch.Generator().manual_seed(1))
+    b = PnPDM(gmm_model, num_grid=50).draw(80, y=problem.y, chains=40, warmup=60,
+                                            generator=torch.Generator().manual_seed(2))
+    r = refinement_check(a, b, permutations=200, generator=torch.Generator().manual_seed(5))
+    t = refinement_check(a.samples, b.samples, _ll(problem), chains=True, permutations=200,
+                         generator=torch.Generator().manual_seed(5))
+    for k in ("p_coverage", "p_sw", "p_regions", "p_loglik", "sw", "loglik_ks"):
+        assert r[k] == pytest.approx(t[k], rel=1e-9), k
+    swapped = refinement_check(a.samples.flatten(0, 1), b.samples.flatten(0, 1), _ll(problem), permutations=200,
+                               generator=torch.Generator().manual_seed(5))
+    assert swapped["sw"] == pytest.approx(t["sw"], rel=1e-9) and swapped["p_sw"] != t["p_sw"]  # other units
+
+
+def test_refine_and_draws_refuse_what_has_no_independent_units(problem, gmm_model):
+    from ppl_diffusion.inference.solver import Draws, OptionError
+    from ppl_diffusion.refinement import refine
+
+    x = torch.randn(1, 50, 8, dtype=F64)
+    one = Draws(x, 1.0, 0.0, "mcgdiff", "smc", extra={"independent": True, "pooled": "truncated"})
+    ok = Draws(x, 1.0, 0.0, "mcgdiff", "smc", extra={"independent": True, "pooled": False})
+    with pytest.raises(ValueError, match="pooled=False"):
+        refinement_check(one, ok)
+    with pytest.raises(ValueError, match="one run"):
+        refinement_check(Draws(x, 1.0, 0.0, "mcgdiff", "smc", extra={"independent": False, "pooled": False}), ok)
+    with pytest.raises(ValueError, match="plate"):
+        refinement_check(Draws(x[:, :, None], 1.0, 0.0, "dps", "guide", plate_dims=("measurement",)), ok)
+    with pytest.raises(ValueError, match="share one fit"):
+        refinement_check(Draws(x, 1.0, 0.0, "red_diff", "variational"), ok)
+    with pytest.raises(TypeError, match="two Draws or two tensors"):
+        refinement_check(ok, x[0])
+    same = Draws(x + 0.0, 1.0, 0.0, "dps", "guide")
+    assert refinement_check(ok, same, permutations=20)["sw"] < 1e-6  # identical sets
+    with pytest.raises(OptionError, match="no option 'stepz'"):
+        refine("dps", gmm_model, "stepz", y=problem.y)
+    with pytest.raises(ValueError, match="share one fit"):
+        refine("red_diff", gmm_model, "steps", y=problem.y)
+    with pytest.raises(OptionError, match="both in values and in solver_options"):
+        refine("dps", gmm_model, "steps", (10, 20), y=problem.y, solver_options={"steps": 10})
+    with pytest.raises(OptionError, match="one per run"):
+        refine("mcgdiff", gmm_model, "steps", (10, 20), y=problem.y, draw_options={"pooled": True})
+
+
+def test_refine_keeps_the_coarse_draws_when_the_fine_run_is_interrupted(problem, gmm_model, monkeypatch):
+    from ppl_diffusion.inference import registry
+    from ppl_diffusion.inference.health import RunInterrupted
+    from ppl_diffusion.refinement import refine
+
+    real = registry.build_solver
+
+    def build(name, model, **options):
+        solver = real(name, model, **options)
+        if options["steps"] == 20:
+            def stop(*a, **k):
+                raise KeyboardInterrupt
+            solver.draw = stop
+        return solver
+
+    monkeypatch.setattr(registry, "build_solver", build)
+    with pytest.raises(RunInterrupted) as info:
+        refine("dps", gmm_model, "steps", (10, 20), y=problem.y, num_samples=30)
+    assert info.value.partial.samples.shape == (1, 30, 8) and info.value.partial.method == "DPS"

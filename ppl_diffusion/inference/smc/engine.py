@@ -451,7 +451,8 @@ class SMCSampler(Solver):
 
         ``nfe_per_sample = particles x network steps per particle x runs / num_samples`` (the
         single-sample network evaluations of the runs divided by the draws); ``extra`` holds each
-        run's ``log_evidence`` and final ``ess`` (``(runs,)``), the :class:`SMCResult` as ``result`` and
+        run's ``log_evidence`` and final ``ess`` (``(runs,)``), ``independent`` and ``pooled`` as used (whether
+        the draws are independent: one per run), the :class:`SMCResult` as ``result`` and
         ``variance_evals``, the evaluations of a one-off step-variance estimate made by this call
         (Analytic-DPM, cached per prior: 0 when an earlier solver made it; a setup cost like
         Score Prior's training, kept out of ``nfe_per_sample`` so that it does not depend on the order of
@@ -478,6 +479,8 @@ class SMCSampler(Solver):
             warn_unreliable_independent(self.name, rel)
         return self._draws(x[None], meter, problem, n, extra={"log_evidence": res.log_evidence, "ess": res.ess,
                                                              "result": res, "reliability": rel,
+                                                             "independent": independent,
+                                                             "pooled": pooled if independent else False,
                                                              "variance_evals": res.extra["variance_evals"]},
                            nfe_per_sample=nfe)
 
