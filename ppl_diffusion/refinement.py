@@ -283,7 +283,7 @@ def refine(method: str, model, option: str, values=None, *, num_samples: int = 1
     What it measures: a flag means the coarse setting's discretisation error is at least what the tests
     resolve at that many units; no flag bounds it only by that resolution (on d = 8 mixtures with 1,000
     draws per set the check flagged the MCGDiff step counts whose sliced W1 was at least twice an exact
-    sampler's 95 % point, and missed smaller excesses: see the module docstring)."""
+    sampler's 95 % point, and missed smaller excesses: benchmarks/results/refinement_check_solvers.md)."""
     import warnings
 
     from .inference.health import RunInterrupted
