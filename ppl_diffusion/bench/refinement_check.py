@@ -162,8 +162,11 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
                       "/".join("in" if v_fine[k] else "OUT" for k in ("sw", "tv", "cov")),
                       f"{b['sw']:.3g} / {b['tv']:.3f} / [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]",
                       f"{r['p']:.3g}", short, f"{time.perf_counter() - t0 + t_fine:.1f}")
-    unit = ("PnP-DM: the draws of chains (option chains, default 100; thin 5; a fixed warm-up of "
-            f"{KERNEL_WARMUP} iterations), the chains the check's units; the knob is num_grid, the prior step's "
+    warm = opts.get("warmup", KERNEL_WARMUP)
+    warm = ("the automatic warm-up (warmup=auto), chosen per run" if str(warm) == "auto" else
+            f"a fixed warm-up of {warm} iterations")
+    unit = ("PnP-DM: the draws of chains (option chains, default 100; thin 5; "
+            f"{warm}), the chains the check's units; the knob is num_grid, the prior step's "
             "grid" if solver == "pnpdm" else "SMC samplers: one draw from each of that many independent runs, "
             "the runs the check's units")
     notes = (f"Each set: {draws} draws ({unit}); scored against "
