@@ -242,3 +242,29 @@ def test_refine_keeps_the_coarse_draws_when_the_fine_run_is_interrupted(problem,
     with pytest.raises(RunInterrupted) as info:
         refine("dps", gmm_model, "steps", (10, 20), y=problem.y, num_samples=30)
     assert info.value.partial.samples.shape == (1, 30, 8) and info.value.partial.method == "DPS"
+
+
+def test_refine_on_the_shipped_image_prior_flags_ddrm_at_five_steps():
+    """Images: draws ``(1, n, 1, 16, 16)`` of the shipped digits prior under random inpainting; DDRM at 5 against
+    50 steps is flagged (its 5-step draws are far wider: the fine draws fill its intervals, not the reverse), with
+    the measurement's Gaussian log-likelihood read from the draws' problem."""
+    import pyro
+
+    from ppl_diffusion import GaussianMeasurement, load_prior
+    from ppl_diffusion.models.operators import Inpainting
+    from ppl_diffusion.models.zoo import heldout_images
+    from ppl_diffusion.refinement import RefinementWarning, refine
+
+    prior = load_prior("digits")
+    op = Inpainting.random((1, 16, 16), missing_fraction=0.7, generator=torch.Generator().manual_seed(0))
+
+    def model(y=None):
+        x = pyro.sample("x", prior)
+        return pyro.sample("y", GaussianMeasurement(op, x, noise_std=0.05), obs=y)
+
+    y = op(heldout_images("digits")[0]) + 0.05 * torch.randn(op.out_shape, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RefinementWarning, match="steps=5 and steps=50"):
+        r = refine("ddrm", model, "steps", (5, 50), y=y, num_samples=64)
+    assert r["coarse_draws"].samples.shape == (1, 64, 1, 16, 16)
+    assert "coverage" in r["failed"] and r["coverage"] > r["coverage_of_coarse"] + 0.2
+    assert r["loglik_ks"] is not None
