@@ -119,6 +119,7 @@ def test_bench_writes_its_two_tables(tmp_path):
     assert [case in planted for case in CASES] == [True] * len(CASES)
     rows = [r for r in (tmp_path / "refinement_check_solvers.md").read_text().splitlines() if r.startswith("| (")]
     assert len(rows) == 1 and "| mcgdiff:particles=8 | 5 |" in rows[0]
+    assert "flag" in rows[0].lower()  # the runs' own reliability report, coarse / fine
 
 
 def test_perturbed_mixture_has_the_stated_law(problem):

@@ -66,6 +66,15 @@ def planted_draws(posterior, n: int, case: str, generator: torch.Generator) -> t
     return mix.sample(n, generator=generator)
 
 
+def _own_report(rel) -> str:
+    """An SMC run's reliability flag for one draw per run, with its estimated mode-weight bias (or ``-``)."""
+    if rel is None:
+        return "-"
+    if not bool(rel["unreliable_independent"].any()):
+        return "no flag"
+    return f"FLAG (bias est. {float(rel['bias_estimate'].max()):.3f}, se {float(rel['bias_se'].max()):.3f})"
+
+
 def _problems(spec: str):
     out = []
     for item in filter(None, spec.split(";")):
@@ -122,7 +131,8 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
     knob = "grid points" if solver == "pnpdm" else "steps"
     table = MarkdownTable("problem (family, d, d_y, seed)", "method", f"coarse {knob}", "coarse: SW / TV / cov",
                           "coarse inside (SW/TV/cov)", f"fine ({fine} {knob}): SW / TV / cov", "fine inside",
-                          "exact bounds: SW q95 / TV q95 / cov", "check p", "check flags", "s")
+                          "exact bounds: SW q95 / TV q95 / cov", "check p", "check flags",
+                          "runs' own report: coarse / fine", "s")
     for fam, d, d_y, seed in _problems(problems):
         pb = exactness_problem(fam, d, d_y, seed=seed)
         ref = Reference.build(pb, seed=seed)
@@ -130,10 +140,12 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
         ll = _log_likelihood(pb)
 
         def sample(level, pb=pb, seed=seed):
-            """``(units, draws per unit, d)`` at ``level`` steps (PnP-DM: grid points, its chains the units)."""
+            """``(units, draws per unit, d)`` at ``level`` steps (PnP-DM: grid points, its chains the units), and
+            what the run says of itself (SMC: its reliability flag; PnP-DM: the warm-up it ran)."""
             g = torch.Generator().manual_seed(1_000 * level + seed)
             if solver != "pnpdm":
-                return _draws(solver, opts, pb, sched, draws, level, g)[0][1].reshape(draws, 1, -1)
+                _, x, rel = _draws(solver, opts, pb, sched, draws, level, g)[0]
+                return x.reshape(draws, 1, -1), _own_report(rel)
             from ..inference.kernels import PnPDM
             from .gmm import _kernel_call
 
@@ -141,17 +153,17 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
             with warnings.catch_warnings():  # the mixing check: read against the exact spread here
                 warnings.simplefilter("ignore")
                 d = PnPDM(pb.model(sched), num_grid=level, **ctor).draw(draws, y=pb.y, generator=g, **run)
-            return d.samples.reshape(d.samples.shape[0], d.samples.shape[1], -1)
+            return d.samples.reshape(d.samples.shape[0], d.samples.shape[1], -1), f"warm-up {d.extra['warmup']}"
 
         t0 = time.perf_counter()
-        x_fine = sample(fine)
+        x_fine, own_fine = sample(fine)
         s_fine = score(x_fine.flatten(0, 1), ref)
         v_fine = verdict(s_fine, spread)
         t_fine = time.perf_counter() - t0
         b = spread.bounds
         for steps in coarse:
             t0 = time.perf_counter()
-            x = sample(steps)
+            x, own = sample(steps)
             s = score(x.flatten(0, 1), ref)
             v = verdict(s, spread)
             r = refinement_check(x, x_fine, ll, chains=True, generator=torch.Generator().manual_seed(seed))
@@ -161,7 +173,7 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
                       f"{s_fine['sw']:.3g} / {s_fine['tv']:.3f} / {s_fine['cov']:.3f}",
                       "/".join("in" if v_fine[k] else "OUT" for k in ("sw", "tv", "cov")),
                       f"{b['sw']:.3g} / {b['tv']:.3f} / [{b['cov'][0]:.3f}, {b['cov'][1]:.3f}]",
-                      f"{r['p']:.3g}", short, f"{time.perf_counter() - t0 + t_fine:.1f}")
+                      f"{r['p']:.3g}", short, f"{own} / {own_fine}", f"{time.perf_counter() - t0 + t_fine:.1f}")
     warm = opts.get("warmup", KERNEL_WARMUP)
     warm = ("the automatic warm-up (warmup=auto), chosen per run" if str(warm) == "auto" else
             f"a fixed warm-up of {warm} iterations")
@@ -175,6 +187,9 @@ def run_solvers(method: str = "mcgdiff:particles=64", coarse=(10, 20, 50), fine:
              "with the fine one; 'check flags' names its tests below 0.01 after the Bonferroni correction (x 4): "
              "coverage (the coarse 90 % intervals' content of the fine draws against the reverse), SW (sliced W1), "
              "regions (k-means region weights), log-likelihood (its KS distance). "
+             "'runs' own report': what each run says of itself without the truth (SMC: whether its reliability "
+             "check flags one draw per run, unreliable_independent of ppl_diffusion/inference/smc/evidence.py, with "
+             "its estimated mode-weight bias; PnP-DM: the warm-up it ran). "
              "'s': the coarse run, the check and the fine run.")
     write_result(out, name, "Refinement check on solvers: coarse against fine steps, both against exact draws", cmd,
                  str(table), notes)
