@@ -1,6 +1,7 @@
 """The refinement check (ppl_diffusion/refinement.py): two sets of draws from a coarse and a fine
 discretisation, compared by permutation tests over independent units."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -155,8 +156,6 @@ def test_refine_flags_a_coarse_step_count_and_not_a_repeat(problem, gmm_model):
     assert r["values"] == (10, 100) and r["units"] == (400, 400)
     assert r["coarse_draws"].method == "DPS" and r["coarse_draws"].samples.shape == (1, 400, 8)
     assert r["loglik_ks"] is not None  # the problem's Gaussian likelihood was used
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", RefinementWarning)
         same = refine("dps", gmm_model, "steps", (100, 100), y=problem.y, num_samples=400)
@@ -164,9 +163,9 @@ def test_refine_flags_a_coarse_step_count_and_not_a_repeat(problem, gmm_model):
     assert not torch.equal(same["coarse_draws"].samples, same["fine_draws"].samples)  # two runs, not one twice
 
 
-def test_refine_doubles_the_default_and_reads_smc_draws_one_per_run(problem, gmm_model):
-    """Without values the option's value is checked against twice it; SMC draws are one per run (pooled=False),
-    the runs the units."""
+def test_refine_doubles_the_value_and_reads_smc_draws_one_per_run(problem, gmm_model):
+    """Without values the option's value (here from solver_options) is checked against twice it; SMC draws are
+    one per run (pooled=False), the runs the units."""
     from ppl_diffusion.refinement import refine
 
     r = refine("mcgdiff", gmm_model, "steps", y=problem.y, num_samples=60,
