@@ -128,9 +128,9 @@ def refinement_check(coarse, fine, log_likelihood=None, *, chains: bool = False,
     ``log_likelihood``: a function of a batch ``(n, *event) -> (n,)`` (e.g. ``Problem.log_likelihood``) or
     ``None``.
 
-    Returns a dict: ``coverage`` (the share of the fine draws inside the coarse draws' central ``level``
-    intervals, mean over the coordinates, or over ``projections`` of them drawn at random where there are
-    more), ``coverage_of_coarse`` (the reverse), ``p_coverage``; ``sw`` (sliced
+    Returns a dict: ``units`` (per set: chains, or draws), ``coverage`` (the share of the fine draws inside the
+    coarse draws' central ``level`` intervals, mean over the coordinates, or over ``projections`` of them drawn at
+    random where there are more), ``coverage_of_coarse`` (the reverse), ``p_coverage``; ``sw`` (sliced
     W1 over ``projections`` random directions), ``p_sw``; ``region_weights`` (coarse, fine),
     ``region_tv``, ``p_regions``; ``loglik_ks``, ``loglik_mean_diff`` (coarse minus fine), ``p_loglik``
     (``None`` without a log-likelihood); ``p`` (the smallest p-value times the number of tests, at most 1),
@@ -228,7 +228,7 @@ def refinement_check(coarse, fine, log_likelihood=None, *, chains: bool = False,
         done += P
     pv = ((above + 1) / (permutations + 1)).tolist()
     wa, wb = counts[:ua].sum(0) / na, counts[ua:].sum(0) / nb
-    out = {"coverage": float(c_ab[0]), "coverage_of_coarse": float(c_ba[0]), "p_coverage": pv[0],
+    out = {"units": (ua, ub), "coverage": float(c_ab[0]), "coverage_of_coarse": float(c_ba[0]), "p_coverage": pv[0],
            "sw": float(obs[1]), "p_sw": pv[1], "region_weights": (wa, wb), "region_tv": float(obs[2]),
            "p_regions": pv[2], "loglik_ks": None, "loglik_mean_diff": None, "p_loglik": None}
     tests = 3
@@ -274,7 +274,7 @@ def refine(method: str, model, option: str, values=None, *, num_samples: int = 1
     kernels' chains are the units (``draw``'s default ``num_samples // 2`` chains). ``model_kwargs``: the
     measurement (``y=y``). ``check_options`` go to :func:`refinement_check`.
 
-    Returns the check's dict with ``option``, ``values``, ``units`` (per set), ``coarse_draws`` and
+    Returns the check's dict (``units`` among its keys) with ``option``, ``values``, ``coarse_draws`` and
     ``fine_draws`` (the two :class:`~ppl_diffusion.inference.solver.Draws`). Warns
     (:class:`RefinementWarning`) when the draws differ, naming the tests, and when either set has fewer than
     :data:`FEW_UNITS` units (the check then has little power). Ctrl-C in the fine run raises
@@ -321,19 +321,21 @@ def refine(method: str, model, option: str, values=None, *, num_samples: int = 1
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     seeds = torch.randint(0, 2**62, (3,), generator=g).tolist()  # the two runs and the check, apart
 
-    def run(value, seed):
-        solver = build_solver(info.name, model, **{**solver_options, option: value})
-        return solver.draw(n, generator=torch.Generator().manual_seed(seed), **draw_options, **model_kwargs)
+    # both solvers first: a value the solver refuses stops refine before any run
+    solvers = [build_solver(info.name, model, **{**solver_options, option: v}) for v in values]
 
-    coarse = run(values[0], seeds[0])
+    def run(i):
+        return solvers[i].draw(n, generator=torch.Generator().manual_seed(seeds[i]), **draw_options, **model_kwargs)
+
+    coarse = run(0)
     try:
-        fine = run(values[1], seeds[1])
+        fine = run(1)
     except KeyboardInterrupt as exc:
         raise RunInterrupted(f"refine({info.name}): interrupted in the fine run ({option}={values[1]}); .partial "
                              f"holds the coarse draws ({option}={values[0]})", partial=coarse) from exc
     out = refinement_check(coarse, fine, generator=torch.Generator().manual_seed(seeds[2]), **(check_options or {}))
-    units = (_draws_units(coarse, "coarse")[0].shape[0], _draws_units(fine, "fine")[0].shape[0])
-    out.update(option=option, values=values, units=units, coarse_draws=coarse, fine_draws=fine)
+    units = out["units"]
+    out.update(option=option, values=values, coarse_draws=coarse, fine_draws=fine)
     what = "chains" if coarse.family == "kernel" else "draws"
     if not out["ok"]:
         warnings.warn(f"refine({info.name}): {option}={values[0]} and {option}={values[1]} give different draws: "
