@@ -268,3 +268,22 @@ def test_refine_on_the_shipped_image_prior_flags_ddrm_at_five_steps():
     assert r["coarse_draws"].samples.shape == (1, 64, 1, 16, 16)
     assert "coverage" in r["failed"] and r["coverage"] > r["coverage_of_coarse"] + 0.2
     assert r["loglik_ks"] is not None
+
+
+def test_refine_checks_both_settings_before_the_first_run(problem, gmm_model, monkeypatch):
+    """A fine value the solver refuses (steps=0) stops refine at construction: no draw is made at the coarse one."""
+    from ppl_diffusion.inference import registry
+    from ppl_diffusion.inference.solver import OptionError
+    from ppl_diffusion.refinement import refine
+
+    real, drawn = registry.build_solver, []
+
+    def build(name, model, **options):
+        solver = real(name, model, **options)
+        solver.draw = lambda *a, **k: drawn.append(options["steps"])
+        return solver
+
+    monkeypatch.setattr(registry, "build_solver", build)
+    with pytest.raises(OptionError, match="steps must be a positive integer"):
+        refine("dps", gmm_model, "steps", (10, 0), y=problem.y, num_samples=30)
+    assert drawn == []
